@@ -1,0 +1,63 @@
+//! Builds the example guests in `guests/` for `wasm32-unknown-unknown` with a
+//! nested cargo, in their own workspace and target directory, so that a plain
+//! `cargo build` or `cargo test` at the top level always has fresh `.wasm` files.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Guest crates to build; each becomes `<name with _>.wasm`.
+const GUESTS: &[&str] = &["hello", "http-post", "faulty"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let guests_dir = manifest_dir.parent().expect("bundle lives in guests/").to_path_buf();
+    let root = guests_dir.parent().expect("guests/ lives in the workspace");
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("guests");
+
+    for watched in GUESTS.iter().map(|g| guests_dir.join(g)).chain([
+        guests_dir.join("Cargo.toml"),
+        guests_dir.join(".cargo"),
+        root.join("guest-sdk"),
+    ]) {
+        println!("cargo:rerun-if-changed={}", watched.display());
+    }
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&guests_dir)
+        .args(["build", "--release", "--quiet", "--target", "wasm32-unknown-unknown"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's settings (coverage flags, clippy's wrapper, a host
+    // target) must not leak into the guest build.
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || matches!(&*key, "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTDOCFLAGS")
+        {
+            cmd.env_remove(&*key);
+        }
+    }
+    let status = cmd.status().expect("cannot run cargo for the guests");
+    if !status.success() {
+        panic!(
+            "building the guests in {} failed (is the target installed? `rustup target add wasm32-unknown-unknown`)",
+            guests_dir.display()
+        );
+    }
+
+    let out = target_dir.join("wasm32-unknown-unknown/release");
+    for guest in GUESTS {
+        let file = out.join(format!("{}.wasm", guest.replace('-', "_")));
+        assert!(exists(&file), "guest build produced no {}", file.display());
+    }
+    println!("cargo:rustc-env=WASMGATE_GUEST_DIR={}", out.display());
+}
+
+fn exists(path: &Path) -> bool {
+    path.metadata().map(|m| m.len() > 0).unwrap_or(false)
+}

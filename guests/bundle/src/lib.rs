@@ -1,0 +1,25 @@
+//! The example guest modules, compiled for `wasm32-unknown-unknown` by this
+//! crate's build script and embedded as bytes. The simulator's default device
+//! serves them; the tests and benchmarks load them like any uploaded module.
+
+macro_rules! guest {
+    ($file:literal) => {
+        include_bytes!(concat!(env!("WASMGATE_GUEST_DIR"), "/", $file))
+    };
+}
+
+/// The smallest useful guest: answers every GET with `hello world`.
+pub const HELLO: &[u8] = guest!("hello.wasm");
+/// The lws port's HTTP example: logs POST bodies and answers with JSON.
+pub const HTTP_POST: &[u8] = guest!("http_post.wasm");
+/// A guest that misbehaves on purpose (trap, endless loop, memory bomb, bad pointer).
+pub const FAULTY: &[u8] = guest!("faulty.wasm");
+
+/// Every embedded guest by crate name, as a device config names them
+/// (`module = "builtin:http-post"`).
+pub const ALL: &[(&str, &[u8])] = &[("hello", HELLO), ("http-post", HTTP_POST), ("faulty", FAULTY)];
+
+/// The embedded guest called `name`, if there is one.
+pub fn by_name(name: &str) -> Option<&'static [u8]> {
+    ALL.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+}
