@@ -1,0 +1,329 @@
+//! The host simulator: a device config in TOML, turned into a running
+//! [`wasmgate::Context`] served on 127.0.0.1. The `wasmgate` binary is a thin
+//! command line over this.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, OnTrap, Protocol};
+use wasmgate::http;
+
+/// The built-in default device, as TOML.
+pub const DEFAULT_DEVICE: &str = include_str!("default-device.toml");
+
+/// A device config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFile {
+    device: DeviceSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
+    guest: GuestSection,
+    #[serde(default, rename = "protocol")]
+    protocols: Vec<ProtocolSection>,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<ListenerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceSection {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    max_connections: usize,
+    max_head_bytes: usize,
+    max_headers: usize,
+    max_uri_bytes: usize,
+    max_body_bytes: u64,
+    tx_buffer_bytes: usize,
+    head_timeout_ms: u64,
+    body_timeout_ms: u64,
+    idle_timeout_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let l = Limits::DEFAULT;
+        let h = l.http;
+        LimitsSection {
+            max_connections: l.max_connections,
+            max_head_bytes: h.max_head_bytes,
+            max_headers: h.max_headers,
+            max_uri_bytes: h.max_uri_bytes,
+            max_body_bytes: h.max_body_bytes,
+            tx_buffer_bytes: h.tx_buffer_bytes,
+            head_timeout_ms: h.head_timeout.as_millis() as u64,
+            body_timeout_ms: h.body_timeout.as_millis() as u64,
+            idle_timeout_ms: h.idle_timeout.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct GuestSection {
+    fuel_per_callback: u64,
+    max_memory_pages: u32,
+    max_rx_buffer_size: u32,
+    max_session_data_size: u32,
+    on_trap: OnTrapSetting,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum OnTrapSetting {
+    Reinstantiate,
+    Keep,
+}
+
+impl Default for GuestSection {
+    fn default() -> Self {
+        let g = GuestLimits::DEFAULT;
+        GuestSection {
+            fuel_per_callback: g.fuel_per_callback,
+            max_memory_pages: g.max_memory_pages,
+            max_rx_buffer_size: g.max_rx_buffer_size,
+            max_session_data_size: g.max_session_data_size,
+            on_trap: OnTrapSetting::Reinstantiate,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtocolSection {
+    name: String,
+    /// `builtin:NAME` or a path, relative to the config file.
+    module: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerSection {
+    name: String,
+    port: u16,
+    /// Host port on `address` that reaches this listener; 0 = any free port.
+    #[serde(default)]
+    forward: Option<u16>,
+    #[serde(default = "localhost")]
+    address: IpAddr,
+    #[serde(default)]
+    mounts: BTreeMap<String, String>,
+}
+
+fn localhost() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// A device ready to start: the runtime's config and where each listener is
+/// reachable on the host.
+#[derive(Debug)]
+pub struct Device {
+    /// The runtime config.
+    pub config: wasmgate::Config,
+    /// Host address of each listener, in config order.
+    pub addrs: Vec<SocketAddr>,
+    /// Where each protocol's module came from, for the start-up banner.
+    pub sources: Vec<String>,
+}
+
+/// A config that cannot be used, with the key at fault.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Device {
+    /// The built-in default device.
+    ///
+    /// # Errors
+    ///
+    /// Only if the embedded config is broken (a test keeps it from being).
+    pub fn default_device() -> Result<Self, ConfigError> {
+        Self::from_toml(DEFAULT_DEVICE, "<built-in default device>", Path::new("."))
+    }
+
+    /// Reads a device config file.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the file and the key at fault.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses a device config; module paths are relative to `base`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming `origin` and the key at fault.
+    pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let file: DeviceFile =
+            toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        let err = |key: String, msg: String| ConfigError(format!("{origin}: `{key}`: {msg}"));
+        let l = &file.limits;
+        let limits = Limits {
+            max_connections: l.max_connections,
+            http: http::Limits {
+                max_head_bytes: l.max_head_bytes,
+                max_headers: l.max_headers,
+                max_uri_bytes: l.max_uri_bytes,
+                max_body_bytes: l.max_body_bytes,
+                tx_buffer_bytes: l.tx_buffer_bytes,
+                head_timeout: Duration::from_millis(l.head_timeout_ms),
+                body_timeout: Duration::from_millis(l.body_timeout_ms),
+                idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+                ..http::Limits::DEFAULT
+            },
+        };
+        for (key, value, min) in [
+            ("limits.max_connections", l.max_connections, 1),
+            ("limits.max_head_bytes", l.max_head_bytes, 64),
+            ("limits.max_headers", l.max_headers, 1),
+            ("limits.max_uri_bytes", l.max_uri_bytes, 1),
+            ("limits.tx_buffer_bytes", l.tx_buffer_bytes, 256),
+        ] {
+            if value < min {
+                return Err(err(key.into(), format!("must be at least {min}, is {value}")));
+            }
+        }
+        let g = &file.guest;
+        if g.max_memory_pages == 0 {
+            return Err(err("guest.max_memory_pages".into(), "must be at least 1".into()));
+        }
+        let guest = GuestLimits {
+            fuel_per_callback: g.fuel_per_callback,
+            max_memory_pages: g.max_memory_pages,
+            max_rx_buffer_size: g.max_rx_buffer_size,
+            max_session_data_size: g.max_session_data_size,
+            on_trap: match g.on_trap {
+                OnTrapSetting::Reinstantiate => OnTrap::Reinstantiate,
+                OnTrapSetting::Keep => OnTrap::Keep,
+            },
+        };
+
+        let mut protocols = Vec::new();
+        let mut sources = Vec::new();
+        for (i, p) in file.protocols.iter().enumerate() {
+            let key = format!("protocol[{i}].module");
+            let module = match p.module.strip_prefix("builtin:") {
+                Some(name) => wasmgate_guests::by_name(name)
+                    .ok_or_else(|| {
+                        let known: Vec<_> = wasmgate_guests::ALL.iter().map(|(n, _)| *n).collect();
+                        err(
+                            key.clone(),
+                            format!("no built-in guest `{name}` (built-in: {})", known.join(", ")),
+                        )
+                    })?
+                    .to_vec(),
+                None => {
+                    let path: PathBuf = base.join(&p.module);
+                    std::fs::read(&path).map_err(|e| {
+                        err(key.clone(), format!("cannot read {}: {e}", path.display()))
+                    })?
+                }
+            };
+            sources.push(format!("{}, {} bytes", p.module, module.len()));
+            protocols.push(Protocol {
+                name: p.name.clone(),
+                handler: Handler::Wasm(module),
+            });
+        }
+
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for l in &file.listeners {
+            listeners.push(Listener {
+                name: l.name.clone(),
+                port: l.port,
+                mounts: l
+                    .mounts
+                    .iter()
+                    .map(|(prefix, protocol)| Mount {
+                        prefix: prefix.clone(),
+                        protocol: protocol.clone(),
+                    })
+                    .collect(),
+            });
+            addrs.push(SocketAddr::new(l.address, l.forward.unwrap_or(l.port)));
+        }
+
+        let config = wasmgate::Config {
+            name: file.device.name,
+            listeners,
+            protocols,
+            limits,
+            guest,
+        };
+        config
+            .validate()
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        Ok(Device {
+            config,
+            addrs,
+            sources,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_device_config_is_valid_and_serves_http_post_at_root() {
+        let d = Device::default_device().expect("built-in config");
+        let root = d.config.listeners[0].mount_for("/").unwrap();
+        assert_eq!(root.protocol, "http");
+        assert_eq!(d.addrs[0].port(), 8080);
+        assert!(
+            matches!(&d.config.protocols[0].handler, Handler::Wasm(m) if m == wasmgate_guests::HTTP_POST)
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Device::from_toml("[device]\nname = \"x\"\nnmae = 1\n", "t.toml", Path::new("."))
+            .unwrap_err();
+        assert!(e.to_string().contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn unknown_builtin_guest_is_named() {
+        let text = "[device]\nname = \"x\"\n[[protocol]]\nname = \"p\"\nmodule = \"builtin:nope\"\n";
+        let e = Device::from_toml(text, "t.toml", Path::new(".")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("protocol[0].module") && msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn mount_of_unknown_protocol_is_refused() {
+        let text = "[device]\nname = \"x\"\n[[listener]]\nname = \"l\"\nport = 80\nmounts = { \"/\" = \"ghost\" }\n";
+        let e = Device::from_toml(text, "t.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("ghost"), "{e}");
+    }
+
+    #[test]
+    fn limits_below_minimum_are_refused_with_their_key() {
+        let text = "[device]\nname = \"x\"\n[limits]\nmax_connections = 0\n";
+        let e = Device::from_toml(text, "t.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("limits.max_connections"), "{e}");
+    }
+}

@@ -1,0 +1,267 @@
+//! Device configuration: listeners, protocols (guest modules), mounts and limits.
+//! Plain data with small, documented defaults; the simulator fills it from TOML.
+
+use crate::http;
+
+/// Everything a [`Context`](crate::Context) needs to run a device.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Device name, shown in logs and by guests that ask.
+    pub name: String,
+    /// Listening ports and what they serve.
+    pub listeners: Vec<Listener>,
+    /// Protocols: a name and the guest module that implements it.
+    pub protocols: Vec<Protocol>,
+    /// Connection table size and HTTP limits.
+    pub limits: Limits,
+    /// Limits applied to every guest instance.
+    pub guest: GuestLimits,
+}
+
+/// A listening port and the protocols mounted on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Name used in logs and errors (`[[listener]] name`).
+    pub name: String,
+    /// TCP port on the device.
+    pub port: u16,
+    /// URL path prefix -> protocol name. The longest matching prefix wins; a
+    /// request no mount matches is answered `404`.
+    pub mounts: Vec<Mount>,
+}
+
+/// A URL path prefix served by a protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Prefix such as `/` or `/api`; matches whole path segments (`/api` matches
+    /// `/api` and `/api/x`, not `/apix`).
+    pub prefix: String,
+    /// Name of a [`Protocol`].
+    pub protocol: String,
+}
+
+/// A protocol (one lws `struct lws_protocols` entry) and what implements it.
+#[derive(Debug, Clone)]
+pub struct Protocol {
+    /// Protocol name (`http`, `echo-protocol`, ...).
+    pub name: String,
+    /// The guest module, or a handler compiled into the runtime.
+    pub handler: Handler,
+}
+
+/// What implements a protocol.
+#[derive(Clone)]
+pub enum Handler {
+    /// A guest module's WebAssembly bytes.
+    Wasm(Vec<u8>),
+    /// A handler compiled into the runtime (built-in protocols, benchmarks):
+    /// the factory is called once when the context starts.
+    Native(fn() -> Box<dyn crate::context::NativeProtocol>),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Wasm(bytes) => write!(f, "Wasm({} bytes)", bytes.len()),
+            Self::Native(_) => f.write_str("Native"),
+        }
+    }
+}
+
+/// Connection-level limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, all listeners together. Default 8: a small SoC's
+    /// lwIP has a handful of sockets (`MEMP_NUM_NETCONN`). Past it, new
+    /// connections get `503` with `Retry-After` and are closed.
+    pub max_connections: usize,
+    /// Per-connection HTTP limits (head size, header count, body size, timeouts).
+    pub http: http::Limits,
+}
+
+impl Limits {
+    /// The defaults of a small device.
+    pub const DEFAULT: Limits = Limits {
+        max_connections: 8,
+        http: http::Limits::DEFAULT,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What happens to a guest instance after one of its callbacks traps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnTrap {
+    /// The instance takes no new connections; a fresh instance of the same
+    /// module serves them, and the old one is dropped when its last connection
+    /// ends. A trap can leave the guest's memory half-updated: this is the safe
+    /// default.
+    #[default]
+    Reinstantiate,
+    /// Keep using the same instance.
+    Keep,
+}
+
+/// Limits applied to every guest instance. Fuel and the memory limit are always on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Fuel (roughly, WebAssembly instructions) one callback may use before it is
+    /// stopped as a runaway. Default 5,000,000 (a few milliseconds).
+    pub fuel_per_callback: u64,
+    /// Linear memory pages (64 KiB each) an instance may have. Default 4 (256 KiB).
+    pub max_memory_pages: u32,
+    /// Largest `rx_buffer_size` a guest may declare, in bytes. Default 4096.
+    pub max_rx_buffer_size: u32,
+    /// Largest `per_session_data_size` a guest may declare, in bytes. Default 4096.
+    pub max_session_data_size: u32,
+    /// What a trap does to the instance.
+    pub on_trap: OnTrap,
+}
+
+impl GuestLimits {
+    /// The defaults of a small device.
+    pub const DEFAULT: GuestLimits = GuestLimits {
+        fuel_per_callback: 5_000_000,
+        max_memory_pages: 4,
+        max_rx_buffer_size: 4096,
+        max_session_data_size: 4096,
+        on_trap: OnTrap::Reinstantiate,
+    };
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A configuration that cannot run, with the part of it that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Two protocols share a name.
+    DuplicateProtocol(String),
+    /// A mount names a protocol that is not configured.
+    UnknownProtocol { listener: String, protocol: String },
+    /// A mount prefix does not start with `/`.
+    BadMountPrefix { listener: String, prefix: String },
+    /// Two listeners use one port.
+    DuplicatePort(u16),
+    /// `max_connections` is 0.
+    NoConnections,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DuplicateProtocol(name) => write!(f, "protocol `{name}` is configured twice"),
+            Self::UnknownProtocol { listener, protocol } => {
+                write!(f, "listener `{listener}` mounts unknown protocol `{protocol}`")
+            }
+            Self::BadMountPrefix { listener, prefix } => write!(
+                f,
+                "listener `{listener}`: mount prefix `{prefix}` must start with `/`"
+            ),
+            Self::DuplicatePort(port) => write!(f, "two listeners use port {port}"),
+            Self::NoConnections => write!(f, "limits.max_connections must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks the parts of the config that refer to each other.
+    ///
+    /// # Errors
+    ///
+    /// The first inconsistency found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::NoConnections);
+        }
+        for (i, p) in self.protocols.iter().enumerate() {
+            if self.protocols[..i].iter().any(|q| q.name == p.name) {
+                return Err(ConfigError::DuplicateProtocol(p.name.clone()));
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.port != 0 && self.listeners[..i].iter().any(|o| o.port == l.port) {
+                return Err(ConfigError::DuplicatePort(l.port));
+            }
+            for m in &l.mounts {
+                if !m.prefix.starts_with('/') {
+                    return Err(ConfigError::BadMountPrefix {
+                        listener: l.name.clone(),
+                        prefix: m.prefix.clone(),
+                    });
+                }
+                if !self.protocols.iter().any(|p| p.name == m.protocol) {
+                    return Err(ConfigError::UnknownProtocol {
+                        listener: l.name.clone(),
+                        protocol: m.protocol.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Listener {
+    /// The mount serving `path`: the longest prefix that matches whole segments.
+    pub fn mount_for(&self, path: &str) -> Option<&Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| prefix_matches(&m.prefix, path))
+            .max_by_key(|m| m.prefix.len())
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(prefixes: &[&str]) -> Listener {
+        Listener {
+            name: "main".into(),
+            port: 80,
+            mounts: prefixes
+                .iter()
+                .map(|p| Mount {
+                    prefix: (*p).into(),
+                    protocol: format!("proto{p}"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn longest_mount_prefix_wins_on_segment_boundaries() {
+        let l = listener(&["/", "/api", "/api/v2/"]);
+        assert_eq!(l.mount_for("/").unwrap().prefix, "/");
+        assert_eq!(l.mount_for("/index.html").unwrap().prefix, "/");
+        assert_eq!(l.mount_for("/api").unwrap().prefix, "/api");
+        assert_eq!(l.mount_for("/api/x").unwrap().prefix, "/api");
+        assert_eq!(l.mount_for("/apix").unwrap().prefix, "/");
+        assert_eq!(l.mount_for("/api/v2/y").unwrap().prefix, "/api/v2/");
+    }
+
+    #[test]
+    fn no_mount_no_match() {
+        let l = listener(&["/api"]);
+        assert!(l.mount_for("/").is_none());
+        assert!(l.mount_for("/other").is_none());
+    }
+}

@@ -1,0 +1,713 @@
+//! The device: the connection table, the protocols with their guest instances,
+//! and the dispatch of HTTP events to guest callbacks. Sans-IO like the layers
+//! below it: a driver (`net`) feeds bytes and the time in, and takes bytes out.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::config::{Config, ConfigError, Handler, OnTrap};
+use crate::guest::{Call, Fault, Guest, Instance, LoadError, Outcome, reason};
+use crate::http::{Completion, Event, ServerConn};
+
+/// A connection's handle. It is also the `wsi` its guest sees: non-zero, and
+/// not reused soon after the connection closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(u32);
+
+impl ConnId {
+    fn new(slot: usize, generation: u16) -> Self {
+        ConnId(((generation as u32) << 16 | slot as u32) + 1)
+    }
+
+    /// The connection's index in the table, below `max_connections`; unique
+    /// among open connections.
+    pub fn index(self) -> usize {
+        ((self.0 - 1) & 0xffff) as usize
+    }
+
+    /// The `wsi` value the guest sees.
+    pub fn wsi(self) -> i32 {
+        self.0 as i32
+    }
+}
+
+/// Largest body piece given to a native handler at once.
+const NATIVE_RX_BUFFER: usize = 4096;
+
+/// Why a new connection was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    /// `max_connections` are open: answer [`Context::BUSY_RESPONSE`] and close.
+    Full,
+    /// No such listener.
+    UnknownListener,
+}
+
+/// Why a context could not be created.
+#[derive(Debug)]
+pub enum ContextError {
+    /// The config is inconsistent.
+    Config(ConfigError),
+    /// A protocol's module cannot be loaded.
+    Module {
+        /// The protocol it was configured for.
+        protocol: String,
+        /// What is wrong with it.
+        error: LoadError,
+    },
+}
+
+impl std::fmt::Display for ContextError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "config: {e}"),
+            Self::Module { protocol, error } => write!(f, "protocol `{protocol}`: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ContextError {}
+
+/// Counters for the status page and the tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused because the table was full.
+    pub refused: u64,
+    /// Request heads dispatched.
+    pub requests: u64,
+    /// Guest callbacks run.
+    pub callbacks: u64,
+    /// Callbacks that trapped or ran out of fuel.
+    pub faults: u64,
+    /// Guest instances created (the first, and one after each retiring trap).
+    pub instances: u64,
+}
+
+/// A protocol handler compiled into the runtime. It sees the same [`Call`] the
+/// `lws` host functions act on, and the same reasons and return values as a
+/// guest's `callback`.
+pub trait NativeProtocol: std::fmt::Debug {
+    /// One callback; 0 goes on, anything else closes the connection.
+    fn callback(&mut self, call: &mut Call, reason: i32, input: &[u8]) -> i32;
+}
+
+#[derive(Debug)]
+struct ProtocolState {
+    name: String,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Wasm {
+        guest: Guest,
+        instances: Vec<Option<Instance>>,
+        current: Option<usize>,
+    },
+    Native(Box<dyn NativeProtocol>),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Binding {
+    protocol: usize,
+    instance: usize,
+    slot: u32,
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    listener: usize,
+    peer: SocketAddr,
+    /// `None` only while lent to a guest callback.
+    http: Option<ServerConn>,
+    binding: Option<Binding>,
+    writable: bool,
+    /// A guest returned non-zero: close without further answer.
+    abort: bool,
+    dirty: bool,
+}
+
+/// The runtime of one device. See the crate docs for the layers.
+#[derive(Debug)]
+pub struct Context {
+    config: Config,
+    protocols: Vec<ProtocolState>,
+    conns: Vec<Option<Conn>>,
+    generations: Vec<u16>,
+    dirty: Vec<ConnId>,
+    scratch: Vec<u8>,
+    epoch: Instant,
+    stats: Stats,
+}
+
+impl Context {
+    /// What a driver sends to a connection it cannot accept, before closing it.
+    pub const BUSY_RESPONSE: &'static [u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+        Retry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 31\r\n\
+        Connection: close\r\n\r\ndevice busy: too many clients\r\n";
+
+    /// Checks `config`, loads every protocol's module and runs its
+    /// `PROTOCOL_INIT`.
+    ///
+    /// # Errors
+    ///
+    /// The first config inconsistency, or the first module that cannot load.
+    pub fn new(config: Config, now: Instant) -> Result<Self, ContextError> {
+        config.validate().map_err(ContextError::Config)?;
+        let engine = Guest::engine();
+        let mut protocols = Vec::with_capacity(config.protocols.len());
+        for p in &config.protocols {
+            let backend = match &p.handler {
+                Handler::Wasm(module) => Backend::Wasm {
+                    guest: Guest::load(&engine, &p.name, module, config.guest).map_err(
+                        |error| ContextError::Module {
+                            protocol: p.name.clone(),
+                            error,
+                        },
+                    )?,
+                    instances: Vec::new(),
+                    current: None,
+                },
+                Handler::Native(make) => Backend::Native(make()),
+            };
+            protocols.push(ProtocolState {
+                name: p.name.clone(),
+                backend,
+            });
+        }
+        let max = config.limits.max_connections;
+        Ok(Context {
+            protocols,
+            conns: (0..max).map(|_| None).collect(),
+            generations: vec![0; max],
+            dirty: Vec::with_capacity(max),
+            scratch: Vec::new(),
+            epoch: now,
+            stats: Stats::default(),
+            config,
+        })
+    }
+
+    /// The config this context runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.conns.iter().flatten().count()
+    }
+
+    /// Live guest instances of `protocol` (including retired ones still draining).
+    pub fn instances(&self, protocol: &str) -> usize {
+        self.protocols
+            .iter()
+            .filter(|p| p.name == protocol)
+            .map(|p| match &p.backend {
+                Backend::Wasm { instances, .. } => instances.iter().flatten().count(),
+                Backend::Native(_) => 1,
+            })
+            .sum()
+    }
+
+    // ---- the driver interface ----
+
+    /// A new connection on listener `listener` (an index into `config.listeners`).
+    ///
+    /// # Errors
+    ///
+    /// [`AcceptError::Full`] when `max_connections` are open.
+    pub fn accept(
+        &mut self,
+        listener: usize,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<ConnId, AcceptError> {
+        if listener >= self.config.listeners.len() {
+            return Err(AcceptError::UnknownListener);
+        }
+        let Some(slot) = self.conns.iter().position(Option::is_none) else {
+            self.stats.refused += 1;
+            tracing::warn!(%peer, "connection refused: all {} slots busy", self.conns.len());
+            return Err(AcceptError::Full);
+        };
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        let id = ConnId::new(slot, self.generations[slot]);
+        self.conns[slot] = Some(Conn {
+            id,
+            listener,
+            peer,
+            http: Some(ServerConn::new(self.config.limits.http, now)),
+            binding: None,
+            writable: false,
+            abort: false,
+            dirty: false,
+        });
+        self.stats.accepted += 1;
+        tracing::debug!(%peer, wsi = id.wsi(), "accepted");
+        Ok(id)
+    }
+
+    /// How many bytes [`receive`](Self::receive) can take for `id` now; the
+    /// driver leaves the rest in the socket (TCP back-pressure).
+    pub fn rx_space(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| {
+            if c.abort {
+                0
+            } else {
+                c.http.as_ref().map_or(0, ServerConn::rx_space)
+            }
+        })
+    }
+
+    /// Bytes from the peer. Returns how many were taken (at most
+    /// [`rx_space`](Self::rx_space)).
+    pub fn receive(&mut self, id: ConnId, data: &[u8], now: Instant) -> usize {
+        let Some(conn) = self.conn_mut(id) else {
+            return 0;
+        };
+        let taken = match conn.http.as_mut() {
+            Some(http) if !conn.abort => http.feed(data, now),
+            _ => 0,
+        };
+        self.pump(id, now);
+        taken
+    }
+
+    /// The peer sent FIN.
+    pub fn peer_closed(&mut self, id: ConnId, now: Instant) {
+        if let Some(http) = self.conn_mut(id).and_then(|c| c.http.as_mut()) {
+            http.peer_closed(now);
+        }
+        self.pump(id, now);
+    }
+
+    /// Bytes waiting to be sent to the peer.
+    pub fn transmit(&self, id: ConnId) -> &[u8] {
+        self.conn(id)
+            .and_then(|c| c.http.as_ref())
+            .map_or(&[], ServerConn::tx)
+    }
+
+    /// The driver sent `n` bytes of [`transmit`](Self::transmit).
+    pub fn transmitted(&mut self, id: ConnId, n: usize) {
+        if let Some(http) = self.conn_mut(id).and_then(|c| c.http.as_mut()) {
+            http.consume_tx(n);
+        }
+    }
+
+    /// True when the driver should close the socket: the connection is done and
+    /// everything queued has been sent.
+    pub fn should_close(&self, id: ConnId) -> bool {
+        self.conn(id).is_none_or(|c| {
+            let http = c.http.as_ref();
+            let drained = http.is_none_or(|h| h.tx().is_empty());
+            (c.abort && drained) || http.is_some_and(ServerConn::is_closed)
+        })
+    }
+
+    /// The socket is gone (closed by us after [`should_close`](Self::should_close),
+    /// reset by the peer, or failed). Runs `CLOSED_HTTP` if a request was bound.
+    pub fn close(&mut self, id: ConnId, now: Instant) {
+        if self.conn(id).is_none() {
+            return;
+        }
+        if self.conn(id).is_some_and(|c| c.binding.is_some()) {
+            self.callback(id, reason::CLOSED_HTTP, &[], now);
+        }
+        let slot = id.index();
+        if let Some(binding) = self.conns[slot].as_mut().and_then(|c| c.binding.take()) {
+            self.unbind(binding, now);
+        }
+        self.conns[slot] = None;
+        tracing::debug!(wsi = id.wsi(), "closed");
+    }
+
+    /// Connections with news for the driver (output queued, or ready to close)
+    /// since the last call.
+    pub fn take_dirty(&mut self) -> Vec<ConnId> {
+        for id in &self.dirty {
+            if let Some(c) = self.conns[id.index()].as_mut() {
+                c.dirty = false;
+            }
+        }
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Runs what is due at `now`: timeouts and `HTTP_WRITEABLE` callbacks.
+    /// Returns when it wants to run next (`None`: only when input arrives).
+    pub fn service(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            let id = conn.id;
+            let Some(http) = conn.http.as_mut() else {
+                continue;
+            };
+            let before = http.tx().len();
+            let deadline = http.poll_timeout(now);
+            let changed = http.tx().len() != before || http.wants_close();
+            if changed {
+                self.mark_dirty(id);
+            }
+            let conn = self.conns[slot].as_mut().expect("still open");
+            let tx_half_free = conn.http.as_ref().is_some_and(|h| {
+                h.tx_space() >= self.config.limits.http.tx_buffer_bytes / 2
+            });
+            if conn.writable && conn.binding.is_some() && tx_half_free && !conn.abort {
+                conn.writable = false;
+                self.callback(id, reason::HTTP_WRITEABLE, &[], now);
+                self.pump(id, now);
+            }
+            let conn = self.conns[slot].as_ref();
+            if conn.is_some_and(|c| c.writable && c.binding.is_some()) {
+                next = Some(now);
+            }
+            next = match (next, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        next
+    }
+
+    // ---- dispatch ----
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .filter(|c| c.id == id)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|c| c.id == id)
+    }
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    fn now_us(&self, now: Instant) -> i64 {
+        now.saturating_duration_since(self.epoch).as_micros() as i64
+    }
+
+    /// Handles every event the connection's parser has ready.
+    fn pump(&mut self, id: ConnId, now: Instant) {
+        self.mark_dirty(id);
+        loop {
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
+            if conn.abort {
+                return;
+            }
+            let piece = conn.binding.map_or(NATIVE_RX_BUFFER, |b| {
+                match &self.protocols[b.protocol].backend {
+                    Backend::Wasm { instances, .. } => instances[b.instance]
+                        .as_ref()
+                        .map_or(NATIVE_RX_BUFFER, |i| i.descriptor().rx_buffer_size as usize),
+                    Backend::Native(_) => NATIVE_RX_BUFFER,
+                }
+            });
+            let conn = self.conns[id.index()].as_mut().expect("checked above");
+            let Some(http) = conn.http.as_mut() else {
+                return;
+            };
+            let Some(event) = http.poll_event(now, piece) else {
+                return;
+            };
+            match event {
+                Event::Head => self.on_head(id, now),
+                Event::Body(piece) => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(piece);
+                    if self.conn(id).is_some_and(|c| c.binding.is_some()) {
+                        let body = std::mem::take(&mut self.scratch);
+                        self.callback(id, reason::HTTP_BODY, &body, now);
+                        self.scratch = body;
+                    }
+                }
+                Event::BodyComplete => self.on_body_complete(id, now),
+                Event::Rejected(r) => {
+                    tracing::info!(wsi = id.wsi(), status = r.status, "request rejected: {}", r.reason);
+                }
+            }
+        }
+    }
+
+    fn on_head(&mut self, id: ConnId, now: Instant) {
+        self.stats.requests += 1;
+        let conn = self.conn(id).expect("caller checked");
+        let listener = &self.config.listeners[conn.listener];
+        let req = conn.http.as_ref().and_then(ServerConn::request).expect("head");
+        let path = req.path().to_string();
+        tracing::debug!(wsi = id.wsi(), method = req.method(), path = %path, "request");
+        let mount = listener.mount_for(&path).map(|m| m.protocol.clone());
+        let Some(protocol) =
+            mount.and_then(|name| self.protocols.iter().position(|p| p.name == name))
+        else {
+            self.answer(id, 404, "no handler for this path\n", false);
+            return;
+        };
+        let Some(instance) = self.instance_for(protocol, now) else {
+            self.answer(id, 503, "protocol unavailable\n", true);
+            return;
+        };
+        let (rx_size, slot) = match &mut self.protocols[protocol].backend {
+            Backend::Wasm { instances, .. } => {
+                let inst = instances[instance].as_mut().expect("live instance");
+                let rx_size = inst.descriptor().rx_buffer_size as usize;
+                (rx_size, if path.len() > rx_size { None } else { inst.bind() })
+            }
+            Backend::Native(_) => (NATIVE_RX_BUFFER, Some(0)),
+        };
+        if path.len() > rx_size {
+            self.answer(id, 414, "path longer than the protocol's rx_buffer_size\n", true);
+            return;
+        }
+        let Some(slot) = slot else {
+            self.answer(id, 503, "all sessions of this protocol are busy\n", false);
+            return;
+        };
+        let conn = self.conn_mut(id).expect("caller checked");
+        conn.binding = Some(Binding {
+            protocol,
+            instance,
+            slot,
+        });
+        self.callback(id, reason::HTTP_BIND_PROTOCOL, &[], now);
+        self.callback(id, reason::HTTP, path.as_bytes(), now);
+    }
+
+    fn on_body_complete(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.binding.is_none() {
+            return;
+        }
+        let body_expected = conn
+            .http
+            .as_ref()
+            .and_then(ServerConn::request)
+            .is_some_and(|r| r.body_expected());
+        if body_expected {
+            self.callback(id, reason::HTTP_BODY_COMPLETION, &[], now);
+        }
+        // A guest that neither answered nor asked to: the path is not its.
+        if let Some(conn) = self.conn_mut(id)
+            && conn.binding.is_some()
+            && !conn.writable
+            && !conn.abort
+            && conn.http.as_ref().is_some_and(|h| !h.response_started())
+        {
+            let http = conn.http.as_mut().expect("present");
+            http.respond_simple(404, "text/plain", b"not found\n", false);
+            let done = http.finish_response();
+            self.end_transaction(id, done, now);
+        }
+    }
+
+    /// The runtime answers the current request itself, and ends it.
+    fn answer(&mut self, id: ConnId, status: u16, body: &str, close: bool) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if let Some(http) = conn.http.as_mut() {
+            http.respond_simple(status, "text/plain", body.as_bytes(), close);
+            if http.finish_response() == Completion::Close {
+                conn.abort = true;
+            }
+        }
+    }
+
+    /// The instance new requests of `protocol` go to, created if needed.
+    fn instance_for(&mut self, protocol: usize, now: Instant) -> Option<usize> {
+        let now_us = self.now_us(now);
+        let Backend::Wasm {
+            guest,
+            instances,
+            current,
+        } = &mut self.protocols[protocol].backend
+        else {
+            return Some(0);
+        };
+        if let Some(i) = *current {
+            return Some(i);
+        }
+        match guest.instantiate(now_us) {
+            Ok(instance) => {
+                self.stats.instances += 1;
+                let index = match instances.iter().position(Option::is_none) {
+                    Some(free) => free,
+                    None => {
+                        instances.push(None);
+                        instances.len() - 1
+                    }
+                };
+                instances[index] = Some(instance);
+                *current = Some(index);
+                Some(index)
+            }
+            Err(e) => {
+                tracing::error!(protocol = guest.protocol(), "cannot create an instance: {e}");
+                None
+            }
+        }
+    }
+
+    fn unbind(&mut self, b: Binding, now: Instant) {
+        let now_us = self.now_us(now);
+        let p = &mut self.protocols[b.protocol];
+        let Backend::Wasm { instances, .. } = &mut p.backend else {
+            return;
+        };
+        let Some(inst) = instances[b.instance].as_mut() else {
+            return;
+        };
+        inst.unbind(b.slot);
+        if inst.is_retired() && inst.bound() == 0 {
+            inst.destroy(now_us);
+            instances[b.instance] = None;
+            tracing::info!(protocol = p.name, "retired instance dropped");
+        }
+    }
+
+    /// The transaction is over: tell the guest, free its session slot.
+    fn end_transaction(&mut self, id: ConnId, done: Completion, now: Instant) {
+        if self.conn(id).is_some_and(|c| c.binding.is_some()) {
+            self.callback(id, reason::HTTP_DROP_PROTOCOL, &[], now);
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.writable = false;
+        if done == Completion::Close {
+            conn.abort = true;
+        }
+        if let Some(b) = conn.binding.take() {
+            self.unbind(b, now);
+        }
+    }
+
+    /// Runs one guest callback for connection `id` and applies its outcome.
+    fn callback(&mut self, id: ConnId, why: i32, input: &[u8], now: Instant) {
+        let now_us = self.now_us(now);
+        let on_trap = self.config.guest.on_trap;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Some(b) = conn.binding else {
+            return;
+        };
+        if conn.abort && why != reason::CLOSED_HTTP {
+            return;
+        }
+        let Some(http) = conn.http.take() else {
+            return;
+        };
+        let call = Call {
+            wsi: id.wsi(),
+            http,
+            peer: conn.peer,
+            writable_requested: false,
+            completed: None,
+        };
+        let outcome = match &mut self.protocols[b.protocol].backend {
+            Backend::Wasm { instances, .. } => match instances[b.instance].as_mut() {
+                Some(inst) => inst.call(why, id.wsi(), Some(b.slot), input, Some(call), now_us),
+                None => Outcome {
+                    result: Err(Fault::Trap("instance is gone".into())),
+                    call: Some(call),
+                },
+            },
+            Backend::Native(handler) => {
+                let mut call = call;
+                let result = Ok(handler.callback(&mut call, why, input));
+                Outcome {
+                    result,
+                    call: Some(call),
+                }
+            }
+        };
+        self.stats.callbacks += 1;
+        let call = outcome.call.expect("host functions never keep the call");
+        let conn = self.conns[id.index()].as_mut().expect("still open");
+        conn.http = Some(call.http);
+        conn.writable |= call.writable_requested;
+        match outcome.result {
+            Ok(0) => {
+                if let Some(done) = call.completed
+                    && why != reason::HTTP_DROP_PROTOCOL
+                    && why != reason::CLOSED_HTTP
+                {
+                    self.end_transaction(id, done, now);
+                }
+            }
+            Ok(n) => {
+                tracing::debug!(wsi = id.wsi(), "callback {why} returned {n}: closing");
+                conn.abort = true;
+            }
+            Err(fault) => self.on_fault(id, b, why, fault, on_trap, now),
+        }
+        self.mark_dirty(id);
+    }
+
+    fn on_fault(
+        &mut self,
+        id: ConnId,
+        b: Binding,
+        why: i32,
+        fault: Fault,
+        on_trap: OnTrap,
+        now: Instant,
+    ) {
+        self.stats.faults += 1;
+        let p = &mut self.protocols[b.protocol];
+        tracing::warn!(
+            protocol = p.name,
+            wsi = id.wsi(),
+            "guest {fault} in callback reason {why}"
+        );
+        if on_trap == OnTrap::Reinstantiate
+            && let Backend::Wasm {
+                instances, current, ..
+            } = &mut p.backend
+            && let Some(inst) = instances[b.instance].as_mut()
+            && !inst.is_retired()
+        {
+            inst.retire();
+            *current = None;
+        }
+        let conn = self.conns[id.index()].as_mut().expect("still open");
+        conn.binding = None;
+        conn.writable = false;
+        if let Some(http) = conn.http.as_mut() {
+            if http.response_started() {
+                conn.abort = true;
+            } else {
+                http.respond_simple(500, "text/plain", b"guest module failed\n", true);
+            }
+        }
+        self.unbind(b, now);
+    }
+}

@@ -1,0 +1,384 @@
+//! The `lws` host functions. Each checks its pointers against guest memory and
+//! the `wsi` against the connection lent to the callback, returns a status, and
+//! never calls back into the guest.
+
+use wasmi::{Caller, Engine, Linker, ValType};
+
+use super::status::{BAD_POINTER, BAD_STATE, INVALID, NO_SPACE, NOT_FOUND};
+use super::{Call, HostState};
+use crate::http::{Completion, QueryArgError, ResponseError};
+
+const I32: ValType = ValType::I32;
+const I64: ValType = ValType::I64;
+
+/// Every host function: name, parameter types, result types.
+const SIGNATURES: &[(&str, &[ValType], &[ValType])] = &[
+    ("lws_write", &[I32; 4], &[I32]),
+    ("lws_add_http_header_status", &[I32; 2], &[I32]),
+    ("lws_add_http_header_by_name", &[I32; 5], &[I32]),
+    ("lws_add_http_header_content_length", &[I32, I64], &[I32]),
+    ("lws_add_http_common_headers", &[I32, I32, I32, I32, I64], &[I32]),
+    ("lws_finalize_write_http_header", &[I32], &[I32]),
+    ("lws_return_http_status", &[I32; 4], &[I32]),
+    ("lws_callback_on_writable", &[I32], &[I32]),
+    ("lws_http_transaction_completed", &[I32], &[I32]),
+    ("lws_http_get_uri_and_method", &[I32; 3], &[I32]),
+    ("lws_hdr_custom_length", &[I32; 3], &[I32]),
+    ("lws_hdr_custom_copy", &[I32; 5], &[I32]),
+    ("lws_get_urlarg_by_name_safe", &[I32; 5], &[I32]),
+    ("lws_get_peer_simple", &[I32; 3], &[I32]),
+    ("lws_now_usecs", &[], &[I64]),
+    ("lws_log", &[I32; 3], &[I32]),
+];
+
+/// `lws_write` modes the HTTP server accepts.
+const LWS_WRITE_HTTP: i32 = 3;
+const LWS_WRITE_HTTP_FINAL: i32 = 7;
+/// `LWS_ILLEGAL_HTTP_CONTENT_LEN`: the body length is not known up front.
+const UNKNOWN_LENGTH: i64 = -1;
+/// Longest log line kept from a guest.
+const MAX_LOG: usize = 512;
+
+/// The parameter and result types of host function `name`, if it exists.
+pub(super) fn signature_of(name: &str) -> Option<(&'static [ValType], &'static [ValType])> {
+    SIGNATURES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, p, r)| (*p, *r))
+}
+
+type Cx<'a> = Caller<'a, HostState>;
+
+/// Guest bytes `ptr..ptr + len`, if inside memory.
+fn bytes(mem: &[u8], ptr: i32, len: i32) -> Option<&[u8]> {
+    let (ptr, len) = (usize::try_from(ptr).ok()?, usize::try_from(len).ok()?);
+    mem.get(ptr..ptr.checked_add(len)?)
+}
+
+/// Two disjoint views: an immutable source and a mutable destination would
+/// alias the same memory, so copies go through this.
+fn copy_out(mem: &mut [u8], dst: i32, dst_len: i32, value: &[u8]) -> i32 {
+    let (Ok(ptr), Ok(cap)) = (usize::try_from(dst), usize::try_from(dst_len)) else {
+        return BAD_POINTER;
+    };
+    let Some(out) = ptr.checked_add(cap).and_then(|end| mem.get_mut(ptr..end)) else {
+        return BAD_POINTER;
+    };
+    if value.len() > out.len() {
+        return NO_SPACE;
+    }
+    out[..value.len()].copy_from_slice(value);
+    if value.len() < out.len() {
+        out[value.len()] = 0; // a C string for lws-style callers
+    }
+    value.len() as i32
+}
+
+/// Runs `f` with guest memory and the connection `wsi`, if it is the one lent
+/// to this callback.
+fn with_call(cx: &mut Cx<'_>, wsi: i32, f: impl FnOnce(&mut [u8], &mut Call) -> i32) -> i32 {
+    let Some(memory) = cx.data().memory else {
+        return BAD_STATE;
+    };
+    let (mem, state) = memory.data_and_store_mut(cx);
+    match state.call.as_mut() {
+        Some(call) if call.wsi == wsi => f(mem, call),
+        _ => BAD_STATE,
+    }
+}
+
+fn response_status(result: Result<(), ResponseError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => response_error(e),
+    }
+}
+
+fn response_error(e: ResponseError) -> i32 {
+    match e {
+        ResponseError::BadState => BAD_STATE,
+        ResponseError::NoSpace => NO_SPACE,
+        ResponseError::Invalid => INVALID,
+    }
+}
+
+fn status_code(status: i32) -> Option<u16> {
+    u16::try_from(status).ok().filter(|s| (100..=999).contains(s))
+}
+
+/// Header names may come lws-style, with a trailing `:`.
+fn header_name(raw: &[u8]) -> &[u8] {
+    raw.strip_suffix(b":").unwrap_or(raw)
+}
+
+fn lws_write(mut cx: Cx<'_>, wsi: i32, buf: i32, len: i32, mode: i32) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        let Some(data) = bytes(mem, buf, len) else {
+            return BAD_POINTER;
+        };
+        let fin = match mode {
+            LWS_WRITE_HTTP => false,
+            LWS_WRITE_HTTP_FINAL => true,
+            _ => return BAD_STATE,
+        };
+        match call.http.write_body(data, fin) {
+            Ok(_) => len,
+            Err(e) => response_error(e),
+        }
+    })
+}
+
+fn add_status(mut cx: Cx<'_>, wsi: i32, status: i32) -> i32 {
+    with_call(&mut cx, wsi, |_, call| match status_code(status) {
+        Some(code) => response_status(call.http.begin_head(code)),
+        None => INVALID,
+    })
+}
+
+fn add_header(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32, value: i32, value_len: i32) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        let (Some(name), Some(value)) = (bytes(mem, name, name_len), bytes(mem, value, value_len))
+        else {
+            return BAD_POINTER;
+        };
+        response_status(call.http.add_header(header_name(name), value))
+    })
+}
+
+fn content_length(mut cx: Cx<'_>, wsi: i32, length: i64) -> i32 {
+    with_call(&mut cx, wsi, |_, call| match u64::try_from(length) {
+        Ok(n) => response_status(call.http.set_content_length(Some(n))),
+        Err(_) => INVALID,
+    })
+}
+
+fn common_headers(
+    mut cx: Cx<'_>,
+    wsi: i32,
+    status: i32,
+    content_type: i32,
+    ct_len: i32,
+    length: i64,
+) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        let Some(content_type) = bytes(mem, content_type, ct_len) else {
+            return BAD_POINTER;
+        };
+        let Some(code) = status_code(status) else {
+            return INVALID;
+        };
+        let length = match length {
+            UNKNOWN_LENGTH => None,
+            n => match u64::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => return INVALID,
+            },
+        };
+        let http = &mut call.http;
+        response_status(
+            http.begin_head(code)
+                .and_then(|()| http.add_header(b"content-type", content_type))
+                .and_then(|()| http.set_content_length(length)),
+        )
+    })
+}
+
+fn finalize(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    with_call(&mut cx, wsi, |_, call| response_status(call.http.finalize_head()))
+}
+
+fn return_status(mut cx: Cx<'_>, wsi: i32, status: i32, html: i32, html_len: i32) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        let Some(html) = bytes(mem, html, html_len) else {
+            return BAD_POINTER;
+        };
+        let Some(code) = status_code(status) else {
+            return INVALID;
+        };
+        if call.http.response_started() || call.completed.is_some() {
+            return BAD_STATE;
+        }
+        let body;
+        let html = if html.is_empty() {
+            body = format!("<html><body><h1>{code}</h1></body></html>\n");
+            body.as_bytes()
+        } else {
+            html
+        };
+        call.http.respond_simple(code, "text/html; charset=utf-8", html, false);
+        call.completed = Some(call.http.finish_response());
+        0
+    })
+}
+
+fn on_writable(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    with_call(&mut cx, wsi, |_, call| {
+        call.writable_requested = true;
+        1
+    })
+}
+
+fn transaction_completed(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    with_call(&mut cx, wsi, |_, call| {
+        let completion = match call.completed {
+            Some(done) => done,
+            None => call.http.finish_response(),
+        };
+        call.completed = Some(completion);
+        i32::from(completion == Completion::Close)
+    })
+}
+
+fn uri_and_method(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        let Some(req) = call.http.request() else {
+            return BAD_STATE;
+        };
+        match copy_out(mem, dst, dst_len, req.path().as_bytes()) {
+            n if n < 0 => n,
+            _ => i32::from(req.method_index()),
+        }
+    })
+}
+
+fn header_value<'a>(mem: &[u8], call: &'a Call, name: i32, name_len: i32) -> Result<&'a [u8], i32> {
+    let name = bytes(mem, name, name_len).ok_or(BAD_POINTER)?;
+    let name = std::str::from_utf8(header_name(name)).map_err(|_| BAD_POINTER)?;
+    let req = call.http.request().ok_or(BAD_STATE)?;
+    req.header(name).ok_or(NOT_FOUND)
+}
+
+fn hdr_length(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        match header_value(mem, call, name, name_len) {
+            Ok(v) => v.len() as i32,
+            Err(e) => e,
+        }
+    })
+}
+
+fn hdr_copy(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32, name: i32, name_len: i32) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        match header_value(mem, call, name, name_len) {
+            Ok(v) => copy_out(mem, dst, dst_len, v),
+            Err(e) => e,
+        }
+    })
+}
+
+fn urlarg(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32, dst: i32, dst_len: i32) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        let Some(name) = bytes(mem, name, name_len) else {
+            return BAD_POINTER;
+        };
+        let Ok(name) = std::str::from_utf8(name.strip_suffix(b"=").unwrap_or(name)) else {
+            return BAD_POINTER;
+        };
+        let name = name.to_owned();
+        let Some(req) = call.http.request() else {
+            return BAD_STATE;
+        };
+        let (Ok(ptr), Ok(cap)) = (usize::try_from(dst), usize::try_from(dst_len)) else {
+            return BAD_POINTER;
+        };
+        let Some(out) = ptr.checked_add(cap).and_then(|end| mem.get_mut(ptr..end)) else {
+            return BAD_POINTER;
+        };
+        match req.query_arg(&name, out) {
+            Ok(n) => n as i32,
+            Err(QueryArgError::NotFound) => NOT_FOUND,
+            Err(QueryArgError::TooSmall) => NO_SPACE,
+        }
+    })
+}
+
+fn peer(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32) -> i32 {
+    with_call(&mut cx, wsi, |mem, call| {
+        let text = call.peer.ip().to_string();
+        copy_out(mem, dst, dst_len, text.as_bytes())
+    })
+}
+
+fn log(mut cx: Cx<'_>, level: i32, msg: i32, len: i32) -> i32 {
+    let Some(memory) = cx.data().memory else {
+        return BAD_STATE;
+    };
+    let (mem, state) = memory.data_and_store_mut(&mut cx);
+    let Some(raw) = bytes(mem, msg, len) else {
+        return BAD_POINTER;
+    };
+    let raw = &raw[..raw.len().min(MAX_LOG)];
+    let text = String::from_utf8_lossy(raw);
+    let text = text.trim_end();
+    let protocol = state.protocol.as_str();
+    let wsi = state.call.as_ref().map_or(0, |c| c.wsi);
+    match level {
+        1 => tracing::error!(target: "guest", protocol, wsi, "{text}"),
+        2 => tracing::warn!(target: "guest", protocol, wsi, "{text}"),
+        8 => tracing::debug!(target: "guest", protocol, wsi, "{text}"),
+        16 => tracing::trace!(target: "guest", protocol, wsi, "{text}"),
+        _ => tracing::info!(target: "guest", protocol, wsi, "{text}"),
+    }
+    0
+}
+
+/// A linker that defines every host function of ABI v1.
+pub(super) fn linker(engine: &Engine) -> Linker<HostState> {
+    let mut l = Linker::new(engine);
+    let defined = [
+        l.func_wrap("lws", "lws_write", lws_write).is_ok(),
+        l.func_wrap("lws", "lws_add_http_header_status", add_status).is_ok(),
+        l.func_wrap("lws", "lws_add_http_header_by_name", add_header).is_ok(),
+        l.func_wrap("lws", "lws_add_http_header_content_length", content_length).is_ok(),
+        l.func_wrap("lws", "lws_add_http_common_headers", common_headers).is_ok(),
+        l.func_wrap("lws", "lws_finalize_write_http_header", finalize).is_ok(),
+        l.func_wrap("lws", "lws_return_http_status", return_status).is_ok(),
+        l.func_wrap("lws", "lws_callback_on_writable", on_writable).is_ok(),
+        l.func_wrap("lws", "lws_http_transaction_completed", transaction_completed).is_ok(),
+        l.func_wrap("lws", "lws_http_get_uri_and_method", uri_and_method).is_ok(),
+        l.func_wrap("lws", "lws_hdr_custom_length", hdr_length).is_ok(),
+        l.func_wrap("lws", "lws_hdr_custom_copy", hdr_copy).is_ok(),
+        l.func_wrap("lws", "lws_get_urlarg_by_name_safe", urlarg).is_ok(),
+        l.func_wrap("lws", "lws_get_peer_simple", peer).is_ok(),
+        l.func_wrap("lws", "lws_now_usecs", |cx: Cx<'_>| cx.data().now_us).is_ok(),
+        l.func_wrap("lws", "lws_log", log).is_ok(),
+    ];
+    debug_assert!(defined.iter().all(|ok| *ok), "each host function is defined once");
+    debug_assert_eq!(defined.len(), SIGNATURES.len());
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_out_checks_bounds_and_space() {
+        let mut mem = [0u8; 16];
+        assert_eq!(copy_out(&mut mem, 4, 8, b"abc"), 3);
+        assert_eq!(&mem[4..8], b"abc\0");
+        assert_eq!(copy_out(&mut mem, 4, 2, b"abc"), NO_SPACE);
+        assert_eq!(copy_out(&mut mem, 12, 8, b"abc"), BAD_POINTER);
+        assert_eq!(copy_out(&mut mem, -1, 2, b"a"), BAD_POINTER);
+        assert_eq!(copy_out(&mut mem, i32::MAX, i32::MAX, b"a"), BAD_POINTER);
+    }
+
+    #[test]
+    fn bytes_rejects_ranges_outside_memory() {
+        let mem = [1u8; 8];
+        assert_eq!(bytes(&mem, 0, 8), Some(&mem[..]));
+        assert_eq!(bytes(&mem, 1, 8), None);
+        assert_eq!(bytes(&mem, 0, -1), None);
+        assert_eq!(bytes(&mem, -4, 2), None);
+    }
+
+    #[test]
+    fn every_signature_has_a_host_function() {
+        let engine = super::super::Guest::engine();
+        let linker = linker(&engine);
+        let _ = linker; // definitions checked by the debug assertions above
+        for (name, _, _) in SIGNATURES {
+            assert!(signature_of(name).is_some());
+        }
+    }
+}

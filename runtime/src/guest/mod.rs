@@ -1,0 +1,358 @@
+//! Guest modules: the wasmi engine, validation of a module against ABI v1, one
+//! instance per active module with fuel and a memory limit, and the `lws` host
+//! functions. Never does network I/O: host calls act on the sans-IO
+//! [`http::ServerConn`](crate::http::ServerConn) lent to them for one callback.
+
+mod host;
+mod load;
+
+use std::net::SocketAddr;
+
+use wasmi::{Engine, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
+
+use crate::config::GuestLimits;
+use crate::http::{Completion, ServerConn};
+
+pub use load::LoadError;
+
+/// The guest ABI version this runtime speaks.
+pub const ABI_VERSION: u32 = 1;
+/// Size of a WebAssembly page.
+pub const PAGE_SIZE: u64 = 65_536;
+
+/// Callback reasons, with libwebsockets 4.3's numbers.
+pub mod reason {
+    /// Once, after an instance is created.
+    pub const PROTOCOL_INIT: i32 = 27;
+    /// Once, before an instance is dropped.
+    pub const PROTOCOL_DESTROY: i32 = 28;
+    /// A request is bound to the protocol; its per-session data was zeroed.
+    pub const HTTP_BIND_PROTOCOL: i32 = 49;
+    /// A request head is complete; `in` is the URL path.
+    pub const HTTP: i32 = 12;
+    /// A piece of the request body.
+    pub const HTTP_BODY: i32 = 13;
+    /// The whole request body was delivered.
+    pub const HTTP_BODY_COMPLETION: i32 = 14;
+    /// The connection can take more output.
+    pub const HTTP_WRITEABLE: i32 = 16;
+    /// The transaction ended.
+    pub const HTTP_DROP_PROTOCOL: i32 = 50;
+    /// The connection closed while a transaction was bound.
+    pub const CLOSED_HTTP: i32 = 5;
+}
+
+/// Negative host-call results (see `docs/abi.md`).
+pub mod status {
+    /// A pointer range outside guest memory, or text that is not UTF-8.
+    pub const BAD_POINTER: i32 = -1;
+    /// Not valid now.
+    pub const BAD_STATE: i32 = -2;
+    /// The destination or the tx buffer is too small.
+    pub const NO_SPACE: i32 = -3;
+    /// No such header or argument.
+    pub const NOT_FOUND: i32 = -4;
+    /// A value the protocol forbids.
+    pub const INVALID: i32 = -5;
+}
+
+/// The guest's protocol descriptor (lws's `struct lws_protocols` entry), read once
+/// per instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Protocol name the module declares.
+    pub name: String,
+    /// Offset of the receive buffer in guest memory.
+    pub rx_buffer: u32,
+    /// Its size: the largest `in` the guest is given.
+    pub rx_buffer_size: u32,
+    /// Offset of the per-session region.
+    pub sessions: u32,
+    /// Bytes of per-session data per connection.
+    pub per_session_data_size: u32,
+    /// Number of per-session slots.
+    pub max_sessions: u32,
+}
+
+/// A validated, compiled module; instances are made from it on demand.
+#[derive(Debug)]
+pub struct Guest {
+    module: Module,
+    engine: Engine,
+    limits: GuestLimits,
+    protocol: String,
+}
+
+/// Why a callback did not return normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The guest ran out of fuel: an endless loop or too much work.
+    OutOfFuel,
+    /// The guest trapped (unreachable, out-of-bounds access, refused memory growth...).
+    Trap(String),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OutOfFuel => f.write_str("ran out of fuel"),
+            Self::Trap(msg) => write!(f, "trapped: {msg}"),
+        }
+    }
+}
+
+/// One connection lent to the guest for the duration of a callback.
+#[derive(Debug)]
+pub struct Call {
+    /// The connection's handle, as the guest sees it.
+    pub wsi: i32,
+    /// The HTTP connection, moved in for the call and taken back after.
+    pub http: ServerConn,
+    /// The peer's address, for `lws_get_peer_simple`.
+    pub peer: SocketAddr,
+    /// Set by `lws_callback_on_writable`.
+    pub writable_requested: bool,
+    /// Set by `lws_http_transaction_completed` (or `lws_return_http_status`).
+    pub completed: Option<Completion>,
+}
+
+/// The store's data: what host functions can see.
+#[derive(Debug)]
+pub struct HostState {
+    limits: StoreLimits,
+    memory: Option<Memory>,
+    protocol: String,
+    now_us: i64,
+    call: Option<Call>,
+}
+
+/// A live instance of a guest module.
+#[derive(Debug)]
+pub struct Instance {
+    store: Store<HostState>,
+    callback: TypedFunc<(i32, i32, i32, i32, i32), i32>,
+    memory: Memory,
+    descriptor: Descriptor,
+    fuel_per_callback: u64,
+    /// One bit per session slot, set when busy.
+    busy: Vec<u64>,
+    bound: u32,
+    retired: bool,
+    fuel_used: u64,
+}
+
+/// The result of one callback.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The callback's return value, or why it did not return.
+    pub result: Result<i32, Fault>,
+    /// The connection lent to the call, handed back.
+    pub call: Option<Call>,
+}
+
+impl Guest {
+    /// Compiles and checks `wasm` against ABI v1 and `limits`, including a trial
+    /// instantiation and `PROTOCOL_INIT`.
+    ///
+    /// # Errors
+    ///
+    /// A [`LoadError`] whose message tells the module's author what to fix.
+    pub fn load(
+        engine: &Engine,
+        protocol: &str,
+        wasm: &[u8],
+        limits: GuestLimits,
+    ) -> Result<Self, LoadError> {
+        let module = load::check_module(engine, wasm, limits)?;
+        let guest = Guest {
+            module,
+            engine: engine.clone(),
+            limits,
+            protocol: protocol.to_string(),
+        };
+        // The trial: an instance that does not start is a module that cannot run.
+        let mut trial = guest.instantiate(0)?;
+        trial.destroy(0);
+        Ok(guest)
+    }
+
+    /// A new engine configured for guests (fuel metering on).
+    pub fn engine() -> Engine {
+        let mut config = wasmi::Config::default();
+        config.consume_fuel(true);
+        Engine::new(&config)
+    }
+
+    /// Protocol name from the config.
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+
+    /// Creates an instance, reads its descriptor and runs `PROTOCOL_INIT`.
+    ///
+    /// # Errors
+    ///
+    /// A [`LoadError`] if the descriptor is invalid or the instance fails to start.
+    pub fn instantiate(&self, now_us: i64) -> Result<Instance, LoadError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((u64::from(self.limits.max_memory_pages) * PAGE_SIZE) as usize)
+            .memories(1)
+            .tables(1)
+            .instances(1)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            limits,
+            memory: None,
+            protocol: self.protocol.clone(),
+            now_us,
+            call: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store
+            .set_fuel(self.limits.fuel_per_callback)
+            .map_err(|e| LoadError::Start(e.to_string()))?;
+        let linker = host::linker(&self.engine);
+        let instance = linker
+            .instantiate_and_start(&mut store, &self.module)
+            .map_err(|e| LoadError::Start(e.to_string()))?;
+        let memory = instance
+            .get_memory(&store, "memory")
+            .ok_or(LoadError::MissingExport("memory"))?;
+        store.data_mut().memory = Some(memory);
+        let callback = instance
+            .get_typed_func::<(i32, i32, i32, i32, i32), i32>(&store, "callback")
+            .map_err(|_| LoadError::MissingExport("callback"))?;
+        let describe = instance
+            .get_typed_func::<(), i32>(&store, "wasmgate_protocol")
+            .map_err(|_| LoadError::MissingExport("wasmgate_protocol"))?;
+        let ptr = describe
+            .call(&mut store, ())
+            .map_err(|e| LoadError::Start(format!("wasmgate_protocol(): {e}")))?;
+        let descriptor = load::read_descriptor(memory.data(&store), ptr as u32, self.limits)?;
+        let slots = descriptor.max_sessions as usize;
+        let mut instance = Instance {
+            store,
+            callback,
+            memory,
+            descriptor,
+            fuel_per_callback: self.limits.fuel_per_callback,
+            busy: vec![0; slots.div_ceil(64)],
+            bound: 0,
+            retired: false,
+            fuel_used: 0,
+        };
+        match instance.call(reason::PROTOCOL_INIT, 0, None, &[], None, now_us).result {
+            Ok(0) => Ok(instance),
+            Ok(n) => Err(LoadError::Init(format!("callback returned {n}"))),
+            Err(fault) => Err(LoadError::Init(fault.to_string())),
+        }
+    }
+}
+
+impl Instance {
+    /// The guest's protocol descriptor.
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+
+    /// Takes a free session slot, zeroed, or `None` when all are busy.
+    pub fn bind(&mut self) -> Option<u32> {
+        let max = self.descriptor.max_sessions;
+        let slot = (0..max).find(|&s| self.busy[s as usize / 64] & (1 << (s % 64)) == 0)?;
+        self.busy[slot as usize / 64] |= 1 << (slot % 64);
+        self.bound += 1;
+        let size = self.descriptor.per_session_data_size as usize;
+        let start = self.descriptor.sessions as usize + slot as usize * size;
+        self.memory.data_mut(&mut self.store)[start..start + size].fill(0);
+        Some(slot)
+    }
+
+    /// Gives a session slot back.
+    pub fn unbind(&mut self, slot: u32) {
+        let bit = 1 << (slot % 64);
+        let word = &mut self.busy[slot as usize / 64];
+        if *word & bit != 0 {
+            *word &= !bit;
+            self.bound -= 1;
+        }
+    }
+
+    /// Connections bound to this instance.
+    pub fn bound(&self) -> u32 {
+        self.bound
+    }
+
+    /// True once a trap has retired this instance.
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+
+    /// Marks the instance as taking no new connections.
+    pub fn retire(&mut self) {
+        self.retired = true;
+    }
+
+    /// Fuel used by all callbacks so far.
+    pub fn fuel_used(&self) -> u64 {
+        self.fuel_used
+    }
+
+    /// Bytes of linear memory the instance has.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.data_size(&self.store)
+    }
+
+    /// Runs `PROTOCOL_DESTROY`; the instance should be dropped after.
+    pub fn destroy(&mut self, now_us: i64) {
+        if let Err(fault) = self.call(reason::PROTOCOL_DESTROY, 0, None, &[], None, now_us).result {
+            tracing::warn!(protocol = %self.store.data().protocol, "PROTOCOL_DESTROY {fault}");
+        }
+    }
+
+    /// Calls the guest's `callback(wsi, reason, user, in, len)` with fresh fuel.
+    /// `input` is copied into the guest's receive buffer; it must fit
+    /// (`rx_buffer_size`), longer input is cut to it. `call` is the connection the
+    /// host functions may act on during the callback; it is handed back in the
+    /// [`Outcome`].
+    pub fn call(
+        &mut self,
+        reason: i32,
+        wsi: i32,
+        slot: Option<u32>,
+        input: &[u8],
+        call: Option<Call>,
+        now_us: i64,
+    ) -> Outcome {
+        let d = &self.descriptor;
+        let len = input.len().min(d.rx_buffer_size as usize);
+        let in_ptr = if len == 0 {
+            0
+        } else {
+            let start = d.rx_buffer as usize;
+            self.memory.data_mut(&mut self.store)[start..start + len]
+                .copy_from_slice(&input[..len]);
+            d.rx_buffer
+        };
+        let user = slot.map_or(0, |s| d.sessions + s * d.per_session_data_size);
+        let state = self.store.data_mut();
+        state.call = call;
+        state.now_us = now_us;
+        // Fuel cannot fail to be set: metering is on for every guest engine.
+        let _ = self.store.set_fuel(self.fuel_per_callback);
+        let result = self
+            .callback
+            .call(&mut self.store, (wsi, reason, user as i32, in_ptr as i32, len as i32));
+        let left = self.store.get_fuel().unwrap_or(0);
+        self.fuel_used += self.fuel_per_callback - left;
+        let result = result.map_err(|e| match e.as_trap_code() {
+            Some(wasmi::TrapCode::OutOfFuel) => Fault::OutOfFuel,
+            _ => Fault::Trap(e.to_string()),
+        });
+        Outcome {
+            result,
+            call: self.store.data_mut().call.take(),
+        }
+    }
+}

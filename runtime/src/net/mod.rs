@@ -1,0 +1,9 @@
+//! Network drivers: they own the sockets and the clock, and move bytes between
+//! sockets and a [`Context`](crate::Context). No protocol logic lives here.
+//!
+//! [`os::OsDriver`] uses the host's TCP sockets (mio): the fast path for a
+//! Linux gateway and the simulator's `--net host` mode.
+
+pub mod os;
+
+pub use os::OsDriver;

@@ -1,0 +1,354 @@
+//! The OS-socket driver: mio TCP listeners and streams, one thread, one loop.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::context::{AcceptError, ConnId, Context};
+
+/// Tokens below this are listeners; above, `SOCKET_BASE + slot`.
+const SOCKET_BASE: usize = 1 << 20;
+/// Tokens of sockets that are closing (draining the peer's last bytes).
+const LINGER_BASE: usize = 1 << 24;
+/// How long a closed connection's socket is kept to read what the peer still
+/// sends, so that closing does not reset a response the peer has not read yet.
+const LINGER: Duration = Duration::from_secs(2);
+/// Bytes read from a socket at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug)]
+struct Socket {
+    stream: TcpStream,
+    id: ConnId,
+    /// The socket may have bytes to read (mio is edge-triggered).
+    readable: bool,
+    /// The peer sent FIN.
+    eof: bool,
+}
+
+#[derive(Debug)]
+struct Lingering {
+    stream: TcpStream,
+    until: Instant,
+}
+
+/// Serves a [`Context`] on OS TCP sockets.
+#[derive(Debug)]
+pub struct OsDriver {
+    poll: Poll,
+    events: Events,
+    /// One per config listener, same order.
+    listeners: Vec<TcpListener>,
+    /// Indexed by the connection's slot in the context.
+    sockets: Vec<Option<Socket>>,
+    lingering: Vec<Option<Lingering>>,
+    buf: Vec<u8>,
+}
+
+impl OsDriver {
+    /// Binds one listener per entry of `ctx.config().listeners`, at the matching
+    /// address of `addrs` (port 0 picks a free port; see
+    /// [`local_addrs`](Self::local_addrs)).
+    ///
+    /// # Errors
+    ///
+    /// The OS error of a bind that failed, with the address in its message.
+    pub fn bind(ctx: &Context, addrs: &[SocketAddr]) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let wanted = ctx.config().listeners.len();
+        if addrs.len() != wanted {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{wanted} listeners need {wanted} addresses, got {}", addrs.len()),
+            ));
+        }
+        let mut listeners = Vec::with_capacity(wanted);
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut listener = TcpListener::bind(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            poll.registry()
+                .register(&mut listener, Token(i), Interest::READABLE)?;
+            listeners.push(listener);
+        }
+        let max = ctx.config().limits.max_connections;
+        Ok(OsDriver {
+            poll,
+            events: Events::with_capacity(256),
+            listeners,
+            sockets: (0..max).map(|_| None).collect(),
+            lingering: (0..max).map(|_| None).collect(),
+            buf: vec![0; READ_CHUNK],
+        })
+    }
+
+    /// The addresses the listeners are bound to, in config order.
+    ///
+    /// # Errors
+    ///
+    /// An OS error reading a socket's address.
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(TcpListener::local_addr).collect()
+    }
+
+    /// Runs the loop until `stop` returns true (checked at least every
+    /// `tick`).
+    ///
+    /// # Errors
+    ///
+    /// An OS error from the poller.
+    pub fn run(
+        &mut self,
+        ctx: &mut Context,
+        tick: Duration,
+        mut stop: impl FnMut() -> bool,
+    ) -> io::Result<()> {
+        while !stop() {
+            self.service(ctx, Some(tick))?;
+        }
+        Ok(())
+    }
+
+    /// One turn of the loop: wait for sockets (at most `timeout`, less if the
+    /// context has something due), move bytes both ways, run the context.
+    ///
+    /// # Errors
+    ///
+    /// An OS error from the poller; errors on one connection close only it.
+    pub fn service(&mut self, ctx: &mut Context, timeout: Option<Duration>) -> io::Result<()> {
+        let now = Instant::now();
+        let due = ctx.service(now);
+        self.flush(ctx, now);
+        let mut wait = timeout;
+        if let Some(due) = due {
+            let until_due = due.saturating_duration_since(now);
+            wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
+        }
+        let lingering_due = self.lingering.iter().flatten().map(|l| l.until).min();
+        if let Some(due) = lingering_due {
+            let until_due = due.saturating_duration_since(now);
+            wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
+        }
+        if self.has_pending_reads(ctx) {
+            wait = Some(Duration::ZERO);
+        }
+        match self.poll.poll(&mut self.events, wait) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let now = Instant::now();
+        let mut accept_on = Vec::new();
+        let mut lingering = Vec::new();
+        for event in &self.events {
+            match event.token().0 {
+                t if t < SOCKET_BASE => accept_on.push(t),
+                t if t < LINGER_BASE => {
+                    if let Some(s) = self.sockets[t - SOCKET_BASE].as_mut() {
+                        s.readable |=
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                    }
+                }
+                t => lingering.push(t - LINGER_BASE),
+            }
+        }
+        for slot in lingering {
+            self.drain_lingering(slot, now);
+        }
+        for listener in accept_on {
+            self.accept(ctx, listener, now);
+        }
+        for slot in 0..self.sockets.len() {
+            if self.sockets[slot].as_ref().is_some_and(|s| s.readable) {
+                self.read(ctx, slot, now);
+            }
+        }
+        self.expire_lingering(now);
+        self.flush(ctx, now);
+        Ok(())
+    }
+
+    fn has_pending_reads(&self, ctx: &Context) -> bool {
+        self.sockets
+            .iter()
+            .flatten()
+            .any(|s| s.readable && !s.eof && ctx.rx_space(s.id) > 0)
+    }
+
+    fn accept(&mut self, ctx: &mut Context, listener: usize, now: Instant) {
+        loop {
+            let (mut stream, peer) = match self.listeners[listener].accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match ctx.accept(listener, peer, now) {
+                Ok(id) => {
+                    let slot = id.index();
+                    let token = Token(SOCKET_BASE + slot);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!("cannot register a connection: {e}");
+                        ctx.close(id, now);
+                        continue;
+                    }
+                    self.sockets[slot] = Some(Socket {
+                        stream,
+                        id,
+                        readable: true,
+                        eof: false,
+                    });
+                }
+                Err(AcceptError::Full | AcceptError::UnknownListener) => {
+                    // A fresh socket's send buffer takes this small answer whole.
+                    let _ = stream.write(Context::BUSY_RESPONSE);
+                    self.linger(stream, now);
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, ctx: &mut Context, slot: usize, now: Instant) {
+        let Some(sock) = self.sockets[slot].as_mut() else {
+            return;
+        };
+        let id = sock.id;
+        loop {
+            let space = ctx.rx_space(id).min(self.buf.len());
+            if space == 0 || sock.eof {
+                return;
+            }
+            match sock.stream.read(&mut self.buf[..space]) {
+                Ok(0) => {
+                    sock.eof = true;
+                    sock.readable = false;
+                    ctx.peer_closed(id, now);
+                    return;
+                }
+                Ok(n) => {
+                    ctx.receive(id, &self.buf[..n], now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sock.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(wsi = id.wsi(), "read failed: {e}");
+                    self.drop_socket(ctx, slot, now, false);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends what the context queued, and closes what it is done with.
+    fn flush(&mut self, ctx: &mut Context, now: Instant) {
+        let mut ids = ctx.take_dirty();
+        // Sockets that could not take everything last time.
+        ids.extend(
+            self.sockets
+                .iter()
+                .flatten()
+                .filter(|s| !ctx.transmit(s.id).is_empty())
+                .map(|s| s.id),
+        );
+        for id in ids {
+            let slot = id.index();
+            let Some(sock) = self.sockets[slot].as_mut().filter(|s| s.id == id) else {
+                continue;
+            };
+            let mut failed = false;
+            loop {
+                let tx = ctx.transmit(id);
+                if tx.is_empty() {
+                    break;
+                }
+                match sock.stream.write(tx) {
+                    Ok(n) => ctx.transmitted(id, n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::debug!(wsi = id.wsi(), "write failed: {e}");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                self.drop_socket(ctx, slot, now, false);
+            } else if ctx.should_close(id) {
+                self.drop_socket(ctx, slot, now, true);
+            }
+        }
+    }
+
+    fn drop_socket(&mut self, ctx: &mut Context, slot: usize, now: Instant, graceful: bool) {
+        let Some(mut sock) = self.sockets[slot].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut sock.stream);
+        ctx.close(sock.id, now);
+        if graceful && !sock.eof {
+            self.linger(sock.stream, now);
+        }
+    }
+
+    /// Half-closes `stream` and reads what the peer still sends for a while,
+    /// so that our last bytes are not lost to a reset.
+    fn linger(&mut self, mut stream: TcpStream, now: Instant) {
+        let _ = stream.shutdown(Shutdown::Write);
+        let Some(slot) = self.lingering.iter().position(Option::is_none) else {
+            return; // no room: close at once
+        };
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, Token(LINGER_BASE + slot), Interest::READABLE)
+            .is_ok()
+        {
+            self.lingering[slot] = Some(Lingering {
+                stream,
+                until: now + LINGER,
+            });
+        }
+    }
+
+    fn drain_lingering(&mut self, slot: usize, now: Instant) {
+        let Some(l) = self.lingering[slot].as_mut() else {
+            return;
+        };
+        loop {
+            match l.stream.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(_) if now < l.until => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break,
+            }
+        }
+        if let Some(mut l) = self.lingering[slot].take() {
+            let _ = self.poll.registry().deregister(&mut l.stream);
+        }
+    }
+
+    fn expire_lingering(&mut self, now: Instant) {
+        for entry in &mut self.lingering {
+            if entry.as_ref().is_some_and(|l| l.until <= now)
+                && let Some(mut l) = entry.take()
+            {
+                let _ = self.poll.registry().deregister(&mut l.stream);
+            }
+        }
+    }
+}

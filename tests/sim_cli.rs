@@ -1,0 +1,75 @@
+//! The `wasmgate sim` command line: the built-in default device, config errors
+//! that name the key at fault.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use support::{Sim, roundtrip};
+
+fn wasmgate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(args)
+        .output()
+        .expect("run wasmgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn printed_default_config_runs_and_serves_http_post_at_root() {
+    let (ok, toml, _) = wasmgate(&["sim", "--print-default-config"]);
+    assert!(ok);
+    let toml = toml.replace("forward = 8080", "forward = 0");
+    let sim = Sim::start(&toml);
+    let r = roundtrip(&sim, b"POST / HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("success"));
+}
+
+#[test]
+fn sim_without_arguments_serves_on_8080() {
+    if TcpListener::bind("127.0.0.1:8080").is_err() {
+        eprintln!("SKIPPED: 127.0.0.1:8080 is in use, cannot start the default device there");
+        return;
+    }
+    let sim = Sim::spawn(&["sim"], std::env::temp_dir());
+    assert_eq!(sim.addr().port(), 8080);
+    let r = roundtrip(&sim, b"GET / HTTP/1.1\r\nHost: d\r\n\r\n");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn config_errors_name_the_key_and_exit_non_zero() {
+    let dir = std::env::temp_dir().join(format!("wasmgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[device]\nname = \"x\"\n[limits]\nmax_conections = 3\n").unwrap();
+    let (ok, _, err) = wasmgate(&["sim", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("max_conections"), "{err}");
+
+    std::fs::write(
+        &path,
+        "[device]\nname = \"x\"\n[[protocol]]\nname = \"p\"\nmodule = \"missing.wasm\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = wasmgate(&["sim", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("protocol[0].module") && err.contains("missing.wasm"), "{err}");
+
+    std::fs::write(&path, b"\0asm\x01\0\0\0garbage").unwrap();
+    std::fs::write(
+        dir.join("bad-module.toml"),
+        "[device]\nname = \"x\"\n[[protocol]]\nname = \"p\"\nmodule = \"bad.toml\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = wasmgate(&["sim", "--config", dir.join("bad-module.toml").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("protocol `p`") && err.contains("not valid WebAssembly"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
