@@ -15,7 +15,10 @@ fn faulty_device(extra: &str) -> Sim {
 }
 
 fn get(sim: &Sim, path: &str) -> support::Response {
-    roundtrip(sim, format!("GET {path} HTTP/1.1\r\nHost: d\r\n\r\n").as_bytes())
+    roundtrip(
+        sim,
+        format!("GET {path} HTTP/1.1\r\nHost: d\r\n\r\n").as_bytes(),
+    )
 }
 
 fn fault_then_recover(path: &str, log: &str) {

@@ -19,7 +19,10 @@ fn hello_device(extra: &str) -> Sim {
 fn oversized_head_gets_431() {
     let sim = hello_device("");
     let big = "a".repeat(5000);
-    let r = roundtrip(&sim, format!("GET / HTTP/1.1\r\nHost: d\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let r = roundtrip(
+        &sim,
+        format!("GET / HTTP/1.1\r\nHost: d\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
     assert_eq!(r.status, 431);
 }
 
@@ -38,14 +41,20 @@ fn too_many_headers_gets_431() {
 fn long_uri_gets_414() {
     let sim = hello_device("");
     let path = "/".to_string() + &"p".repeat(2000);
-    let r = roundtrip(&sim, format!("GET {path} HTTP/1.1\r\nHost: d\r\n\r\n").as_bytes());
+    let r = roundtrip(
+        &sim,
+        format!("GET {path} HTTP/1.1\r\nHost: d\r\n\r\n").as_bytes(),
+    );
     assert_eq!(r.status, 414);
 }
 
 #[test]
 fn declared_body_over_the_limit_gets_413() {
     let sim = hello_device("[limits]\nmax_body_bytes = 1000\n");
-    let r = roundtrip(&sim, b"POST / HTTP/1.1\r\nHost: d\r\nContent-Length: 1001\r\n\r\n");
+    let r = roundtrip(
+        &sim,
+        b"POST / HTTP/1.1\r\nHost: d\r\nContent-Length: 1001\r\n\r\n",
+    );
     assert_eq!(r.status, 413);
 }
 
@@ -57,7 +66,11 @@ fn ambiguous_framing_gets_400_with_a_reason() {
         b"POST / HTTP/1.1\r\nHost: d\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
     assert_eq!(r.status, 400);
-    assert!(r.text().to_lowercase().contains("content-length"), "{}", r.text());
+    assert!(
+        r.text().to_lowercase().contains("content-length"),
+        "{}",
+        r.text()
+    );
     let r = roundtrip(&sim, b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(r.status, 400, "missing Host");
     let r = roundtrip(&sim, b"GET / HTTP/2.0\r\nHost: d\r\n\r\n");
@@ -72,7 +85,10 @@ fn slow_head_gets_408_and_is_closed() {
     let start = Instant::now();
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"),
+        "{got:?}"
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
@@ -88,5 +104,8 @@ fn connections_past_max_get_503_and_the_device_recovers() {
     assert_eq!(r.header("retry-after"), Some("1"));
     drop((a, b));
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(roundtrip(&sim, b"GET / HTTP/1.1\r\nHost: d\r\n\r\n").status, 200);
+    assert_eq!(
+        roundtrip(&sim, b"GET / HTTP/1.1\r\nHost: d\r\n\r\n").status,
+        200
+    );
 }

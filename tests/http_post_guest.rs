@@ -77,12 +77,17 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     let mut reader = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
     for i in 0..3 {
-        write!(w, "POST /n{i} HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\nn{i}").unwrap();
+        write!(
+            w,
+            "POST /n{i} HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\nn{i}"
+        )
+        .unwrap();
         let r = read_response(&mut reader, false);
         assert_eq!(r.status, 200, "request {i}");
         assert_eq!(r.text(), JSON_ACK);
     }
-    w.write_all(b"GET /hello HTTP/1.1\r\nHost: d\r\n\r\n").unwrap();
+    w.write_all(b"GET /hello HTTP/1.1\r\nHost: d\r\n\r\n")
+        .unwrap();
     let r = read_response(&mut reader, false);
     assert_eq!(r.text(), "hello world\n");
 }
@@ -109,7 +114,10 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(statuses[1], (200, JSON_ACK.into()));
     assert_eq!(statuses[2].0, 404);
     assert_eq!(statuses[3], (200, "hello world\n".into()));
-    assert!(support::closed_by_peer(reader.get_mut()), "Connection: close honoured");
+    assert!(
+        support::closed_by_peer(reader.get_mut()),
+        "Connection: close honoured"
+    );
 }
 
 #[test]
@@ -121,7 +129,11 @@ fn head_gets_the_headers_of_get_without_a_body() {
     let mut reader = BufReader::new(s);
     let head = read_response(&mut reader, true);
     assert_eq!(head.status, 200);
-    assert!(head.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        head.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
     // The next response starts right after the head: no body bytes in between.
     let next = read_response(&mut reader, false);
     assert_eq!(next.text(), "hello world\n");
@@ -141,7 +153,11 @@ fn http_1_0_request_is_answered_and_closed() {
 
 #[test]
 fn a_path_no_mount_serves_gets_404_from_the_runtime() {
-    let sim = Sim::start(&device_toml(&[("hello", "builtin:hello")], &[("/api", "hello")], ""));
+    let sim = Sim::start(&device_toml(
+        &[("hello", "builtin:hello")],
+        &[("/api", "hello")],
+        "",
+    ));
     let r = roundtrip(&sim, b"GET /other HTTP/1.1\r\nHost: d\r\n\r\n");
     assert_eq!(r.status, 404);
     let r = roundtrip(&sim, b"GET /api/x HTTP/1.1\r\nHost: d\r\n\r\n");
@@ -185,5 +201,8 @@ fn curl_large_post_uses_expect_100_continue() {
     };
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, JSON_ACK);
-    assert!(err.contains("100 Continue"), "curl saw no 100 Continue:\n{err}");
+    assert!(
+        err.contains("100 Continue"),
+        "curl saw no 100 Continue:\n{err}"
+    );
 }

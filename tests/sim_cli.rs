@@ -26,7 +26,10 @@ fn printed_default_config_runs_and_serves_http_post_at_root() {
     assert!(ok);
     let toml = toml.replace("forward = 8080", "forward = 0");
     let sim = Sim::start(&toml);
-    let r = roundtrip(&sim, b"POST / HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\nhi");
+    let r = roundtrip(
+        &sim,
+        b"POST / HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\nhi",
+    );
     assert_eq!(r.status, 200);
     assert!(r.text().contains("success"));
 }
@@ -48,7 +51,11 @@ fn config_errors_name_the_key_and_exit_non_zero() {
     let dir = std::env::temp_dir().join(format!("wasmgate-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    std::fs::write(&path, "[device]\nname = \"x\"\n[limits]\nmax_conections = 3\n").unwrap();
+    std::fs::write(
+        &path,
+        "[device]\nname = \"x\"\n[limits]\nmax_conections = 3\n",
+    )
+    .unwrap();
     let (ok, _, err) = wasmgate(&["sim", "--config", path.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("max_conections"), "{err}");
@@ -60,7 +67,10 @@ fn config_errors_name_the_key_and_exit_non_zero() {
     .unwrap();
     let (ok, _, err) = wasmgate(&["sim", "--config", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("protocol[0].module") && err.contains("missing.wasm"), "{err}");
+    assert!(
+        err.contains("protocol[0].module") && err.contains("missing.wasm"),
+        "{err}"
+    );
 
     std::fs::write(&path, b"\0asm\x01\0\0\0garbage").unwrap();
     std::fs::write(
@@ -68,8 +78,15 @@ fn config_errors_name_the_key_and_exit_non_zero() {
         "[device]\nname = \"x\"\n[[protocol]]\nname = \"p\"\nmodule = \"bad.toml\"\n",
     )
     .unwrap();
-    let (ok, _, err) = wasmgate(&["sim", "--config", dir.join("bad-module.toml").to_str().unwrap()]);
+    let (ok, _, err) = wasmgate(&[
+        "sim",
+        "--config",
+        dir.join("bad-module.toml").to_str().unwrap(),
+    ]);
     assert!(!ok);
-    assert!(err.contains("protocol `p`") && err.contains("not valid WebAssembly"), "{err}");
+    assert!(
+        err.contains("protocol `p`") && err.contains("not valid WebAssembly"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

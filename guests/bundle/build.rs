@@ -11,7 +11,10 @@ const GUESTS: &[&str] = &["hello", "http-post", "faulty"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let guests_dir = manifest_dir.parent().expect("bundle lives in guests/").to_path_buf();
+    let guests_dir = manifest_dir
+        .parent()
+        .expect("bundle lives in guests/")
+        .to_path_buf();
     let root = guests_dir.parent().expect("guests/ lives in the workspace");
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -29,7 +32,13 @@ fn main() {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guests_dir)
-        .args(["build", "--release", "--quiet", "--target", "wasm32-unknown-unknown"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer build's settings (coverage flags, clippy's wrapper, a host
@@ -37,7 +46,10 @@ fn main() {
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
         if key.starts_with("CARGO_") && key != "CARGO_HOME"
-            || matches!(&*key, "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTDOCFLAGS")
+            || matches!(
+                &*key,
+                "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTDOCFLAGS"
+            )
         {
             cmd.env_remove(&*key);
         }

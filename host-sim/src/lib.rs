@@ -201,12 +201,18 @@ impl Device {
             ("limits.tx_buffer_bytes", l.tx_buffer_bytes, 256),
         ] {
             if value < min {
-                return Err(err(key.into(), format!("must be at least {min}, is {value}")));
+                return Err(err(
+                    key.into(),
+                    format!("must be at least {min}, is {value}"),
+                ));
             }
         }
         let g = &file.guest;
         if g.max_memory_pages == 0 {
-            return Err(err("guest.max_memory_pages".into(), "must be at least 1".into()));
+            return Err(err(
+                "guest.max_memory_pages".into(),
+                "must be at least 1".into(),
+            ));
         }
         let guest = GuestLimits {
             fuel_per_callback: g.fuel_per_callback,
@@ -229,7 +235,10 @@ impl Device {
                         let known: Vec<_> = wasmgate_guests::ALL.iter().map(|(n, _)| *n).collect();
                         err(
                             key.clone(),
-                            format!("no built-in guest `{name}` (built-in: {})", known.join(", ")),
+                            format!(
+                                "no built-in guest `{name}` (built-in: {})",
+                                known.join(", ")
+                            ),
                         )
                     })?
                     .to_vec(),
@@ -300,17 +309,25 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Device::from_toml("[device]\nname = \"x\"\nnmae = 1\n", "t.toml", Path::new("."))
-            .unwrap_err();
+        let e = Device::from_toml(
+            "[device]\nname = \"x\"\nnmae = 1\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
     }
 
     #[test]
     fn unknown_builtin_guest_is_named() {
-        let text = "[device]\nname = \"x\"\n[[protocol]]\nname = \"p\"\nmodule = \"builtin:nope\"\n";
+        let text =
+            "[device]\nname = \"x\"\n[[protocol]]\nname = \"p\"\nmodule = \"builtin:nope\"\n";
         let e = Device::from_toml(text, "t.toml", Path::new(".")).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("protocol[0].module") && msg.contains("nope"), "{msg}");
+        assert!(
+            msg.contains("protocol[0].module") && msg.contains("nope"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@ use wasmgate::net::OsDriver;
 use wasmgate_sim::{DEFAULT_DEVICE, Device};
 
 #[derive(Debug, Parser)]
-#[command(name = "wasmgate", version, about = "wasmgate device simulator and tools")]
+#[command(
+    name = "wasmgate",
+    version,
+    about = "wasmgate device simulator and tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,12 +70,18 @@ fn sim(config: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let mut driver = OsDriver::bind(&ctx, &device.addrs)?;
     let bound = driver.local_addrs()?;
     let cfg = ctx.config();
-    println!("wasmgate: device \"{}\" is running (network: host sockets)", cfg.name);
+    println!(
+        "wasmgate: device \"{}\" is running (network: host sockets)",
+        cfg.name
+    );
     for (p, source) in cfg.protocols.iter().zip(&device.sources) {
         println!("  protocol \"{}\": {source}", p.name);
     }
     for (l, addr) in cfg.listeners.iter().zip(&bound) {
-        println!("  listener \"{}\" (device port {}): http://{addr}/", l.name, l.port);
+        println!(
+            "  listener \"{}\" (device port {}): http://{addr}/",
+            l.name, l.port
+        );
         for m in &l.mounts {
             println!("    {:<12} -> protocol \"{}\"", m.prefix, m.protocol);
         }

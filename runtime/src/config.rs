@@ -159,7 +159,10 @@ impl std::fmt::Display for ConfigError {
         match self {
             Self::DuplicateProtocol(name) => write!(f, "protocol `{name}` is configured twice"),
             Self::UnknownProtocol { listener, protocol } => {
-                write!(f, "listener `{listener}` mounts unknown protocol `{protocol}`")
+                write!(
+                    f,
+                    "listener `{listener}` mounts unknown protocol `{protocol}`"
+                )
             }
             Self::BadMountPrefix { listener, prefix } => write!(
                 f,

@@ -361,9 +361,10 @@ impl Context {
                 self.mark_dirty(id);
             }
             let conn = self.conns[slot].as_mut().expect("still open");
-            let tx_half_free = conn.http.as_ref().is_some_and(|h| {
-                h.tx_space() >= self.config.limits.http.tx_buffer_bytes / 2
-            });
+            let tx_half_free = conn
+                .http
+                .as_ref()
+                .is_some_and(|h| h.tx_space() >= self.config.limits.http.tx_buffer_bytes / 2);
             if conn.writable && conn.binding.is_some() && tx_half_free && !conn.abort {
                 conn.writable = false;
                 self.callback(id, reason::HTTP_WRITEABLE, &[], now);
@@ -448,7 +449,12 @@ impl Context {
                 }
                 Event::BodyComplete => self.on_body_complete(id, now),
                 Event::Rejected(r) => {
-                    tracing::info!(wsi = id.wsi(), status = r.status, "request rejected: {}", r.reason);
+                    tracing::info!(
+                        wsi = id.wsi(),
+                        status = r.status,
+                        "request rejected: {}",
+                        r.reason
+                    );
                 }
             }
         }
@@ -458,7 +464,11 @@ impl Context {
         self.stats.requests += 1;
         let conn = self.conn(id).expect("caller checked");
         let listener = &self.config.listeners[conn.listener];
-        let req = conn.http.as_ref().and_then(ServerConn::request).expect("head");
+        let req = conn
+            .http
+            .as_ref()
+            .and_then(ServerConn::request)
+            .expect("head");
         let path = req.path().to_string();
         tracing::debug!(wsi = id.wsi(), method = req.method(), path = %path, "request");
         let mount = listener.mount_for(&path).map(|m| m.protocol.clone());
@@ -476,12 +486,24 @@ impl Context {
             Backend::Wasm { instances, .. } => {
                 let inst = instances[instance].as_mut().expect("live instance");
                 let rx_size = inst.descriptor().rx_buffer_size as usize;
-                (rx_size, if path.len() > rx_size { None } else { inst.bind() })
+                (
+                    rx_size,
+                    if path.len() > rx_size {
+                        None
+                    } else {
+                        inst.bind()
+                    },
+                )
             }
             Backend::Native(_) => (NATIVE_RX_BUFFER, Some(0)),
         };
         if path.len() > rx_size {
-            self.answer(id, 414, "path longer than the protocol's rx_buffer_size\n", true);
+            self.answer(
+                id,
+                414,
+                "path longer than the protocol's rx_buffer_size\n",
+                true,
+            );
             return;
         }
         let Some(slot) = slot else {
@@ -569,7 +591,10 @@ impl Context {
                 Some(index)
             }
             Err(e) => {
-                tracing::error!(protocol = guest.protocol(), "cannot create an instance: {e}");
+                tracing::error!(
+                    protocol = guest.protocol(),
+                    "cannot create an instance: {e}"
+                );
                 None
             }
         }

@@ -44,7 +44,10 @@ fn the_example_guests_load() {
 #[test]
 fn garbage_is_not_webassembly() {
     let e = Guest::load(&Guest::engine(), "t", b"not wasm", GuestLimits::DEFAULT).unwrap_err();
-    assert!(e.to_string().starts_with("module is not valid WebAssembly"), "{e}");
+    assert!(
+        e.to_string().starts_with("module is not valid WebAssembly"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -68,25 +71,37 @@ fn callback_with_the_wrong_type_is_named() {
         (func (export "wasmgate_protocol") (result i32) (i32.const 0))
         (func (export "callback") (param i32) (result i32) (i32.const 0)))"#;
     let msg = message(wat);
-    assert!(msg.starts_with("`callback` has type (i32) -> (i32)"), "{msg}");
+    assert!(
+        msg.starts_with("`callback` has type (i32) -> (i32)"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_host_function_is_named() {
-    let msg = message(&guest_wat(1, r#"(import "lws" "lws_foo" (func (param i32) (result i32)))"#));
+    let msg = message(&guest_wat(
+        1,
+        r#"(import "lws" "lws_foo" (func (param i32) (result i32)))"#,
+    ));
     assert_eq!(msg, "module imports unknown host function `lws.lws_foo`");
 }
 
 #[test]
 fn known_host_function_with_the_wrong_type_is_named() {
-    let msg = message(&guest_wat(1, r#"(import "lws" "lws_write" (func (param i32) (result i32)))"#));
+    let msg = message(&guest_wat(
+        1,
+        r#"(import "lws" "lws_write" (func (param i32) (result i32)))"#,
+    ));
     assert!(msg.starts_with("module imports host function `lws.lws_write` with type (i32) -> (i32), expected (i32, i32, i32, i32) -> (i32)"), "{msg}");
 }
 
 #[test]
 fn imports_from_other_modules_are_refused() {
     let msg = message(&guest_wat(1, r#"(import "env" "abort" (func))"#));
-    assert_eq!(msg, "module imports `env.abort`; guests may import only from module `lws`");
+    assert_eq!(
+        msg,
+        "module imports `env.abort`; guests may import only from module `lws`"
+    );
 }
 
 #[test]
@@ -99,8 +114,14 @@ fn another_abi_version_is_refused() {
 
 #[test]
 fn initial_memory_over_the_limit_is_refused() {
-    let wat = guest_wat(1, "").replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 64)"#);
-    assert_eq!(message(&wat), "module needs 64 memory pages; the limit is 4");
+    let wat = guest_wat(1, "").replace(
+        r#"(memory (export "memory") 1)"#,
+        r#"(memory (export "memory") 64)"#,
+    );
+    assert_eq!(
+        message(&wat),
+        "module needs 64 memory pages; the limit is 4"
+    );
 }
 
 #[test]
@@ -121,7 +142,10 @@ fn descriptor_outside_memory_is_refused() {
         r#"(func (export "wasmgate_protocol") (result i32) (i32.const 65530))"#,
     );
     let msg = message(&wat);
-    assert!(msg.starts_with("protocol descriptor: pointer 0xfffa is outside memory"), "{msg}");
+    assert!(
+        msg.starts_with("protocol descriptor: pointer 0xfffa is outside memory"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -129,5 +153,8 @@ fn rx_buffer_size_below_128_is_refused() {
     // rx_size field = 0x10 (16 bytes)
     let wat = guest_wat(1, "").replace(r"\00\02\00\00\00\04", r"\10\00\00\00\00\04");
     let msg = message(&wat);
-    assert!(msg.contains("rx_buffer_size 16 is outside 128..=4096"), "{msg}");
+    assert!(
+        msg.contains("rx_buffer_size 16 is outside 128..=4096"),
+        "{msg}"
+    );
 }

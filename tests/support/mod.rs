@@ -28,7 +28,9 @@ pub fn device_toml(protocols: &[(&str, &str)], mounts: &[(&str, &str)], extra: &
     t.push_str(extra);
     t.push('\n');
     for (name, module) in protocols {
-        t.push_str(&format!("[[protocol]]\nname = \"{name}\"\nmodule = \"{module}\"\n"));
+        t.push_str(&format!(
+            "[[protocol]]\nname = \"{name}\"\nmodule = \"{module}\"\n"
+        ));
     }
     let mounts: Vec<String> = mounts
         .iter()
@@ -58,7 +60,10 @@ impl Sim {
         let dir = scratch_dir();
         let config = dir.join("device.toml");
         std::fs::write(&config, toml).expect("write config");
-        Self::spawn(&["sim", "--config", config.to_str().expect("utf-8 path")], dir)
+        Self::spawn(
+            &["sim", "--config", config.to_str().expect("utf-8 path")],
+            dir,
+        )
     }
 
     /// Starts `wasmgate` with `args` and waits for the listener banner.
@@ -88,11 +93,13 @@ impl Sim {
                 sink.lock().expect("logs").push_str(&(line + "\n"));
             }
         });
-        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            let logs = logs.lock().expect("logs").clone();
-            panic!("wasmgate did not print a listener address; stderr:\n{logs}")
-        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                let logs = logs.lock().expect("logs").clone();
+                panic!("wasmgate did not print a listener address; stderr:\n{logs}")
+            });
         let mut addrs = vec![first.parse().expect("socket address")];
         while let Ok(more) = rx.recv_timeout(Duration::from_millis(50)) {
             addrs.push(more.parse().expect("socket address"));
@@ -134,7 +141,8 @@ impl Sim {
     /// Opens a TCP connection to the first listener.
     pub fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         s
     }
 
@@ -224,7 +232,8 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Response {
             resp.body.extend_from_slice(&chunk[..size]);
         }
     } else {
-        r.read_to_end(&mut resp.body).expect("body to end of stream");
+        r.read_to_end(&mut resp.body)
+            .expect("body to end of stream");
     }
     resp
 }

@@ -17,9 +17,15 @@ pub const FAULTY: &[u8] = guest!("faulty.wasm");
 
 /// Every embedded guest by crate name, as a device config names them
 /// (`module = "builtin:http-post"`).
-pub const ALL: &[(&str, &[u8])] = &[("hello", HELLO), ("http-post", HTTP_POST), ("faulty", FAULTY)];
+pub const ALL: &[(&str, &[u8])] = &[
+    ("hello", HELLO),
+    ("http-post", HTTP_POST),
+    ("faulty", FAULTY),
+];
 
 /// The embedded guest called `name`, if there is one.
 pub fn by_name(name: &str) -> Option<&'static [u8]> {
-    ALL.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    ALL.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }

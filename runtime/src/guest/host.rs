@@ -17,7 +17,11 @@ const SIGNATURES: &[(&str, &[ValType], &[ValType])] = &[
     ("lws_add_http_header_status", &[I32; 2], &[I32]),
     ("lws_add_http_header_by_name", &[I32; 5], &[I32]),
     ("lws_add_http_header_content_length", &[I32, I64], &[I32]),
-    ("lws_add_http_common_headers", &[I32, I32, I32, I32, I64], &[I32]),
+    (
+        "lws_add_http_common_headers",
+        &[I32, I32, I32, I32, I64],
+        &[I32],
+    ),
     ("lws_finalize_write_http_header", &[I32], &[I32]),
     ("lws_return_http_status", &[I32; 4], &[I32]),
     ("lws_callback_on_writable", &[I32], &[I32]),
@@ -103,7 +107,9 @@ fn response_error(e: ResponseError) -> i32 {
 }
 
 fn status_code(status: i32) -> Option<u16> {
-    u16::try_from(status).ok().filter(|s| (100..=999).contains(s))
+    u16::try_from(status)
+        .ok()
+        .filter(|s| (100..=999).contains(s))
 }
 
 /// Header names may come lws-style, with a trailing `:`.
@@ -135,7 +141,14 @@ fn add_status(mut cx: Cx<'_>, wsi: i32, status: i32) -> i32 {
     })
 }
 
-fn add_header(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32, value: i32, value_len: i32) -> i32 {
+fn add_header(
+    mut cx: Cx<'_>,
+    wsi: i32,
+    name: i32,
+    name_len: i32,
+    value: i32,
+    value_len: i32,
+) -> i32 {
     with_call(&mut cx, wsi, |mem, call| {
         let (Some(name), Some(value)) = (bytes(mem, name, name_len), bytes(mem, value, value_len))
         else {
@@ -184,7 +197,9 @@ fn common_headers(
 }
 
 fn finalize(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_call(&mut cx, wsi, |_, call| response_status(call.http.finalize_head()))
+    with_call(&mut cx, wsi, |_, call| {
+        response_status(call.http.finalize_head())
+    })
 }
 
 fn return_status(mut cx: Cx<'_>, wsi: i32, status: i32, html: i32, html_len: i32) -> i32 {
@@ -205,7 +220,8 @@ fn return_status(mut cx: Cx<'_>, wsi: i32, status: i32, html: i32, html_len: i32
         } else {
             html
         };
-        call.http.respond_simple(code, "text/html; charset=utf-8", html, false);
+        call.http
+            .respond_simple(code, "text/html; charset=utf-8", html, false);
         call.completed = Some(call.http.finish_response());
         0
     })
@@ -327,23 +343,42 @@ pub(super) fn linker(engine: &Engine) -> Linker<HostState> {
     let mut l = Linker::new(engine);
     let defined = [
         l.func_wrap("lws", "lws_write", lws_write).is_ok(),
-        l.func_wrap("lws", "lws_add_http_header_status", add_status).is_ok(),
-        l.func_wrap("lws", "lws_add_http_header_by_name", add_header).is_ok(),
-        l.func_wrap("lws", "lws_add_http_header_content_length", content_length).is_ok(),
-        l.func_wrap("lws", "lws_add_http_common_headers", common_headers).is_ok(),
-        l.func_wrap("lws", "lws_finalize_write_http_header", finalize).is_ok(),
-        l.func_wrap("lws", "lws_return_http_status", return_status).is_ok(),
-        l.func_wrap("lws", "lws_callback_on_writable", on_writable).is_ok(),
-        l.func_wrap("lws", "lws_http_transaction_completed", transaction_completed).is_ok(),
-        l.func_wrap("lws", "lws_http_get_uri_and_method", uri_and_method).is_ok(),
-        l.func_wrap("lws", "lws_hdr_custom_length", hdr_length).is_ok(),
+        l.func_wrap("lws", "lws_add_http_header_status", add_status)
+            .is_ok(),
+        l.func_wrap("lws", "lws_add_http_header_by_name", add_header)
+            .is_ok(),
+        l.func_wrap("lws", "lws_add_http_header_content_length", content_length)
+            .is_ok(),
+        l.func_wrap("lws", "lws_add_http_common_headers", common_headers)
+            .is_ok(),
+        l.func_wrap("lws", "lws_finalize_write_http_header", finalize)
+            .is_ok(),
+        l.func_wrap("lws", "lws_return_http_status", return_status)
+            .is_ok(),
+        l.func_wrap("lws", "lws_callback_on_writable", on_writable)
+            .is_ok(),
+        l.func_wrap(
+            "lws",
+            "lws_http_transaction_completed",
+            transaction_completed,
+        )
+        .is_ok(),
+        l.func_wrap("lws", "lws_http_get_uri_and_method", uri_and_method)
+            .is_ok(),
+        l.func_wrap("lws", "lws_hdr_custom_length", hdr_length)
+            .is_ok(),
         l.func_wrap("lws", "lws_hdr_custom_copy", hdr_copy).is_ok(),
-        l.func_wrap("lws", "lws_get_urlarg_by_name_safe", urlarg).is_ok(),
+        l.func_wrap("lws", "lws_get_urlarg_by_name_safe", urlarg)
+            .is_ok(),
         l.func_wrap("lws", "lws_get_peer_simple", peer).is_ok(),
-        l.func_wrap("lws", "lws_now_usecs", |cx: Cx<'_>| cx.data().now_us).is_ok(),
+        l.func_wrap("lws", "lws_now_usecs", |cx: Cx<'_>| cx.data().now_us)
+            .is_ok(),
         l.func_wrap("lws", "lws_log", log).is_ok(),
     ];
-    debug_assert!(defined.iter().all(|ok| *ok), "each host function is defined once");
+    debug_assert!(
+        defined.iter().all(|ok| *ok),
+        "each host function is defined once"
+    );
     debug_assert_eq!(defined.len(), SIGNATURES.len());
     l
 }

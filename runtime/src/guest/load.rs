@@ -14,11 +14,19 @@ pub enum LoadError {
     /// A required export is missing.
     MissingExport(&'static str),
     /// A required export has the wrong type.
-    ExportType { name: &'static str, found: String, expected: &'static str },
+    ExportType {
+        name: &'static str,
+        found: String,
+        expected: &'static str,
+    },
     /// The module imports a host function the runtime does not have.
     UnknownImport(String),
     /// The module imports a known host function with the wrong type.
-    ImportType { name: String, found: String, expected: String },
+    ImportType {
+        name: String,
+        found: String,
+        expected: String,
+    },
     /// The module imports from a module other than `lws`.
     ForeignImport(String),
     /// The module was built for another ABI version.
@@ -38,13 +46,21 @@ impl std::fmt::Display for LoadError {
         match self {
             Self::Invalid(e) => write!(f, "module is not valid WebAssembly: {e}"),
             Self::MissingExport(name) => write!(f, "module exports no `{name}`"),
-            Self::ExportType { name, found, expected } => {
+            Self::ExportType {
+                name,
+                found,
+                expected,
+            } => {
                 write!(f, "`{name}` has type {found}, expected {expected}")
             }
             Self::UnknownImport(name) => {
                 write!(f, "module imports unknown host function `lws.{name}`")
             }
-            Self::ImportType { name, found, expected } => write!(
+            Self::ImportType {
+                name,
+                found,
+                expected,
+            } => write!(
                 f,
                 "module imports host function `lws.{name}` with type {found}, expected {expected}"
             ),
@@ -119,8 +135,10 @@ pub(super) fn check_module(
         }
     }
 
-    let func_export = |name: &'static str, params: &[ValType], results: &[ValType], expected| {
-        match module.get_export(name) {
+    let func_export =
+        |name: &'static str, params: &[ValType], results: &[ValType], expected| match module
+            .get_export(name)
+        {
             None => Err(LoadError::MissingExport(name)),
             Some(ExternType::Func(ty)) if ty.params() == params && ty.results() == results => {
                 Ok(())
@@ -135,8 +153,7 @@ pub(super) fn check_module(
                 found: "not a function".into(),
                 expected,
             }),
-        }
-    };
+        };
     func_export(
         "callback",
         &[I32; 5],

@@ -243,7 +243,10 @@ impl Guest {
             retired: false,
             fuel_used: 0,
         };
-        match instance.call(reason::PROTOCOL_INIT, 0, None, &[], None, now_us).result {
+        match instance
+            .call(reason::PROTOCOL_INIT, 0, None, &[], None, now_us)
+            .result
+        {
             Ok(0) => Ok(instance),
             Ok(n) => Err(LoadError::Init(format!("callback returned {n}"))),
             Err(fault) => Err(LoadError::Init(fault.to_string())),
@@ -306,7 +309,10 @@ impl Instance {
 
     /// Runs `PROTOCOL_DESTROY`; the instance should be dropped after.
     pub fn destroy(&mut self, now_us: i64) {
-        if let Err(fault) = self.call(reason::PROTOCOL_DESTROY, 0, None, &[], None, now_us).result {
+        if let Err(fault) = self
+            .call(reason::PROTOCOL_DESTROY, 0, None, &[], None, now_us)
+            .result
+        {
             tracing::warn!(protocol = %self.store.data().protocol, "PROTOCOL_DESTROY {fault}");
         }
     }
@@ -341,9 +347,10 @@ impl Instance {
         state.now_us = now_us;
         // Fuel cannot fail to be set: metering is on for every guest engine.
         let _ = self.store.set_fuel(self.fuel_per_callback);
-        let result = self
-            .callback
-            .call(&mut self.store, (wsi, reason, user as i32, in_ptr as i32, len as i32));
+        let result = self.callback.call(
+            &mut self.store,
+            (wsi, reason, user as i32, in_ptr as i32, len as i32),
+        );
         let left = self.store.get_fuel().unwrap_or(0);
         self.fuel_used += self.fuel_per_callback - left;
         let result = result.map_err(|e| match e.as_trap_code() {

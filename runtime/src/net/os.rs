@@ -62,7 +62,10 @@ impl OsDriver {
         if addrs.len() != wanted {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{wanted} listeners need {wanted} addresses, got {}", addrs.len()),
+                format!(
+                    "{wanted} listeners need {wanted} addresses, got {}",
+                    addrs.len()
+                ),
             ));
         }
         let mut listeners = Vec::with_capacity(wanted);

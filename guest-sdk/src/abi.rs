@@ -1,0 +1,652 @@
+//! The raw guest ABI v1 (`docs/abi.md`): the `lws` host imports, the 32-byte
+//! protocol descriptor, the statics a guest shares with the host (receive buffer,
+//! per-session region, [`GuestCell`]) and the glue the export macros call.
+//! The only module of the SDK with `unsafe`; it knows nothing about HTTP.
+#![allow(unsafe_code)] // reason: host imports and memory shared with the host; every block says why it is sound
+
+use core::cell::{Cell, UnsafeCell};
+use core::fmt;
+use core::mem::{MaybeUninit, size_of};
+
+use crate::lws::{Reason, Wsi};
+
+/// The guest ABI version this SDK speaks (the descriptor's `abi_version`).
+pub const ABI_VERSION: u32 = 1;
+/// The smallest `rx_buffer_size` the host accepts.
+pub const MIN_RX_BUFFER_SIZE: usize = 128;
+
+/// Host-call result: a ptr, len range outside guest memory, or text that is not UTF-8.
+pub const BAD_POINTER: i32 = -1;
+/// Host-call result: not valid now (no request bound, headers already sent, unknown `wsi`).
+pub const BAD_STATE: i32 = -2;
+/// Host-call result: the destination buffer is too small, or the tx buffer is full.
+pub const NO_SPACE: i32 = -3;
+/// Host-call result: no such header or URL argument.
+pub const NOT_FOUND: i32 = -4;
+/// Host-call result: a value the protocol forbids.
+pub const INVALID: i32 = -5;
+
+// The imports, exactly as `docs/abi.md` lists them: every pointer and length is an
+// `i32` offset into this module's memory. The host checks every range and never
+// traps on a bad one, so the imports that only *read* guest memory (or take no
+// pointer) are declared `safe`: no argument value can make them break this
+// module's memory. The four that *write* into a destination range stay `unsafe`.
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "lws")]
+unsafe extern "C" {
+    /// `lws_write(wsi, buf, len, mode)`: `len` or an error; the host reads `buf`.
+    pub safe fn lws_write(wsi: i32, buf: i32, len: i32, mode: i32) -> i32;
+    /// `lws_add_http_header_status(wsi, status)`: 0 or an error.
+    pub safe fn lws_add_http_header_status(wsi: i32, status: i32) -> i32;
+    /// `lws_add_http_header_by_name(wsi, name, name_len, value, value_len)`: 0 or an error.
+    pub safe fn lws_add_http_header_by_name(
+        wsi: i32,
+        name: i32,
+        name_len: i32,
+        value: i32,
+        value_len: i32,
+    ) -> i32;
+    /// `lws_add_http_header_content_length(wsi, content_length)`: 0 or an error.
+    pub safe fn lws_add_http_header_content_length(wsi: i32, content_length: i64) -> i32;
+    /// `lws_add_http_common_headers(wsi, status, content_type, ct_len, content_length)`;
+    /// `content_length` -1 means unknown (chunked).
+    pub safe fn lws_add_http_common_headers(
+        wsi: i32,
+        status: i32,
+        content_type: i32,
+        ct_len: i32,
+        content_length: i64,
+    ) -> i32;
+    /// `lws_finalize_write_http_header(wsi)`: 0 or an error.
+    pub safe fn lws_finalize_write_http_header(wsi: i32) -> i32;
+    /// `lws_return_http_status(wsi, status, html, html_len)`: a whole response, transaction completed.
+    pub safe fn lws_return_http_status(wsi: i32, status: i32, html: i32, html_len: i32) -> i32;
+    /// `lws_callback_on_writable(wsi)`: 1 or an error.
+    pub safe fn lws_callback_on_writable(wsi: i32) -> i32;
+    /// `lws_http_transaction_completed(wsi)`: 0 keep going, 1 the connection will close.
+    pub safe fn lws_http_transaction_completed(wsi: i32) -> i32;
+    /// `lws_http_get_uri_and_method(wsi, dst, dst_len)`: the method index; the
+    /// path is copied to `dst`.
+    ///
+    /// # Safety
+    ///
+    /// The host writes into `dst..dst + dst_len`: that range must be memory the
+    /// caller owns exclusively (e.g. from a `&mut [u8]`).
+    pub unsafe fn lws_http_get_uri_and_method(wsi: i32, dst: i32, dst_len: i32) -> i32;
+    /// `lws_hdr_custom_length(wsi, name, name_len)`: the value's length or an error.
+    pub safe fn lws_hdr_custom_length(wsi: i32, name: i32, name_len: i32) -> i32;
+    /// `lws_hdr_custom_copy(wsi, dst, dst_len, name, name_len)`: the value's length or an error.
+    ///
+    /// # Safety
+    ///
+    /// As for [`lws_http_get_uri_and_method`]: `dst` must be exclusively owned.
+    pub unsafe fn lws_hdr_custom_copy(
+        wsi: i32,
+        dst: i32,
+        dst_len: i32,
+        name: i32,
+        name_len: i32,
+    ) -> i32;
+    /// `lws_get_urlarg_by_name_safe(wsi, name, name_len, dst, dst_len)`: the decoded
+    /// value's length or an error.
+    ///
+    /// # Safety
+    ///
+    /// As for [`lws_http_get_uri_and_method`]: `dst` must be exclusively owned.
+    pub unsafe fn lws_get_urlarg_by_name_safe(
+        wsi: i32,
+        name: i32,
+        name_len: i32,
+        dst: i32,
+        dst_len: i32,
+    ) -> i32;
+    /// `lws_get_peer_simple(wsi, dst, dst_len)`: the length of the peer's address text.
+    ///
+    /// # Safety
+    ///
+    /// As for [`lws_http_get_uri_and_method`]: `dst` must be exclusively owned.
+    pub unsafe fn lws_get_peer_simple(wsi: i32, dst: i32, dst_len: i32) -> i32;
+    /// `lws_now_usecs()`: microseconds of the runtime's clock.
+    pub safe fn lws_now_usecs() -> i64;
+    /// `lws_log(level, msg, len)`: 0 or an error.
+    pub safe fn lws_log(level: i32, msg: i32, len: i32) -> i32;
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use host_stubs::*;
+
+/// Stand-ins for the imports on targets that are not wasm32, so the SDK (and a
+/// guest's pure logic) builds and unit-tests on the host: every call answers
+/// [`BAD_STATE`] and the clock reads 0.
+#[cfg(not(target_arch = "wasm32"))]
+#[allow(clippy::missing_safety_doc)] // reason: same contracts as the wasm32 imports above
+mod host_stubs {
+    use super::BAD_STATE;
+
+    pub fn lws_write(_wsi: i32, _buf: i32, _len: i32, _mode: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_add_http_header_status(_wsi: i32, _status: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_add_http_header_by_name(_wsi: i32, _n: i32, _nl: i32, _v: i32, _vl: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_add_http_header_content_length(_wsi: i32, _content_length: i64) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_add_http_common_headers(_wsi: i32, _s: i32, _ct: i32, _ctl: i32, _cl: i64) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_finalize_write_http_header(_wsi: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_return_http_status(_wsi: i32, _status: i32, _html: i32, _len: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_callback_on_writable(_wsi: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_http_transaction_completed(_wsi: i32) -> i32 {
+        BAD_STATE
+    }
+    pub unsafe fn lws_http_get_uri_and_method(_wsi: i32, _dst: i32, _dst_len: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_hdr_custom_length(_wsi: i32, _name: i32, _name_len: i32) -> i32 {
+        BAD_STATE
+    }
+    pub unsafe fn lws_hdr_custom_copy(_wsi: i32, _d: i32, _dl: i32, _n: i32, _nl: i32) -> i32 {
+        BAD_STATE
+    }
+    pub unsafe fn lws_get_urlarg_by_name_safe(
+        _wsi: i32,
+        _n: i32,
+        _nl: i32,
+        _d: i32,
+        _dl: i32,
+    ) -> i32 {
+        BAD_STATE
+    }
+    pub unsafe fn lws_get_peer_simple(_wsi: i32, _dst: i32, _dst_len: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_now_usecs() -> i64 {
+        0
+    }
+    pub fn lws_log(_level: i32, _msg: i32, _len: i32) -> i32 {
+        BAD_STATE
+    }
+}
+
+/// A guest-memory offset as the ABI passes it (`i32`). Pointers are 32 bits on
+/// wasm32; elsewhere (host tests, where the imports are stubs) the value is
+/// never looked at.
+pub(crate) fn offset<T: ?Sized>(ptr: *const T) -> i32 {
+    ptr.cast::<u8>() as usize as i32
+}
+
+/// A byte slice as the ABI's `ptr, len` pair.
+pub(crate) fn ptr_len(bytes: &[u8]) -> (i32, i32) {
+    (offset(bytes.as_ptr()), bytes.len() as i32)
+}
+
+/// Calls [`lws_http_get_uri_and_method`] with `dst` as the destination.
+pub(crate) fn get_uri_and_method(wsi: i32, dst: &mut [u8]) -> i32 {
+    // SAFETY: `dst` is an exclusive borrow for the whole call, and the host writes
+    // at most `dst.len()` bytes into it.
+    unsafe { lws_http_get_uri_and_method(wsi, offset(dst.as_ptr()), dst.len() as i32) }
+}
+
+/// Calls [`lws_hdr_custom_copy`] with `dst` as the destination.
+pub(crate) fn hdr_custom_copy(wsi: i32, dst: &mut [u8], name: &[u8]) -> i32 {
+    let (name, name_len) = ptr_len(name);
+    // SAFETY: `dst` is an exclusive borrow for the whole call, and the host writes
+    // at most `dst.len()` bytes into it.
+    unsafe { lws_hdr_custom_copy(wsi, offset(dst.as_ptr()), dst.len() as i32, name, name_len) }
+}
+
+/// Calls [`lws_get_urlarg_by_name_safe`] with `dst` as the destination.
+pub(crate) fn get_urlarg_by_name(wsi: i32, name: &[u8], dst: &mut [u8]) -> i32 {
+    let (name, name_len) = ptr_len(name);
+    // SAFETY: `dst` is an exclusive borrow for the whole call, and the host writes
+    // at most `dst.len()` bytes into it.
+    unsafe {
+        lws_get_urlarg_by_name_safe(wsi, name, name_len, offset(dst.as_ptr()), dst.len() as i32)
+    }
+}
+
+/// Calls [`lws_get_peer_simple`] with `dst` as the destination.
+pub(crate) fn get_peer_simple(wsi: i32, dst: &mut [u8]) -> i32 {
+    // SAFETY: `dst` is an exclusive borrow for the whole call, and the host writes
+    // at most `dst.len()` bytes into it.
+    unsafe { lws_get_peer_simple(wsi, offset(dst.as_ptr()), dst.len() as i32) }
+}
+
+/// The 32-byte protocol descriptor `wasmgate_protocol` points to (lws's
+/// `struct lws_protocols` entry). All fields are little-endian `u32`s; pointers
+/// are offsets into the guest's memory.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolDescriptor {
+    /// Must be [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// Where the host places `in` data.
+    pub rx_buffer: u32,
+    /// Its size in bytes; at least [`MIN_RX_BUFFER_SIZE`].
+    pub rx_buffer_size: u32,
+    /// The per-session region.
+    pub sessions: u32,
+    /// Bytes per session slot (lws's `per_session_data_size`); may be 0.
+    pub per_session_data_size: u32,
+    /// Number of slots in the region; at least 1.
+    pub max_sessions: u32,
+    /// The protocol name (UTF-8).
+    pub name: u32,
+    /// Its length in bytes.
+    pub name_len: u32,
+}
+
+impl ProtocolDescriptor {
+    /// All fields zero, as the descriptor static starts out.
+    pub const ZERO: Self = Self {
+        abi_version: 0,
+        rx_buffer: 0,
+        rx_buffer_size: 0,
+        sessions: 0,
+        per_session_data_size: 0,
+        max_sessions: 0,
+        name: 0,
+        name_len: 0,
+    };
+}
+
+/// A `static`'s interior mutability for guest code: [`core::cell::Cell`]'s API
+/// (`get`, `set`, `replace`, `take`, `update`) without needing `unsafe`.
+///
+/// ```
+/// use wasmgate_guest::GuestCell;
+/// let served = GuestCell::new(0u32);
+/// served.update(|n| n + 1);
+/// assert_eq!(served.get(), 1);
+/// ```
+///
+/// It is `Sync` (so it can be a `static`) only on `wasm32` without the `atomics`
+/// feature: a guest instance has exactly one thread, and the host never re-enters
+/// the guest during a callback, so no two accesses can overlap. Like `Cell`, it
+/// never hands out a reference to its content.
+#[repr(transparent)]
+pub struct GuestCell<T>(Cell<T>);
+
+// SAFETY: this target has one thread per instance (no `atomics`, so no shared
+// memory or threads); a `&GuestCell` is never observed from two threads, and
+// `Cell`'s API is sound on one thread.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+unsafe impl<T> Sync for GuestCell<T> {}
+
+impl<T> GuestCell<T> {
+    /// A cell holding `value`; usable in a `static`.
+    pub const fn new(value: T) -> Self {
+        Self(Cell::new(value))
+    }
+
+    /// Stores `value`, dropping the old one.
+    pub fn set(&self, value: T) {
+        self.0.set(value);
+    }
+
+    /// Stores `value` and returns the old one.
+    pub fn replace(&self, value: T) -> T {
+        self.0.replace(value)
+    }
+
+    /// A raw pointer to the content, e.g. to hand its address to the host.
+    pub const fn as_ptr(&self) -> *mut T {
+        self.0.as_ptr()
+    }
+}
+
+impl<T: Copy> GuestCell<T> {
+    /// A copy of the content.
+    pub fn get(&self) -> T {
+        self.0.get()
+    }
+
+    /// Replaces the content with `f(content)` and returns the new value.
+    pub fn update(&self, f: impl FnOnce(T) -> T) -> T {
+        let new = f(self.0.get());
+        self.0.set(new);
+        new
+    }
+}
+
+impl<T: Default> GuestCell<T> {
+    /// Takes the content, leaving `T::default()`.
+    pub fn take(&self) -> T {
+        self.0.take()
+    }
+}
+
+impl<T: Copy + fmt::Debug> fmt::Debug for GuestCell<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("GuestCell").field(&self.get()).finish()
+    }
+}
+
+/// The receive buffer the host places `in` data into (`rx_buffer`,
+/// `rx_buffer_size = N`). Declared by the export macros; guest code sees its
+/// content only as the `in` slice of a callback.
+pub struct RxBuffer<const N: usize>(UnsafeCell<[u8; N]>);
+
+// SAFETY: one thread per instance (see `GuestCell`); the content is only borrowed
+// inside `dispatch`, whose contract rules out overlapping calls.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+unsafe impl<const N: usize> Sync for RxBuffer<N> {}
+
+impl<const N: usize> RxBuffer<N> {
+    /// A zeroed buffer. Fails to compile (in a `static`) when `N` is under
+    /// [`MIN_RX_BUFFER_SIZE`] or does not fit an `i32`.
+    pub const fn new() -> Self {
+        assert!(
+            N >= MIN_RX_BUFFER_SIZE,
+            "rx_buffer_size must be at least 128 bytes"
+        );
+        assert!(N <= i32::MAX as usize, "rx_buffer_size must fit in an i32");
+        Self(UnsafeCell::new([0; N]))
+    }
+}
+
+impl<const N: usize> Default for RxBuffer<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> fmt::Debug for RxBuffer<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RxBuffer<{N}>")
+    }
+}
+
+/// The per-session region: `N` slots of `S` (lws's per-session data, `user`),
+/// `per_session_data_size = size_of::<S>()`, `max_sessions = N`.
+///
+/// The host zeroes a slot when it binds a request to it; the dispatch glue then
+/// writes `S::default()` there before any guest code sees it, so `S` need not be
+/// valid as all-zero bytes. `S: Copy` means a slot never needs dropping.
+pub struct Sessions<S, const N: usize> {
+    slots: UnsafeCell<[MaybeUninit<S>; N]>,
+    /// Every slot holds a valid `S` (written on the first callback).
+    ready: Cell<bool>,
+}
+
+// SAFETY: one thread per instance (see `GuestCell`); slots are only borrowed
+// inside `dispatch`, whose contract rules out overlapping calls.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+unsafe impl<S, const N: usize> Sync for Sessions<S, N> {}
+
+impl<S: Default + Copy, const N: usize> Sessions<S, N> {
+    /// An empty region. Fails to compile (in a `static`) when `N` is 0 or the
+    /// region does not fit an `i32`.
+    pub const fn new() -> Self {
+        assert!(N >= 1, "max_sessions must be at least 1");
+        assert!(
+            size_of::<S>().saturating_mul(N) <= i32::MAX as usize,
+            "the session region must fit in an i32"
+        );
+        Self {
+            slots: UnsafeCell::new([const { MaybeUninit::uninit() }; N]),
+            ready: Cell::new(false),
+        }
+    }
+
+    /// Writes `S::default()` into every slot the first time it is called.
+    fn ensure_ready(&self) {
+        if self.ready.get() {
+            return;
+        }
+        let first = self.slots.get().cast::<MaybeUninit<S>>();
+        for i in 0..N {
+            // SAFETY: `i < N` stays inside the array, and no reference to any slot
+            // exists yet (the caller, `dispatch`, has handed none out).
+            unsafe { first.add(i).write(MaybeUninit::new(S::default())) };
+        }
+        self.ready.set(true);
+    }
+
+    /// The slot the host's `user` pointer names, if it names one.
+    fn slot_ptr(&self, user: i32) -> Option<*mut MaybeUninit<S>> {
+        let base = self.slots.get().cast::<MaybeUninit<S>>();
+        let index = slot_index(base as usize, user as u32 as usize, size_of::<S>(), N)?;
+        // `index < N`: the pointer stays inside the array.
+        Some(base.wrapping_add(index))
+    }
+}
+
+impl<S: Default + Copy, const N: usize> Default for Sessions<S, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S, const N: usize> fmt::Debug for Sessions<S, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sessions<{} bytes, {N}>", size_of::<S>())
+    }
+}
+
+/// Which slot `user` points to in a region at `base` of `count` slots of `size`
+/// bytes: `None` for 0 (no session), outside the region, or between slots.
+/// With `size` 0 every slot has the same address; any non-zero `user` is slot 0.
+fn slot_index(base: usize, user: usize, size: usize, count: usize) -> Option<usize> {
+    if user == 0 {
+        return None;
+    }
+    if size == 0 {
+        return Some(0);
+    }
+    let offset = user.checked_sub(base)?;
+    let index = offset / size;
+    (offset % size == 0 && index < count).then_some(index)
+}
+
+/// Where `in, len` lies in a receive buffer at `base` of `cap` bytes, as
+/// `(start, len)`; `None` when it is not inside. An empty `in` is always fine.
+fn input_range(base: usize, ptr: usize, len: usize, cap: usize) -> Option<(usize, usize)> {
+    if len == 0 {
+        return Some((0, 0));
+    }
+    let start = ptr.checked_sub(base)?;
+    (start.checked_add(len)? <= cap).then_some((start, len))
+}
+
+/// The receive buffer during one callback: the `in` bytes, and the buffer as
+/// scratch space from the start of `in` on.
+#[derive(Debug)]
+pub struct Rx<'a> {
+    buf: &'a mut [u8],
+    start: usize,
+    len: usize,
+}
+
+impl Rx<'_> {
+    /// The callback's `in` data (empty when `len` is 0).
+    pub fn input(&self) -> &[u8] {
+        // `dispatch` checked the range; `get` keeps panic code out of small guests.
+        self.buf
+            .get(self.start..self.start + self.len)
+            .unwrap_or_default()
+    }
+
+    /// The buffer from the start of `in` to its end, to hand to a host call that
+    /// copies the same bytes back (the HTTP layer reads the method this way while
+    /// the path sits in `in`). What it writes is what [`Rx::input`] then returns.
+    pub fn from_input_mut(&mut self) -> &mut [u8] {
+        self.buf.get_mut(self.start..).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+impl<'a> Rx<'a> {
+    /// `in` as the first `len` bytes of `buf`.
+    pub(crate) fn for_test(buf: &'a mut [u8], len: usize) -> Self {
+        Self { buf, start: 0, len }
+    }
+}
+
+/// Fills `descriptor` for `name`, `rx` and `sessions` and returns its address:
+/// the body of the `wasmgate_protocol` export. Called by the export macros.
+#[doc(hidden)]
+pub fn describe<S: Default + Copy, const RX: usize, const N: usize>(
+    descriptor: &'static GuestCell<ProtocolDescriptor>,
+    name: &'static str,
+    rx: &'static RxBuffer<RX>,
+    sessions: &'static Sessions<S, N>,
+) -> i32 {
+    descriptor.set(ProtocolDescriptor {
+        abi_version: ABI_VERSION,
+        rx_buffer: offset(rx.0.get()) as u32,
+        rx_buffer_size: RX as u32,
+        sessions: offset(sessions.slots.get()) as u32,
+        per_session_data_size: size_of::<S>() as u32,
+        max_sessions: N as u32,
+        name: offset(name.as_ptr()) as u32,
+        name_len: name.len() as u32,
+    });
+    offset(descriptor.as_ptr())
+}
+
+/// The body of the `callback` export: turns the host's five `i32`s into a
+/// [`Wsi`], a [`Reason`], the session slot and the receive buffer, resets the
+/// slot to `S::default()` on `HTTP_BIND_PROTOCOL`, and calls `f`. A `user` or
+/// `in` range the host should never send makes the callback return -1.
+///
+/// # Safety
+///
+/// Must not be called while another `dispatch` with the same `rx` or `sessions`
+/// is running. The export macros call it only from the `callback` export, which
+/// only the host calls, and the host never re-enters the guest.
+#[doc(hidden)]
+pub unsafe fn dispatch<S, const RX: usize, const N: usize, F>(
+    rx: &RxBuffer<RX>,
+    sessions: &Sessions<S, N>,
+    [wsi, reason, user, input, len]: [i32; 5],
+    f: F,
+) -> i32
+where
+    S: Default + Copy,
+    F: FnOnce(Wsi, Reason, Option<&mut S>, Rx<'_>) -> i32,
+{
+    let reason = Reason::from_raw(reason);
+    sessions.ensure_ready();
+    let slot = sessions.slot_ptr(user);
+    if user != 0 && slot.is_none() {
+        return -1;
+    }
+    if reason == Reason::HttpBindProtocol
+        && let Some(ptr) = slot
+    {
+        // SAFETY: `ptr` is a slot inside the region, and no reference to it exists.
+        // The host has just zeroed it, which need not be a valid `S`: write a
+        // fresh one without reading the old.
+        unsafe { ptr.write(MaybeUninit::new(S::default())) };
+    }
+    // SAFETY: `ptr` is a slot inside the region holding a valid `S`: written by
+    // `ensure_ready` or at its last bind, and since then only through `&mut S`.
+    // This is the only reference to a slot made during this call, and the caller
+    // rules out overlapping calls.
+    let session = slot.map(|ptr| unsafe { (*ptr).assume_init_mut() });
+    let Some((start, len)) = input_range(
+        rx.0.get() as usize,
+        input as u32 as usize,
+        len as u32 as usize,
+        RX,
+    ) else {
+        return -1;
+    };
+    // SAFETY: the only reference to the buffer during this call (the caller rules
+    // out overlapping calls), and the host writes into it only between callbacks.
+    let buf = unsafe { &mut *rx.0.get() };
+    f(Wsi::from_raw(wsi), reason, session, Rx { buf, start, len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    #[test]
+    fn descriptor_is_32_bytes_in_abi_order() {
+        assert_eq!(size_of::<ProtocolDescriptor>(), 32);
+        assert_eq!(offset_of!(ProtocolDescriptor, abi_version), 0);
+        assert_eq!(offset_of!(ProtocolDescriptor, rx_buffer), 4);
+        assert_eq!(offset_of!(ProtocolDescriptor, rx_buffer_size), 8);
+        assert_eq!(offset_of!(ProtocolDescriptor, sessions), 12);
+        assert_eq!(offset_of!(ProtocolDescriptor, per_session_data_size), 16);
+        assert_eq!(offset_of!(ProtocolDescriptor, max_sessions), 20);
+        assert_eq!(offset_of!(ProtocolDescriptor, name), 24);
+        assert_eq!(offset_of!(ProtocolDescriptor, name_len), 28);
+    }
+
+    #[test]
+    fn slot_index_accepts_only_slot_starts_inside_the_region() {
+        assert_eq!(slot_index(1000, 1000, 16, 4), Some(0));
+        assert_eq!(slot_index(1000, 1048, 16, 4), Some(3));
+        assert_eq!(
+            slot_index(1000, 1064, 16, 4),
+            None,
+            "one past the last slot"
+        );
+        assert_eq!(slot_index(1000, 1008, 16, 4), None, "between slots");
+        assert_eq!(slot_index(1000, 999, 16, 4), None, "before the region");
+        assert_eq!(slot_index(1000, 0, 16, 4), None, "no session");
+    }
+
+    #[test]
+    fn zero_sized_sessions_share_one_slot() {
+        assert_eq!(slot_index(1000, 1000, 0, 8), Some(0));
+        assert_eq!(slot_index(1000, 0, 0, 8), None);
+    }
+
+    #[test]
+    fn input_range_must_lie_inside_the_buffer() {
+        assert_eq!(input_range(5000, 5000, 128, 128), Some((0, 128)));
+        assert_eq!(input_range(5000, 5010, 10, 128), Some((10, 10)));
+        assert_eq!(input_range(5000, 5000, 129, 128), None);
+        assert_eq!(input_range(5000, 4999, 1, 128), None);
+        assert_eq!(input_range(5000, usize::MAX, 2, 128), None, "no overflow");
+        assert_eq!(input_range(5000, 0, 0, 128), Some((0, 0)), "no input");
+    }
+
+    #[test]
+    fn guest_cell_behaves_like_cell() {
+        let cell = GuestCell::new(5u32);
+        assert_eq!(cell.update(|n| n * 2), 10);
+        assert_eq!(cell.replace(1), 10);
+        assert_eq!(cell.take(), 1);
+        assert_eq!(cell.get(), 0);
+    }
+
+    #[test]
+    fn dispatch_resets_the_session_on_bind_and_passes_input() {
+        #[derive(Clone, Copy, Default, PartialEq, Debug)]
+        struct Pss {
+            n: u32,
+        }
+        let rx = RxBuffer::<128>::new();
+        let sessions = Sessions::<Pss, 2>::new();
+        // Host pointers do not fit an i32 here, so use calls without `user`/`in`.
+        // SAFETY: no other dispatch runs.
+        let ret = unsafe {
+            dispatch(&rx, &sessions, [7, 27, 0, 0, 0], |wsi, reason, user, rx| {
+                assert_eq!(wsi, Wsi::from_raw(7));
+                assert_eq!(reason, Reason::ProtocolInit);
+                assert!(user.is_none());
+                assert!(rx.input().is_empty());
+                0
+            })
+        };
+        assert_eq!(ret, 0);
+        assert!(sessions.ready.get());
+    }
+}

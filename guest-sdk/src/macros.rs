@@ -1,0 +1,119 @@
+//! The export macros: they declare a guest's statics (receive buffer, session
+//! region, descriptor) and its two exports, `callback` and `wasmgate_protocol`.
+//! Everything they emit exists only on wasm32.
+
+/// Exports an lws-shaped callback, as a C guest registers a `struct lws_protocols`
+/// entry:
+///
+/// ```
+/// use wasmgate_guest::lws::{Reason, Wsi};
+///
+/// #[derive(Clone, Copy, Default)]
+/// struct Pss { bytes: usize }
+///
+/// fn callback_http(wsi: Wsi, reason: Reason, user: Option<&mut Pss>, input: &[u8]) -> i32 {
+///     0
+/// }
+///
+/// wasmgate_guest::export_lws_callback!(
+///     callback_http,
+///     name = "http",
+///     rx_buffer_size = 1024,
+///     session = Pss,
+///     max_sessions = 8,
+/// );
+/// ```
+///
+/// - `callback`: a `fn(Wsi, Reason, Option<&mut S>, &[u8]) -> i32` (or closure):
+///   lws's `(wsi, reason, user, in, len)`, 0 to go on, non-zero to close.
+/// - `name`: the protocol name (`&'static str`).
+/// - `rx_buffer_size`: bytes of the receive buffer, at least 128; body pieces
+///   are at most this long.
+/// - `session`: the per-session data type `S` (`Default + Copy`), `()` for none;
+///   `per_session_data_size` is `size_of::<S>()`, as `sizeof(struct pss)` in C.
+///   `user` is `Some` for connection events, `None` for `PROTOCOL_INIT`/`DESTROY`,
+///   and holds `S::default()` again at every `HTTP_BIND_PROTOCOL`.
+/// - `max_sessions`: slots in the session region: requests served at once.
+#[macro_export]
+macro_rules! export_lws_callback {
+    (
+        $callback:expr,
+        name = $name:expr,
+        rx_buffer_size = $rx:expr,
+        session = $session:ty,
+        max_sessions = $max:expr $(,)?
+    ) => {
+        $crate::__export_protocol!($name, $rx, $session, $max, |wsi, reason, user, rx| {
+            ($callback)(wsi, reason, user, rx.input())
+        });
+    };
+}
+
+/// Exports an [`HttpHandler`](crate::http::HttpHandler):
+///
+/// ```
+/// # struct MyHandler;
+/// # impl wasmgate_guest::HttpHandler for MyHandler {
+/// #     type Session = ();
+/// #     fn on_request(req: &mut wasmgate_guest::Request<'_, ()>, _: &str) -> wasmgate_guest::Flow {
+/// #         req.respond_json(200, "{}")
+/// #     }
+/// # }
+/// wasmgate_guest::export_http!(MyHandler, name = "http", rx_buffer_size = 1024, max_sessions = 8);
+/// ```
+///
+/// `name`, `rx_buffer_size` and `max_sessions` mean what they mean for
+/// [`export_lws_callback!`]; the session type is the handler's `Session`.
+#[macro_export]
+macro_rules! export_http {
+    (
+        $handler:ty,
+        name = $name:expr,
+        rx_buffer_size = $rx:expr,
+        max_sessions = $max:expr $(,)?
+    ) => {
+        $crate::__export_protocol!(
+            $name,
+            $rx,
+            $crate::http::Slot<<$handler as $crate::http::HttpHandler>::Session>,
+            $max,
+            $crate::http::dispatch::<$handler>
+        );
+    };
+}
+
+/// What both export macros emit. Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_protocol {
+    ($name:expr, $rx:expr, $session:ty, $max:expr, $dispatch:expr) => {
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)] // reason: exports need `#[no_mangle]`; `dispatch`'s contract is met below
+        const _: () = {
+            static RX: $crate::abi::RxBuffer<{ $rx }> = $crate::abi::RxBuffer::new();
+            static SESSIONS: $crate::abi::Sessions<$session, { $max }> =
+                $crate::abi::Sessions::new();
+            static DESCRIPTOR: $crate::abi::GuestCell<$crate::abi::ProtocolDescriptor> =
+                $crate::abi::GuestCell::new($crate::abi::ProtocolDescriptor::ZERO);
+
+            #[unsafe(no_mangle)]
+            extern "C" fn callback(wsi: i32, reason: i32, user: i32, input: i32, len: i32) -> i32 {
+                // SAFETY: only the host calls this export, and it never re-enters
+                // the guest, so no other `dispatch` runs at the same time.
+                unsafe {
+                    $crate::abi::dispatch(
+                        &RX,
+                        &SESSIONS,
+                        [wsi, reason, user, input, len],
+                        $dispatch,
+                    )
+                }
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn wasmgate_protocol() -> i32 {
+                $crate::abi::describe(&DESCRIPTOR, $name, &RX, &SESSIONS)
+            }
+        };
+    };
+}

@@ -1,0 +1,103 @@
+//! The lws port's HTTP POST example (ESP-IDF), as a guest on the idiomatic
+//! layer. Protocol `http`:
+//!
+//! - every request logs `HTTP: <path>`;
+//! - `POST` (any path, as in the lws example) logs each body piece (`HTTP_BODY: N bytes: <text>`, cut to one log
+//!   line) and, once the body is complete, the total, then answers `200
+//!   application/json` `{"status": "success", "message": "Received your request."}`;
+//! - `GET /` (or `HEAD`) answers a small HTML page naming the device and these
+//!   endpoints; `GET /status` answers JSON with the requests seen and the uptime;
+//! - anything else gets the guest's own `404` page (`lws_return_http_status`).
+//!
+//! Run it: `cargo run -p wasmgate-sim -- sim` starts the default device, which
+//! mounts it (`builtin:http-post`) at `/`: `curl -i -d 'hello=device'
+//! http://127.0.0.1:8080/` and watch the simulator's log.
+//!
+//! Corners cut: the body is logged, not parsed or echoed; the request counter and
+//! start time live in the instance, so they restart when a new instance (after a
+//! trap or an upload) takes over; the page names a fixed device, not the config's.
+
+#![no_std]
+
+use core::fmt::Write;
+
+use wasmgate_guest::lws::lws_now_usecs;
+use wasmgate_guest::{Flow, FmtBuf, GuestCell, HttpHandler, Lossy, Method, Request, lwsl_user};
+
+const INDEX: &str = "<!DOCTYPE html>\n\
+<html><head><title>wasmgate simulated device</title></head><body>\n\
+<h1>wasmgate simulated device</h1>\n\
+<p>Served by the <code>http</code> protocol, a WebAssembly guest.</p>\n\
+<ul>\n\
+<li><code>GET /</code>: this page</li>\n\
+<li><code>POST</code> (any path): logs the body and answers a JSON acknowledgement</li>\n\
+<li><code>GET /status</code>: requests seen and uptime, as JSON</li>\n\
+</ul>\n\
+</body></html>\n";
+
+const ACK: &str = r#"{"status": "success", "message": "Received your request."}"#;
+
+/// Requests seen by this instance.
+static REQUESTS: GuestCell<u32> = GuestCell::new(0);
+/// `lws_now_usecs` at `PROTOCOL_INIT`.
+static STARTED_US: GuestCell<i64> = GuestCell::new(0);
+
+/// Per request: body bytes received so far.
+#[derive(Clone, Copy, Default)]
+struct Session {
+    received: usize,
+}
+
+struct HttpPost;
+
+impl HttpHandler for HttpPost {
+    type Session = Session;
+
+    fn init() -> bool {
+        STARTED_US.set(lws_now_usecs());
+        true
+    }
+
+    fn on_request(req: &mut Request<'_, Session>, path: &str) -> Flow {
+        lwsl_user!("HTTP: {}", path);
+        let requests = REQUESTS.update(|n| n.wrapping_add(1));
+        match (req.method(), path) {
+            // Wait for the body; the answer comes from `on_body_complete`.
+            (Method::Post, _) if req.has_body() => Flow::Continue,
+            // No body (`Content-Length: 0`): no `HTTP_BODY_COMPLETION` will come.
+            (Method::Post, _) => req.respond_json(200, ACK),
+            (Method::Get | Method::Head, "/") => req.respond_html(200, INDEX),
+            (Method::Get | Method::Head, "/status") => {
+                let uptime_ms = (lws_now_usecs() - STARTED_US.get()) / 1000;
+                let mut json = FmtBuf::<96>::new();
+                let _ = write!(
+                    json,
+                    r#"{{"requests": {requests}, "uptime_ms": {uptime_ms}}}"#
+                );
+                req.respond_json(200, json.as_str())
+            }
+            _ => req.return_status(404, "Nothing here: try GET /"),
+        }
+    }
+
+    fn on_body(req: &mut Request<'_, Session>, chunk: &[u8]) -> Flow {
+        req.session().received += chunk.len();
+        lwsl_user!("HTTP_BODY: {} bytes: {}", chunk.len(), Lossy(chunk));
+        Flow::Continue
+    }
+
+    fn on_body_complete(req: &mut Request<'_, Session>) -> Flow {
+        lwsl_user!(
+            "HTTP_BODY_COMPLETION: {} bytes in total",
+            req.session().received
+        );
+        req.respond_json(200, ACK)
+    }
+}
+
+wasmgate_guest::export_http!(
+    HttpPost,
+    name = "http",
+    rx_buffer_size = 1024,
+    max_sessions = 8,
+);
