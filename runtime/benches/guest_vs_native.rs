@@ -80,7 +80,10 @@ fn run(ctx: &mut Context, n: u32) -> Duration {
         ctx.service(now);
         let tx = ctx.transmit(id);
         if i == 0 {
-            assert!(tx.starts_with(b"HTTP/1.1 200 OK\r\n") && tx.ends_with(BODY), "{tx:?}");
+            assert!(
+                tx.starts_with(b"HTTP/1.1 200 OK\r\n") && tx.ends_with(BODY),
+                "{tx:?}"
+            );
             expected_len = tx.len();
         }
         assert_eq!(tx.len(), expected_len, "every response is the same");
