@@ -81,3 +81,14 @@ fn on_trap_keep_serves_on_with_the_same_instance() {
     let logs = sim.logs();
     assert!(!logs.contains("retired instance dropped"), "{logs}");
 }
+
+#[test]
+fn a_guest_that_never_answers_gets_504_after_the_response_timeout() {
+    let sim = faulty_device("[limits]\nresponse_timeout_ms = 300\n");
+    let start = std::time::Instant::now();
+    let r = get(&sim, "/stall");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    sim.wait_for_log("without progress");
+    assert_eq!(get(&sim, "/ok").status, 200);
+}

@@ -47,6 +47,7 @@ struct LimitsSection {
     head_timeout_ms: u64,
     body_timeout_ms: u64,
     idle_timeout_ms: u64,
+    response_timeout_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -63,6 +64,7 @@ impl Default for LimitsSection {
             head_timeout_ms: h.head_timeout.as_millis() as u64,
             body_timeout_ms: h.body_timeout.as_millis() as u64,
             idle_timeout_ms: h.idle_timeout.as_millis() as u64,
+            response_timeout_ms: l.response_timeout.as_millis() as u64,
         }
     }
 }
@@ -181,6 +183,7 @@ impl Device {
         let l = &file.limits;
         let limits = Limits {
             max_connections: l.max_connections,
+            response_timeout: Duration::from_millis(l.response_timeout_ms),
             http: http::Limits {
                 max_head_bytes: l.max_head_bytes,
                 max_headers: l.max_headers,

@@ -88,7 +88,7 @@ fn run(ctx: &mut Context, n: u32) -> Duration {
         }
         assert_eq!(tx.len(), expected_len, "every response is the same");
         let len = black_box(tx).len();
-        ctx.transmitted(id, len);
+        ctx.transmitted(id, len, now);
         let _ = ctx.take_dirty();
     }
     let per_request = start.elapsed() / n;

@@ -1,6 +1,8 @@
 //! Device configuration: listeners, protocols (guest modules), mounts and limits.
 //! Plain data with small, documented defaults; the simulator fills it from TOML.
 
+use std::time::Duration;
+
 use crate::http;
 
 /// Everything a [`Context`](crate::Context) needs to run a device.
@@ -75,6 +77,11 @@ pub struct Limits {
     /// lwIP has a handful of sockets (`MEMP_NUM_NETCONN`). Past it, new
     /// connections get `503` with `Retry-After` and are closed.
     pub max_connections: usize,
+    /// Time a guest may hold a request without progress (no callback that
+    /// returned, no response bytes sent) before the runtime gives up on it:
+    /// `504` if nothing was answered yet, otherwise the connection is closed.
+    /// Default 30 s.
+    pub response_timeout: Duration,
     /// Per-connection HTTP limits (head size, header count, body size, timeouts).
     pub http: http::Limits,
 }
@@ -83,6 +90,7 @@ impl Limits {
     /// The defaults of a small device.
     pub const DEFAULT: Limits = Limits {
         max_connections: 8,
+        response_timeout: Duration::from_secs(30),
         http: http::Limits::DEFAULT,
     };
 }

@@ -127,6 +127,8 @@ struct Conn {
     writable: bool,
     /// A guest returned non-zero: close without further answer.
     abort: bool,
+    /// Last time the bound transaction moved: a callback ran or bytes left.
+    last_progress: Instant,
     dirty: bool,
 }
 
@@ -249,6 +251,7 @@ impl Context {
             binding: None,
             writable: false,
             abort: false,
+            last_progress: now,
             dirty: false,
         });
         self.stats.accepted += 1;
@@ -298,9 +301,14 @@ impl Context {
     }
 
     /// The driver sent `n` bytes of [`transmit`](Self::transmit).
-    pub fn transmitted(&mut self, id: ConnId, n: usize) {
-        if let Some(http) = self.conn_mut(id).and_then(|c| c.http.as_mut()) {
+    pub fn transmitted(&mut self, id: ConnId, n: usize, now: Instant) {
+        if let Some(conn) = self.conn_mut(id)
+            && let Some(http) = conn.http.as_mut()
+        {
             http.consume_tx(n);
+            if n > 0 {
+                conn.last_progress = now;
+            }
         }
     }
 
@@ -370,10 +378,15 @@ impl Context {
                 self.callback(id, reason::HTTP_WRITEABLE, &[], now);
                 self.pump(id, now);
             }
+            let response_deadline = self.check_response_timeout(id, now);
             let conn = self.conns[slot].as_ref();
             if conn.is_some_and(|c| c.writable && c.binding.is_some()) {
                 next = Some(now);
             }
+            let deadline = match (deadline, response_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             next = match (next, deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -383,6 +396,33 @@ impl Context {
     }
 
     // ---- dispatch ----
+
+    /// Gives up on a transaction its guest has held too long. Returns when to
+    /// check again.
+    fn check_response_timeout(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
+        let timeout = self.config.limits.response_timeout;
+        let conn = self.conn_mut(id)?;
+        if conn.binding.is_none() || conn.abort {
+            return None;
+        }
+        let deadline = conn.last_progress + timeout;
+        if now < deadline {
+            return Some(deadline);
+        }
+        let http = conn.http.as_mut()?;
+        tracing::warn!(
+            wsi = id.wsi(),
+            "guest held the request {} s without progress: giving up",
+            timeout.as_secs()
+        );
+        if http.response_started() {
+            conn.abort = true;
+        } else {
+            http.respond_simple(504, "text/plain", b"guest did not answer in time\n", true);
+        }
+        self.mark_dirty(id);
+        None
+    }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns
@@ -657,6 +697,7 @@ impl Context {
             writable_requested: false,
             completed: None,
         };
+        conn.last_progress = now;
         let outcome = match &mut self.protocols[b.protocol].backend {
             Backend::Wasm { instances, .. } => match instances[b.instance].as_mut() {
                 Some(inst) => inst.call(why, id.wsi(), Some(b.slot), input, Some(call), now_us),

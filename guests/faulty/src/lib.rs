@@ -12,6 +12,8 @@
 //!   gets `BAD_POINTER`, as it should (`500`);
 //! - `/badptr-status`: the same call, answered `200` `lws_write returned N\n`, so
 //!   a test can see the host returned -1 and did not trap;
+//! - `/stall`: asks for `HTTP_WRITEABLE` and then never answers (the runtime
+//!   gives up after `response_timeout_ms` with `504`);
 //! - `/session`: `200` `sessions busy: N\n`, the requests in flight in this
 //!   instance (this one included);
 //! - anything else: the runtime's `404` (the guest answers nothing).
@@ -77,6 +79,10 @@ impl HttpHandler for Faulty {
                 let ret = bad_write(req);
                 text(req, format_args!("lws_write returned {ret}\n"))
             }
+            "stall" => match req.ask_writeable() {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Close,
+            },
             "session" => {
                 let busy = BUSY.get();
                 text(req, format_args!("sessions busy: {busy}\n"))

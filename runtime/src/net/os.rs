@@ -278,7 +278,7 @@ impl OsDriver {
                     break;
                 }
                 match sock.stream.write(tx) {
-                    Ok(n) => ctx.transmitted(id, n),
+                    Ok(n) => ctx.transmitted(id, n, now),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
