@@ -40,7 +40,7 @@ fn sim_without_arguments_serves_on_8080() {
         eprintln!("SKIPPED: 127.0.0.1:8080 is in use, cannot start the default device there");
         return;
     }
-    let sim = Sim::spawn(&["sim"], std::env::temp_dir());
+    let sim = Sim::spawn(&["sim"], support::scratch_dir());
     assert_eq!(sim.addr().port(), 8080);
     let r = roundtrip(&sim, b"GET / HTTP/1.1\r\nHost: d\r\n\r\n");
     assert_eq!(r.status, 200);
@@ -48,8 +48,7 @@ fn sim_without_arguments_serves_on_8080() {
 
 #[test]
 fn config_errors_name_the_key_and_exit_non_zero() {
-    let dir = std::env::temp_dir().join(format!("wasmgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::scratch_dir();
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,

@@ -43,7 +43,8 @@ pub fn device_toml(protocols: &[(&str, &str)], mounts: &[(&str, &str)], extra: &
     t
 }
 
-fn scratch_dir() -> PathBuf {
+/// A fresh directory of this test's own, removed when its [`Sim`] drops.
+pub fn scratch_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "wasmgate-test-{}-{}",
@@ -66,7 +67,9 @@ impl Sim {
         )
     }
 
-    /// Starts `wasmgate` with `args` and waits for the listener banner.
+    /// Starts `wasmgate` with `args` and waits for the listener banner. `dir` is
+    /// the test's own scratch directory (from [`scratch_dir`]): it is deleted
+    /// when the `Sim` drops.
     pub fn spawn(args: &[&str], dir: PathBuf) -> Sim {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
             .args(args)
