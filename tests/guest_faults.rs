@@ -92,3 +92,17 @@ fn a_guest_that_never_answers_gets_504_after_the_response_timeout() {
     sim.wait_for_log("without progress");
     assert_eq!(get(&sim, "/ok").status, 200);
 }
+
+#[test]
+fn guests_read_request_headers_and_url_arguments() {
+    let sim = faulty_device("");
+    let r = roundtrip(
+        &sim,
+        b"GET /header HTTP/1.1\r\nHost: d\r\nX-Probe: probe value 42\r\n\r\n",
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "probe value 42\n"));
+    assert_eq!(get(&sim, "/header").status, 404);
+    let r = get(&sim, "/arg?x=1&q=hello%20device+again&z");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello device again\n"));
+    assert_eq!(get(&sim, "/arg?x=1").status, 404);
+}

@@ -206,3 +206,56 @@ fn curl_large_post_uses_expect_100_continue() {
         "curl saw no 100 Continue:\n{err}"
     );
 }
+
+fn stream_block(n: usize) -> String {
+    let mut line = format!("block {n:>6} ");
+    while line.len() < 1023 {
+        line.push('.');
+    }
+    line + "\n"
+}
+
+#[test]
+fn a_response_streamed_across_writeable_callbacks_arrives_chunked_and_whole() {
+    let sim = http_post_device();
+    let s = sim.connect();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    w.write_all(b"GET /stream?kib=64 HTTP/1.1\r\nHost: d\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut reader, false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("content-length"), None);
+    let expected: String = (0..64).map(stream_block).collect();
+    assert_eq!(r.body.len(), 64 * 1024);
+    assert!(r.text() == expected, "streamed body differs");
+    // The connection is still usable after a chunked answer.
+    w.write_all(b"GET /hello HTTP/1.1\r\nHost: d\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut reader, false).text(), "hello world\n");
+}
+
+#[test]
+fn a_streamed_response_to_http_1_0_ends_with_the_connection() {
+    let sim = http_post_device();
+    let mut s = sim.connect();
+    s.write_all(b"GET /stream?kib=20 HTTP/1.0\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s), false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(r.body.len(), 20 * 1024);
+    assert_eq!(r.text(), (0..20).map(stream_block).collect::<String>());
+}
+
+#[test]
+fn curl_receives_a_one_mib_streamed_response() {
+    let sim = http_post_device();
+    let url = format!("http://{}/stream?kib=1024", sim.addr());
+    let Some((code, out, err)) = curl(&["-sS", "--max-time", "30", &url]) else {
+        return;
+    };
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.len(), 1024 * 1024);
+    assert!(out.starts_with(&stream_block(0)) && out.ends_with(&stream_block(1023)));
+}

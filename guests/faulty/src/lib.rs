@@ -14,6 +14,8 @@
 //!   a test can see the host returned -1 and did not trap;
 //! - `/stall`: asks for `HTTP_WRITEABLE` and then never answers (the runtime
 //!   gives up after `response_timeout_ms` with `504`);
+//! - `/header`: `200` with the value of request header `X-Probe`, or `404`;
+//! - `/arg`: `200` with the value of URL argument `q`, or `404`;
 //! - `/session`: `200` `sessions busy: N\n`, the requests in flight in this
 //!   instance (this one included);
 //! - anything else: the runtime's `404` (the guest answers nothing).
@@ -83,6 +85,20 @@ impl HttpHandler for Faulty {
                 Ok(()) => Flow::Continue,
                 Err(_) => Flow::Close,
             },
+            "header" => {
+                let mut buf = [0u8; 128];
+                match req.header("x-probe", &mut buf) {
+                    Ok(value) => text(req, format_args!("{value}\n")),
+                    Err(_) => req.return_status(404, "no X-Probe header"),
+                }
+            }
+            "arg" => {
+                let mut buf = [0u8; 128];
+                match req.query_arg("q", &mut buf) {
+                    Ok(value) => text(req, format_args!("{value}\n")),
+                    Err(_) => req.return_status(404, "no q argument"),
+                }
+            }
             "session" => {
                 let busy = BUSY.get();
                 text(req, format_args!("sessions busy: {busy}\n"))

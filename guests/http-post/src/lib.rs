@@ -7,6 +7,9 @@
 //!   application/json` `{"status": "success", "message": "Received your request."}`;
 //! - `GET /` (or `HEAD`) answers a small HTML page naming the device and these
 //!   endpoints; `GET /status` answers JSON with the requests seen and the uptime;
+//! - `GET /stream?kib=N` streams N KiB (default 16, at most 1024) of numbered
+//!   lines with no `Content-Length` (chunked for HTTP/1.1), one KiB per
+//!   `HTTP_WRITEABLE` callback, as lws guests stream large answers;
 //! - anything else gets the guest's own `404` page (`lws_return_http_status`).
 //!
 //! Run it: `cargo run -p wasmgate-sim -- sim` starts the default device, which
@@ -42,10 +45,30 @@ static REQUESTS: GuestCell<u32> = GuestCell::new(0);
 /// `lws_now_usecs` at `PROTOCOL_INIT`.
 static STARTED_US: GuestCell<i64> = GuestCell::new(0);
 
-/// Per request: body bytes received so far.
+/// Per request: body bytes received so far, KiB still to stream.
 #[derive(Clone, Copy, Default)]
 struct Session {
     received: usize,
+    to_stream: u32,
+    streamed: u32,
+}
+
+/// One KiB of the `/stream` answer: `block NNNNNN ` then dots, then a newline.
+fn stream_block(n: u32) -> [u8; 1024] {
+    let mut block = [b'.'; 1024];
+    block[..6].copy_from_slice(b"block ");
+    let mut digits = n;
+    for i in (6..12).rev() {
+        block[i] = if digits == 0 && i < 11 {
+            b' '
+        } else {
+            b'0' + (digits % 10) as u8
+        };
+        digits /= 10;
+    }
+    block[12] = b' ';
+    block[1023] = b'\n';
+    block
 }
 
 struct HttpPost;
@@ -67,6 +90,23 @@ impl HttpHandler for HttpPost {
             // No body (`Content-Length: 0`): no `HTTP_BODY_COMPLETION` will come.
             (Method::Post, _) => req.respond_json(200, ACK),
             (Method::Get | Method::Head, "/") => req.respond_html(200, INDEX),
+            (Method::Get | Method::Head, "/stream") => {
+                let mut arg = [0u8; 8];
+                let kib = req
+                    .query_arg("kib", &mut arg)
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(16)
+                    .min(1024);
+                req.session().to_stream = kib;
+                match req
+                    .start(200, "text/plain", None)
+                    .and_then(|()| req.ask_writeable())
+                {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => Flow::Close,
+                }
+            }
             (Method::Get | Method::Head, "/status") => {
                 let uptime_ms = (lws_now_usecs() - STARTED_US.get()) / 1000;
                 let mut json = FmtBuf::<96>::new();
@@ -77,6 +117,26 @@ impl HttpHandler for HttpPost {
                 req.respond_json(200, json.as_str())
             }
             _ => req.return_status(404, "Nothing here: try GET /"),
+        }
+    }
+
+    fn on_writeable(req: &mut Request<'_, Session>) -> Flow {
+        let Session {
+            to_stream,
+            streamed,
+            ..
+        } = *req.session();
+        if streamed == to_stream {
+            return req.finish(b"").unwrap_or(Flow::Close);
+        }
+        match req.write(&stream_block(streamed)) {
+            Ok(()) => req.session().streamed += 1,
+            Err(wasmgate_guest::Error::NoSpace) => {}
+            Err(_) => return Flow::Close,
+        }
+        match req.ask_writeable() {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
         }
     }
 
