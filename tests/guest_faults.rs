@@ -4,7 +4,9 @@
 
 mod support;
 
-use support::{Sim, device_toml, roundtrip};
+use std::io::{BufReader, Read, Write};
+
+use support::{Sim, device_toml, read_response, roundtrip};
 
 fn faulty_device(extra: &str) -> Sim {
     Sim::start(&device_toml(
@@ -105,4 +107,35 @@ fn guests_read_request_headers_and_url_arguments() {
     let r = get(&sim, "/arg?x=1&q=hello%20device+again&z");
     assert_eq!((r.status, r.text().as_str()), (200, "hello device again\n"));
     assert_eq!(get(&sim, "/arg?x=1").status, 404);
+}
+
+#[test]
+fn a_guest_that_keeps_asking_for_writeable_without_writing_still_times_out() {
+    let sim = faulty_device("[limits]\nresponse_timeout_ms = 300\n");
+    let r = get(&sim, "/spin");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(get(&sim, "/ok").status, 200);
+}
+
+#[test]
+fn a_trap_after_the_answer_closes_without_a_second_response() {
+    let sim = faulty_device("");
+    let mut s = sim.connect();
+    s.write_all(b"GET /late-trap HTTP/1.1\r\nHost: d\r\n\r\nGET /ok HTTP/1.1\r\nHost: d\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(s);
+    let r = read_response(&mut reader, false);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "answered, trapping next\n")
+    );
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "nothing after the answer: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    sim.wait_for_log("trap after the transaction completed");
+    assert_eq!(get(&sim, "/ok").status, 200);
 }

@@ -109,3 +109,28 @@ fn connections_past_max_get_503_and_the_device_recovers() {
         200
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_closed_and_frees_its_slot() {
+    let sim = hello_device("[limits]\nmax_connections = 1\nresponse_timeout_ms = 500\n");
+    let mut s = sim.connect();
+    // Far more than socket buffers hold, and never read.
+    for _ in 0..16 {
+        s.write_all(b"GET /stream?kib=1024 HTTP/1.1\r\nHost: d\r\n\r\n")
+            .unwrap();
+    }
+    sim.wait_for_log("peer read nothing");
+    let start = Instant::now();
+    let r = loop {
+        let r = roundtrip(&sim, b"GET / HTTP/1.1\r\nHost: d\r\n\r\n");
+        if r.status != 503 || start.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        r.status, 200,
+        "the stalled connection's slot was given back"
+    );
+    drop(s);
+}

@@ -76,6 +76,7 @@ struct GuestSection {
     max_memory_pages: u32,
     max_rx_buffer_size: u32,
     max_session_data_size: u32,
+    max_table_elements: u32,
     on_trap: OnTrapSetting,
 }
 
@@ -94,6 +95,7 @@ impl Default for GuestSection {
             max_memory_pages: g.max_memory_pages,
             max_rx_buffer_size: g.max_rx_buffer_size,
             max_session_data_size: g.max_session_data_size,
+            max_table_elements: g.max_table_elements,
             on_trap: OnTrapSetting::Reinstantiate,
         }
     }
@@ -222,6 +224,7 @@ impl Device {
             max_memory_pages: g.max_memory_pages,
             max_rx_buffer_size: g.max_rx_buffer_size,
             max_session_data_size: g.max_session_data_size,
+            max_table_elements: g.max_table_elements,
             on_trap: match g.on_trap {
                 OnTrapSetting::Reinstantiate => OnTrap::Reinstantiate,
                 OnTrapSetting::Keep => OnTrap::Keep,

@@ -70,6 +70,10 @@ impl std::fmt::Debug for Handler {
     }
 }
 
+/// The most connections a context can hold (connection ids keep 16 bits for
+/// the table index).
+pub const MAX_CONNECTIONS: usize = 65_535;
+
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -126,6 +130,9 @@ pub struct GuestLimits {
     pub max_rx_buffer_size: u32,
     /// Largest `per_session_data_size` a guest may declare, in bytes. Default 4096.
     pub max_session_data_size: u32,
+    /// Elements a guest's function table may have (tables live on the host's
+    /// heap, so they are limited like memory). Default 4096.
+    pub max_table_elements: u32,
     /// What a trap does to the instance.
     pub on_trap: OnTrap,
 }
@@ -137,6 +144,7 @@ impl GuestLimits {
         max_memory_pages: 4,
         max_rx_buffer_size: 4096,
         max_session_data_size: 4096,
+        max_table_elements: 4096,
         on_trap: OnTrap::Reinstantiate,
     };
 }
@@ -160,6 +168,8 @@ pub enum ConfigError {
     DuplicatePort(u16),
     /// `max_connections` is 0.
     NoConnections,
+    /// `max_connections` is more than [`MAX_CONNECTIONS`].
+    TooManyConnections(usize),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -178,6 +188,10 @@ impl std::fmt::Display for ConfigError {
             ),
             Self::DuplicatePort(port) => write!(f, "two listeners use port {port}"),
             Self::NoConnections => write!(f, "limits.max_connections must be at least 1"),
+            Self::TooManyConnections(n) => write!(
+                f,
+                "limits.max_connections is {n}; at most {MAX_CONNECTIONS} are supported"
+            ),
         }
     }
 }
@@ -193,6 +207,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.limits.max_connections == 0 {
             return Err(ConfigError::NoConnections);
+        }
+        if self.limits.max_connections > MAX_CONNECTIONS {
+            return Err(ConfigError::TooManyConnections(self.limits.max_connections));
         }
         for (i, p) in self.protocols.iter().enumerate() {
             if self.protocols[..i].iter().any(|q| q.name == p.name) {

@@ -16,7 +16,9 @@ pub struct ConnId(u32);
 
 impl ConnId {
     fn new(slot: usize, generation: u16) -> Self {
-        ConnId(((generation as u32) << 16 | slot as u32) + 1)
+        // 15 bits of generation and 16 of slot (at most MAX_CONNECTIONS - 1):
+        // the value stays a positive i32, as a guest expects of a wsi.
+        ConnId((u32::from(generation & 0x7fff) << 16 | slot as u32) + 1)
     }
 
     /// The connection's index in the table, below `max_connections`; unique
@@ -30,6 +32,9 @@ impl ConnId {
         self.0 as i32
     }
 }
+
+/// The least time between two `HTTP_WRITEABLE` callbacks that write nothing.
+const IDLE_WRITEABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Largest body piece given to a native handler at once.
 const NATIVE_RX_BUFFER: usize = 4096;
@@ -127,8 +132,13 @@ struct Conn {
     writable: bool,
     /// A guest returned non-zero: close without further answer.
     abort: bool,
-    /// Last time the bound transaction moved: a callback ran or bytes left.
+    /// Last time the connection moved: a request began, or bytes were queued
+    /// by a guest, sent to the peer, or taken from it.
     last_progress: Instant,
+    /// An `HTTP_WRITEABLE` that wrote nothing delays the next one until then.
+    writeable_not_before: Instant,
+    /// The connection stalled: close it even with bytes still queued.
+    hard_close: bool,
     dirty: bool,
 }
 
@@ -252,6 +262,8 @@ impl Context {
             writable: false,
             abort: false,
             last_progress: now,
+            writeable_not_before: now,
+            hard_close: false,
             dirty: false,
         });
         self.stats.accepted += 1;
@@ -281,6 +293,9 @@ impl Context {
             Some(http) if !conn.abort => http.feed(data, now),
             _ => 0,
         };
+        if taken > 0 {
+            conn.last_progress = now;
+        }
         self.pump(id, now);
         taken
     }
@@ -318,7 +333,7 @@ impl Context {
         self.conn(id).is_none_or(|c| {
             let http = c.http.as_ref();
             let drained = http.is_none_or(|h| h.tx().is_empty());
-            (c.abort && drained) || http.is_some_and(ServerConn::is_closed)
+            c.hard_close || (c.abort && drained) || http.is_some_and(ServerConn::is_closed)
         })
     }
 
@@ -363,62 +378,86 @@ impl Context {
                 continue;
             };
             let before = http.tx().len();
-            let deadline = http.poll_timeout(now);
-            let changed = http.tx().len() != before || http.wants_close();
-            if changed {
+            let parser_due = http.poll_timeout(now);
+            if http.tx().len() != before || http.wants_close() {
                 self.mark_dirty(id);
             }
-            let conn = self.conns[slot].as_mut().expect("still open");
-            let tx_half_free = conn
-                .http
-                .as_ref()
-                .is_some_and(|h| h.tx_space() >= self.config.limits.http.tx_buffer_bytes / 2);
-            if conn.writable && conn.binding.is_some() && tx_half_free && !conn.abort {
-                conn.writable = false;
-                self.callback(id, reason::HTTP_WRITEABLE, &[], now);
-                self.pump(id, now);
+            let writeable_due = self.writeable(id, now);
+            let stall_due = self.check_stall(id, now);
+            for due in [parser_due, writeable_due, stall_due].into_iter().flatten() {
+                next = Some(next.map_or(due, |n| n.min(due)));
             }
-            let response_deadline = self.check_response_timeout(id, now);
-            let conn = self.conns[slot].as_ref();
-            if conn.is_some_and(|c| c.writable && c.binding.is_some()) {
-                next = Some(now);
-            }
-            let deadline = match (deadline, response_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            next = match (next, deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
         }
         next
     }
 
     // ---- dispatch ----
 
-    /// Gives up on a transaction its guest has held too long. Returns when to
-    /// check again.
-    fn check_response_timeout(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
+    /// Runs `HTTP_WRITEABLE` for `id` if it asked and its tx buffer is at least
+    /// half free. Returns when it can run next, if it is waiting for time
+    /// rather than for the peer to read.
+    fn writeable(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
+        let half = self.config.limits.http.tx_buffer_bytes / 2;
+        let conn = self.conn_mut(id)?;
+        if !conn.writable || conn.binding.is_none() || conn.abort {
+            return None;
+        }
+        if conn.http.as_ref().is_none_or(|h| h.tx_space() < half) {
+            return None; // the driver calls again once the peer has read
+        }
+        if now < conn.writeable_not_before {
+            return Some(conn.writeable_not_before);
+        }
+        conn.writable = false;
+        let before = conn.http.as_ref().map_or(0, |h| h.tx().len());
+        self.callback(id, reason::HTTP_WRITEABLE, &[], now);
+        self.pump(id, now);
+        let conn = self.conn_mut(id)?;
+        let wrote = conn.http.as_ref().is_some_and(|h| h.tx().len() != before);
+        if !wrote {
+            // A guest that asks again without writing anything would spin the
+            // loop: let it poll at a bounded rate instead.
+            conn.writeable_not_before = now + IDLE_WRITEABLE_BACKOFF;
+        }
+        (conn.writable && conn.binding.is_some()).then(|| conn.writeable_not_before.max(now))
+    }
+
+    /// Ends connections that stopped moving: a peer that does not read what is
+    /// queued for it, or a guest that holds a request without answering (`504`,
+    /// or a close if it had started). Returns when to check again.
+    fn check_stall(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
         let timeout = self.config.limits.response_timeout;
         let conn = self.conn_mut(id)?;
-        if conn.binding.is_none() || conn.abort {
+        let http = conn.http.as_mut()?;
+        let waiting_on_peer = !http.tx().is_empty();
+        let waiting_on_guest = conn.binding.is_some() && !conn.abort;
+        if conn.hard_close || !(waiting_on_peer || waiting_on_guest) {
             return None;
         }
         let deadline = conn.last_progress + timeout;
         if now < deadline {
             return Some(deadline);
         }
-        let http = conn.http.as_mut()?;
-        tracing::warn!(
-            wsi = id.wsi(),
-            "guest held the request {} s without progress: giving up",
-            timeout.as_secs()
-        );
-        if http.response_started() {
-            conn.abort = true;
+        conn.writable = false;
+        if waiting_on_peer {
+            tracing::info!(
+                wsi = id.wsi(),
+                "peer read nothing for {} ms: closing",
+                timeout.as_millis()
+            );
+            conn.hard_close = true;
         } else {
-            http.respond_simple(504, "text/plain", b"guest did not answer in time\n", true);
+            tracing::warn!(
+                wsi = id.wsi(),
+                "guest held the request {} ms without progress: giving up",
+                timeout.as_millis()
+            );
+            if http.response_started() || http.request().is_none() {
+                conn.abort = true;
+            } else {
+                http.respond_simple(504, "text/plain", b"guest did not answer in time\n", true);
+                conn.last_progress = now;
+            }
         }
         self.mark_dirty(id);
         None
@@ -502,6 +541,8 @@ impl Context {
 
     fn on_head(&mut self, id: ConnId, now: Instant) {
         self.stats.requests += 1;
+        let conn = self.conn_mut(id).expect("caller checked");
+        conn.last_progress = now;
         let conn = self.conn(id).expect("caller checked");
         let listener = &self.config.listeners[conn.listener];
         let req = conn
@@ -697,7 +738,7 @@ impl Context {
             writable_requested: false,
             completed: None,
         };
-        conn.last_progress = now;
+        let tx_before = call.http.tx().len();
         let outcome = match &mut self.protocols[b.protocol].backend {
             Backend::Wasm { instances, .. } => match instances[b.instance].as_mut() {
                 Some(inst) => inst.call(why, id.wsi(), Some(b.slot), input, Some(call), now_us),
@@ -718,6 +759,9 @@ impl Context {
         self.stats.callbacks += 1;
         let call = outcome.call.expect("host functions never keep the call");
         let conn = self.conns[id.index()].as_mut().expect("still open");
+        if call.http.tx().len() != tx_before {
+            conn.last_progress = now;
+        }
         conn.http = Some(call.http);
         conn.writable |= call.writable_requested;
         match outcome.result {
@@ -732,6 +776,7 @@ impl Context {
             Ok(n) => {
                 tracing::debug!(wsi = id.wsi(), "callback {why} returned {n}: closing");
                 conn.abort = true;
+                conn.writable = false;
             }
             Err(fault) => self.on_fault(id, b, why, fault, on_trap, now),
         }
@@ -768,7 +813,7 @@ impl Context {
         conn.binding = None;
         conn.writable = false;
         if let Some(http) = conn.http.as_mut() {
-            if http.response_started() {
+            if http.response_started() || http.request().is_none() {
                 conn.abort = true;
             } else {
                 http.respond_simple(500, "text/plain", b"guest module failed\n", true);

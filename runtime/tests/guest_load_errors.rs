@@ -158,3 +158,10 @@ fn rx_buffer_size_below_128_is_refused() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_table_over_the_limit_is_refused() {
+    let wat = guest_wat(1, "(table 30000000 funcref)");
+    let msg = message(&wat);
+    assert!(msg.starts_with("module failed to start"), "{msg}");
+}

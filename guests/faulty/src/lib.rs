@@ -12,6 +12,9 @@
 //!   gets `BAD_POINTER`, as it should (`500`);
 //! - `/badptr-status`: the same call, answered `200` `lws_write returned N\n`, so
 //!   a test can see the host returned -1 and did not trap;
+//! - `/spin`: asks for `HTTP_WRITEABLE` again in every one, writing nothing
+//!   (the runtime rate-limits it and gives up after `response_timeout_ms`);
+//! - `/late-trap`: answers `200`, then traps in `HTTP_DROP_PROTOCOL`;
 //! - `/stall`: asks for `HTTP_WRITEABLE` and then never answers (the runtime
 //!   gives up after `response_timeout_ms` with `504`);
 //! - `/header`: `200` with the value of request header `X-Probe`, or `404`;
@@ -42,10 +45,15 @@ use wasmgate_guest::{Flow, FmtBuf, GuestCell, HttpHandler, Request, WriteMode};
 /// Requests between `on_request` and their end, in this instance.
 static BUSY: GuestCell<u32> = GuestCell::new(0);
 
-/// Per request: whether it is counted in [`BUSY`].
+/// Per request: whether it is counted in [`BUSY`], and what to misbehave on
+/// after `on_request`.
 #[derive(Clone, Copy, Default)]
 struct Session {
     counted: bool,
+    /// `/spin`: ask for `HTTP_WRITEABLE` again on every one, writing nothing.
+    spin: bool,
+    /// `/late-trap`: trap in `HTTP_DROP_PROTOCOL`, after the answer went out.
+    trap_when_done: bool,
 }
 
 struct Faulty;
@@ -81,6 +89,17 @@ impl HttpHandler for Faulty {
                 let ret = bad_write(req);
                 text(req, format_args!("lws_write returned {ret}\n"))
             }
+            "spin" => {
+                req.session().spin = true;
+                match req.ask_writeable() {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => Flow::Close,
+                }
+            }
+            "late-trap" => {
+                req.session().trap_when_done = true;
+                req.respond(200, "text/plain", b"answered, trapping next\n")
+            }
             "stall" => match req.ask_writeable() {
                 Ok(()) => Flow::Continue,
                 Err(_) => Flow::Close,
@@ -107,8 +126,18 @@ impl HttpHandler for Faulty {
         }
     }
 
+    fn on_writeable(req: &mut Request<'_, Session>) -> Flow {
+        if req.session().spin && req.ask_writeable().is_err() {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
     fn on_done(session: &mut Session) {
         uncount(session);
+        if session.trap_when_done {
+            panic!("trap after the transaction completed");
+        }
     }
 
     fn on_closed(session: &mut Session) {

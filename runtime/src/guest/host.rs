@@ -42,6 +42,22 @@ const LWS_WRITE_HTTP_FINAL: i32 = 7;
 const UNKNOWN_LENGTH: i64 = -1;
 /// Longest log line kept from a guest.
 const MAX_LOG: usize = 512;
+/// Log lines kept from one callback; the rest are counted and reported once.
+pub(super) const MAX_LOG_LINES: u32 = 32;
+/// Fuel every host call costs, on top of a unit per byte it handles: host
+/// work is paid from the same budget as the guest's own instructions.
+const HOST_CALL_FUEL: u64 = 100;
+/// Extra fuel per byte logged: logging is the dearest thing a guest can ask.
+const LOG_BYTE_FUEL: u64 = 16;
+
+/// Takes `bytes` units plus the base cost from the callback's fuel. A guest
+/// that runs dry traps (out of fuel) at its next instruction.
+fn charge(cx: &mut Cx<'_>, bytes: i32) {
+    let cost = HOST_CALL_FUEL + u64::try_from(bytes).unwrap_or(0);
+    if let Ok(fuel) = cx.get_fuel() {
+        let _ = cx.set_fuel(fuel.saturating_sub(cost));
+    }
+}
 
 /// The parameter and result types of host function `name`, if it exists.
 pub(super) fn signature_of(name: &str) -> Option<(&'static [ValType], &'static [ValType])> {
@@ -80,7 +96,13 @@ fn copy_out(mem: &mut [u8], dst: i32, dst_len: i32, value: &[u8]) -> i32 {
 
 /// Runs `f` with guest memory and the connection `wsi`, if it is the one lent
 /// to this callback.
-fn with_call(cx: &mut Cx<'_>, wsi: i32, f: impl FnOnce(&mut [u8], &mut Call) -> i32) -> i32 {
+fn with_call(
+    cx: &mut Cx<'_>,
+    wsi: i32,
+    bytes: i32,
+    f: impl FnOnce(&mut [u8], &mut Call) -> i32,
+) -> i32 {
+    charge(cx, bytes);
     let Some(memory) = cx.data().memory else {
         return BAD_STATE;
     };
@@ -118,7 +140,7 @@ fn header_name(raw: &[u8]) -> &[u8] {
 }
 
 fn lws_write(mut cx: Cx<'_>, wsi: i32, buf: i32, len: i32, mode: i32) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
+    with_call(&mut cx, wsi, len, |mem, call| {
         let Some(data) = bytes(mem, buf, len) else {
             return BAD_POINTER;
         };
@@ -135,7 +157,7 @@ fn lws_write(mut cx: Cx<'_>, wsi: i32, buf: i32, len: i32, mode: i32) -> i32 {
 }
 
 fn add_status(mut cx: Cx<'_>, wsi: i32, status: i32) -> i32 {
-    with_call(&mut cx, wsi, |_, call| match status_code(status) {
+    with_call(&mut cx, wsi, 0, |_, call| match status_code(status) {
         Some(code) => response_status(call.http.begin_head(code)),
         None => INVALID,
     })
@@ -149,17 +171,23 @@ fn add_header(
     value: i32,
     value_len: i32,
 ) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
-        let (Some(name), Some(value)) = (bytes(mem, name, name_len), bytes(mem, value, value_len))
-        else {
-            return BAD_POINTER;
-        };
-        response_status(call.http.add_header(header_name(name), value))
-    })
+    with_call(
+        &mut cx,
+        wsi,
+        name_len.saturating_add(value_len),
+        |mem, call| {
+            let (Some(name), Some(value)) =
+                (bytes(mem, name, name_len), bytes(mem, value, value_len))
+            else {
+                return BAD_POINTER;
+            };
+            response_status(call.http.add_header(header_name(name), value))
+        },
+    )
 }
 
 fn content_length(mut cx: Cx<'_>, wsi: i32, length: i64) -> i32 {
-    with_call(&mut cx, wsi, |_, call| match u64::try_from(length) {
+    with_call(&mut cx, wsi, 0, |_, call| match u64::try_from(length) {
         Ok(n) => response_status(call.http.set_content_length(Some(n))),
         Err(_) => INVALID,
     })
@@ -173,7 +201,7 @@ fn common_headers(
     ct_len: i32,
     length: i64,
 ) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
+    with_call(&mut cx, wsi, ct_len, |mem, call| {
         let Some(content_type) = bytes(mem, content_type, ct_len) else {
             return BAD_POINTER;
         };
@@ -197,20 +225,21 @@ fn common_headers(
 }
 
 fn finalize(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_call(&mut cx, wsi, |_, call| {
+    with_call(&mut cx, wsi, 0, |_, call| {
         response_status(call.http.finalize_head())
     })
 }
 
 fn return_status(mut cx: Cx<'_>, wsi: i32, status: i32, html: i32, html_len: i32) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
+    with_call(&mut cx, wsi, html_len, |mem, call| {
         let Some(html) = bytes(mem, html, html_len) else {
             return BAD_POINTER;
         };
         let Some(code) = status_code(status) else {
             return INVALID;
         };
-        if call.http.response_started() || call.completed.is_some() {
+        if call.http.response_started() || call.completed.is_some() || call.http.request().is_none()
+        {
             return BAD_STATE;
         }
         let body;
@@ -228,14 +257,14 @@ fn return_status(mut cx: Cx<'_>, wsi: i32, status: i32, html: i32, html_len: i32
 }
 
 fn on_writable(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_call(&mut cx, wsi, |_, call| {
+    with_call(&mut cx, wsi, 0, |_, call| {
         call.writable_requested = true;
         1
     })
 }
 
 fn transaction_completed(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_call(&mut cx, wsi, |_, call| {
+    with_call(&mut cx, wsi, 0, |_, call| {
         let completion = match call.completed {
             Some(done) => done,
             None => call.http.finish_response(),
@@ -246,7 +275,7 @@ fn transaction_completed(mut cx: Cx<'_>, wsi: i32) -> i32 {
 }
 
 fn uri_and_method(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
+    with_call(&mut cx, wsi, dst_len, |mem, call| {
         let Some(req) = call.http.request() else {
             return BAD_STATE;
         };
@@ -265,7 +294,7 @@ fn header_value<'a>(mem: &[u8], call: &'a Call, name: i32, name_len: i32) -> Res
 }
 
 fn hdr_length(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
+    with_call(&mut cx, wsi, name_len, |mem, call| {
         match header_value(mem, call, name, name_len) {
             Ok(v) => v.len() as i32,
             Err(e) => e,
@@ -274,48 +303,61 @@ fn hdr_length(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32) -> i32 {
 }
 
 fn hdr_copy(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32, name: i32, name_len: i32) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
-        match header_value(mem, call, name, name_len) {
+    with_call(
+        &mut cx,
+        wsi,
+        dst_len.saturating_add(name_len),
+        |mem, call| match header_value(mem, call, name, name_len) {
             Ok(v) => copy_out(mem, dst, dst_len, v),
             Err(e) => e,
-        }
-    })
+        },
+    )
 }
 
 fn urlarg(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32, dst: i32, dst_len: i32) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
-        let Some(name) = bytes(mem, name, name_len) else {
-            return BAD_POINTER;
-        };
-        let Ok(name) = std::str::from_utf8(name.strip_suffix(b"=").unwrap_or(name)) else {
-            return BAD_POINTER;
-        };
-        let name = name.to_owned();
-        let Some(req) = call.http.request() else {
-            return BAD_STATE;
-        };
-        let (Ok(ptr), Ok(cap)) = (usize::try_from(dst), usize::try_from(dst_len)) else {
-            return BAD_POINTER;
-        };
-        let Some(out) = ptr.checked_add(cap).and_then(|end| mem.get_mut(ptr..end)) else {
-            return BAD_POINTER;
-        };
-        match req.query_arg(&name, out) {
-            Ok(n) => n as i32,
-            Err(QueryArgError::NotFound) => NOT_FOUND,
-            Err(QueryArgError::TooSmall) => NO_SPACE,
-        }
-    })
+    with_call(
+        &mut cx,
+        wsi,
+        dst_len.saturating_add(name_len),
+        |mem, call| {
+            let Some(name) = bytes(mem, name, name_len) else {
+                return BAD_POINTER;
+            };
+            let Ok(name) = std::str::from_utf8(name.strip_suffix(b"=").unwrap_or(name)) else {
+                return BAD_POINTER;
+            };
+            let name = name.to_owned();
+            let Some(req) = call.http.request() else {
+                return BAD_STATE;
+            };
+            let (Ok(ptr), Ok(cap)) = (usize::try_from(dst), usize::try_from(dst_len)) else {
+                return BAD_POINTER;
+            };
+            let Some(out) = ptr.checked_add(cap).and_then(|end| mem.get_mut(ptr..end)) else {
+                return BAD_POINTER;
+            };
+            match req.query_arg(&name, out) {
+                Ok(n) => n as i32,
+                Err(QueryArgError::NotFound) => NOT_FOUND,
+                Err(QueryArgError::TooSmall) => NO_SPACE,
+            }
+        },
+    )
 }
 
 fn peer(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32) -> i32 {
-    with_call(&mut cx, wsi, |mem, call| {
+    with_call(&mut cx, wsi, dst_len, |mem, call| {
         let text = call.peer.ip().to_string();
         copy_out(mem, dst, dst_len, text.as_bytes())
     })
 }
 
 fn log(mut cx: Cx<'_>, level: i32, msg: i32, len: i32) -> i32 {
+    let logged = usize::try_from(len).unwrap_or(0).min(MAX_LOG) as u64;
+    charge(
+        &mut cx,
+        (logged * LOG_BYTE_FUEL).min(i32::MAX as u64) as i32,
+    );
     let Some(memory) = cx.data().memory else {
         return BAD_STATE;
     };
@@ -323,6 +365,10 @@ fn log(mut cx: Cx<'_>, level: i32, msg: i32, len: i32) -> i32 {
     let Some(raw) = bytes(mem, msg, len) else {
         return BAD_POINTER;
     };
+    state.log_lines += 1;
+    if state.log_lines > MAX_LOG_LINES {
+        return 0; // counted; Instance::call reports how many were dropped
+    }
     let raw = &raw[..raw.len().min(MAX_LOG)];
     let text = String::from_utf8_lossy(raw);
     let text = text.trim_end();

@@ -124,6 +124,8 @@ pub struct HostState {
     protocol: String,
     now_us: i64,
     call: Option<Call>,
+    /// Log lines the current callback asked for.
+    log_lines: u32,
 }
 
 /// A live instance of a guest module.
@@ -198,6 +200,7 @@ impl Guest {
             .memory_size((u64::from(self.limits.max_memory_pages) * PAGE_SIZE) as usize)
             .memories(1)
             .tables(1)
+            .table_elements(self.limits.max_table_elements as usize)
             .instances(1)
             .trap_on_grow_failure(true)
             .build();
@@ -207,6 +210,7 @@ impl Guest {
             protocol: self.protocol.clone(),
             now_us,
             call: None,
+            log_lines: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -345,12 +349,22 @@ impl Instance {
         let state = self.store.data_mut();
         state.call = call;
         state.now_us = now_us;
+        state.log_lines = 0;
         // Fuel cannot fail to be set: metering is on for every guest engine.
         let _ = self.store.set_fuel(self.fuel_per_callback);
         let result = self.callback.call(
             &mut self.store,
             (wsi, reason, user as i32, in_ptr as i32, len as i32),
         );
+        let state = self.store.data();
+        if state.log_lines > host::MAX_LOG_LINES {
+            tracing::warn!(
+                protocol = %state.protocol,
+                "{} log lines of one callback dropped (at most {} are kept)",
+                state.log_lines - host::MAX_LOG_LINES,
+                host::MAX_LOG_LINES
+            );
+        }
         let left = self.store.get_fuel().unwrap_or(0);
         self.fuel_used += self.fuel_per_callback - left;
         let result = result.map_err(|e| match e.as_trap_code() {
