@@ -40,7 +40,9 @@ fn sim_without_arguments_serves_on_8080() {
         eprintln!("SKIPPED: 127.0.0.1:8080 is in use, cannot start the default device there");
         return;
     }
-    let sim = Sim::spawn(&["sim"], support::scratch_dir());
+    let dir = support::scratch_dir();
+    let flash = dir.join("flash");
+    let sim = Sim::spawn(&["sim", "--flash", flash.to_str().unwrap()], dir);
     assert_eq!(sim.addr().port(), 8080);
     let r = roundtrip(&sim, b"GET / HTTP/1.1\r\nHost: d\r\n\r\n");
     assert_eq!(r.status, 200);

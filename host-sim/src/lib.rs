@@ -2,12 +2,16 @@
 //! [`wasmgate::Context`] served on 127.0.0.1. The `wasmgate` binary is a thin
 //! command line over this.
 
+pub mod flash;
+pub mod tools;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use wasmgate::admin::AdminConfig;
 use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, OnTrap, Protocol};
 use wasmgate::http;
 
@@ -27,12 +31,31 @@ struct DeviceFile {
     protocols: Vec<ProtocolSection>,
     #[serde(default, rename = "listener")]
     listeners: Vec<ListenerSection>,
+    admin: Option<AdminSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    token: String,
+    #[serde(default)]
+    development_mode: bool,
+    #[serde(default)]
+    keys: Vec<String>,
+    max_module_bytes: Option<usize>,
+    store_bytes: Option<u64>,
+    listener: Option<String>,
+    trial_callbacks: Option<u32>,
+    trial_max_faults: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeviceSection {
     name: String,
+    /// Folder of the device's flash (the module store), relative to the config
+    /// file. Default `.wasmgate-flash`.
+    flash: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +160,8 @@ pub struct Device {
     pub addrs: Vec<SocketAddr>,
     /// Where each protocol's module came from, for the start-up banner.
     pub sources: Vec<String>,
+    /// The device's flash folder.
+    pub flash_dir: PathBuf,
 }
 
 /// A config that cannot be used, with the key at fault.
@@ -280,12 +305,65 @@ impl Device {
             addrs.push(SocketAddr::new(l.address, l.forward.unwrap_or(l.port)));
         }
 
+        let admin = match file.admin {
+            None => None,
+            Some(a) => {
+                let mut cfg = AdminConfig::new(a.token);
+                if cfg.token.len() < 8 {
+                    return Err(err(
+                        "admin.token".into(),
+                        "must be at least 8 characters".into(),
+                    ));
+                }
+                cfg.allow_unsigned = a.development_mode;
+                for (i, key) in a.keys.iter().enumerate() {
+                    let bytes = hex::decode(key.trim())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            err(
+                                format!("admin.keys[{i}]"),
+                                "must be an ed25519 public key: 64 hex digits (see `wasmgate keygen`)"
+                                    .into(),
+                            )
+                        })?;
+                    cfg.trusted_keys.push(bytes);
+                }
+                if !cfg.allow_unsigned && cfg.trusted_keys.is_empty() {
+                    return Err(err(
+                        "admin.keys".into(),
+                        "no trusted keys and not in development mode: no module could ever be accepted"
+                            .into(),
+                    ));
+                }
+                cfg.max_module_bytes = a.max_module_bytes.unwrap_or(cfg.max_module_bytes);
+                cfg.store_bytes = a.store_bytes.unwrap_or(cfg.store_bytes);
+                cfg.trial_callbacks = a.trial_callbacks.unwrap_or(cfg.trial_callbacks);
+                cfg.trial_max_faults = a.trial_max_faults.unwrap_or(cfg.trial_max_faults);
+                if let Some(l) = &a.listener
+                    && !listeners.iter().any(|x| x.name == *l)
+                {
+                    return Err(err(
+                        "admin.listener".into(),
+                        format!("no listener named `{l}`"),
+                    ));
+                }
+                cfg.listener = a.listener;
+                Some(cfg)
+            }
+        };
+        let flash_dir = base.join(
+            file.device
+                .flash
+                .unwrap_or_else(|| PathBuf::from(".wasmgate-flash")),
+        );
         let config = wasmgate::Config {
             name: file.device.name,
             listeners,
             protocols,
             limits,
             guest,
+            admin,
         };
         config
             .validate()
@@ -294,6 +372,7 @@ impl Device {
             config,
             addrs,
             sources,
+            flash_dir,
         })
     }
 }

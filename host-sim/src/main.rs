@@ -3,12 +3,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wasmgate::net::OsDriver;
-use wasmgate_sim::{DEFAULT_DEVICE, Device};
+use wasmgate_sim::flash::DirFlash;
+use wasmgate_sim::{DEFAULT_DEVICE, Device, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +34,57 @@ enum Command {
         /// Print the built-in default device's config and exit.
         #[arg(long)]
         print_default_config: bool,
+        /// The device's flash folder (module store); overrides the config's
+        /// `device.flash`.
+        #[arg(long, value_name = "DIR")]
+        flash: Option<PathBuf>,
+    },
+    /// Make an ed25519 key pair for signing modules: PREFIX.key (secret) and
+    /// PREFIX.pub (public, for the device config's `admin.keys`).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "PREFIX", default_value = "wasmgate")]
+        out: PathBuf,
+    },
+    /// Sign a guest module for a protocol.
+    Sign {
+        /// The module (.wasm).
+        module: PathBuf,
+        /// Secret key file from `wasmgate keygen`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Protocol the module is for.
+        #[arg(long)]
+        protocol: String,
+        /// Version recorded in the manifest.
+        #[arg(long, default_value = "0.1.0")]
+        version: String,
+        /// Output file (default: MODULE.signed.wasm).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Show a module's manifest, signature, imports and exports, and check it
+    /// against the guest ABI.
+    Inspect {
+        /// The module (.wasm), signed or not.
+        module: PathBuf,
+    },
+    /// Upload a module to a device's admin API.
+    Upload {
+        /// The module (.wasm), signed or not.
+        module: PathBuf,
+        /// The device, e.g. http://127.0.0.1:8080
+        #[arg(long, value_name = "URL")]
+        device: String,
+        /// Protocol to replace.
+        #[arg(long)]
+        protocol: String,
+        /// The device's admin token (or set WASMGATE_TOKEN).
+        #[arg(long, env = "WASMGATE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Sign an unsigned module with this secret key before uploading.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
 }
 
@@ -53,22 +105,66 @@ fn main() -> ExitCode {
             print!("{DEFAULT_DEVICE}");
             ExitCode::SUCCESS
         }
-        Command::Sim { config, .. } => match sim(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("wasmgate: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Sim { config, flash, .. } => report(sim(config, flash)),
+        Command::Keygen { out } => report(tools::keygen(&out).map_err(Into::into)),
+        Command::Sign {
+            module,
+            key,
+            protocol,
+            version,
+            out,
+        } => {
+            let out = out.unwrap_or_else(|| module.with_extension("signed.wasm"));
+            report(tools::sign(&module, &key, &protocol, &version, &out).map_err(Into::into))
+        }
+        Command::Inspect { module } => report(
+            tools::inspect(&module)
+                .map(|text| print!("{text}"))
+                .map_err(Into::into),
+        ),
+        Command::Upload {
+            module,
+            device,
+            protocol,
+            token,
+            key,
+        } => report(
+            tools::upload(
+                &device,
+                &protocol,
+                token.as_deref(),
+                &module,
+                key.as_deref(),
+            )
+            .map(|answer| println!("{answer}"))
+            .map_err(Into::into),
+        ),
     }
 }
 
-fn sim(config: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
+fn report(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasmgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sim(config: Option<PathBuf>, flash: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let device = match &config {
         Some(path) => Device::from_file(path)?,
         None => Device::default_device()?,
     };
-    let mut ctx = wasmgate::Context::new(device.config, Instant::now())?;
+    let flash_dir = flash.unwrap_or(device.flash_dir);
+    let flash = DirFlash::open(&flash_dir)?;
+    let now = Instant::now();
+    let mut ctx = wasmgate::Context::with_flash(device.config, Box::new(flash), now)?;
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ctx.set_unix_time(now, unix);
     let mut driver = OsDriver::bind(&ctx, &device.addrs)?;
     let bound = driver.local_addrs()?;
     let cfg = ctx.config();
@@ -87,6 +183,20 @@ fn sim(config: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
         for m in &l.mounts {
             println!("    {:<12} -> protocol \"{}\"", m.prefix, m.protocol);
         }
+    }
+    println!("  flash (module store): {}", flash_dir.display());
+    if let Some(admin) = &cfg.admin {
+        let mode = if admin.allow_unsigned {
+            "development mode: unsigned modules accepted"
+        } else {
+            "signed modules only"
+        };
+        let token = if admin.allow_unsigned {
+            format!("token {}", admin.token)
+        } else {
+            "token from the config".to_string()
+        };
+        println!("  admin API: /_admin/modules, /_admin/status ({token}; {mode})");
     }
     println!("  guest logs follow; stop with Ctrl-C");
     driver.run(&mut ctx, Duration::from_secs(1), || false)?;

@@ -63,6 +63,7 @@ fn device(handler: Handler) -> Context {
         }],
         limits: Limits::DEFAULT,
         guest: GuestLimits::DEFAULT,
+        admin: None,
     };
     Context::new(config, Instant::now()).expect("bench device starts")
 }

@@ -18,6 +18,8 @@ pub struct Config {
     pub limits: Limits,
     /// Limits applied to every guest instance.
     pub guest: GuestLimits,
+    /// The admin API (module upload, status); `None` disables it.
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 /// A listening port and the protocols mounted on it.

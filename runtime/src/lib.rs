@@ -7,11 +7,13 @@
 //! sockets, [`http`] turns bytes into requests and responses, [`guest`] runs the
 //! modules, and [`Context`] ties them together in one loop.
 
+pub mod admin;
 pub mod config;
 pub mod context;
 pub mod guest;
 pub mod http;
 pub mod net;
+pub mod store;
 
 pub use config::Config;
 pub use context::Context;

@@ -54,6 +54,7 @@ fn device(module: Vec<u8>) -> Context {
         }],
         limits: Limits::DEFAULT,
         guest: GuestLimits::DEFAULT,
+        admin: None,
     };
     Context::new(config, Instant::now()).expect("device starts")
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 /// A running simulator process, killed on drop.
 pub struct Sim {
     child: Child,
+    args: Vec<String>,
     /// Address of each listener, in config order.
     pub addrs: Vec<SocketAddr>,
     logs: Arc<Mutex<String>>,
@@ -24,7 +25,7 @@ pub struct Sim {
 /// `(name, "builtin:guest")`, `mounts` are `(prefix, protocol)`; `extra` is
 /// appended to `[limits]` / `[guest]` sections as given.
 pub fn device_toml(protocols: &[(&str, &str)], mounts: &[(&str, &str)], extra: &str) -> String {
-    let mut t = String::from("[device]\nname = \"test device\"\n");
+    let mut t = String::from("[device]\nname = \"test device\"\nflash = \"flash\"\n");
     t.push_str(extra);
     t.push('\n');
     for (name, module) in protocols {
@@ -109,10 +110,27 @@ impl Sim {
         }
         Sim {
             child,
+            args: args.iter().map(|a| a.to_string()).collect(),
             addrs,
             logs,
             dir,
         }
+    }
+
+    /// The scratch directory (config, flash) of this simulator.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Stops the simulator, as a power cycle would, and starts it again with
+    /// the same arguments and the same scratch directory (its flash survives).
+    pub fn restart(mut self) -> Sim {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let args: Vec<String> = std::mem::take(&mut self.args);
+        let dir = std::mem::replace(&mut self.dir, PathBuf::new());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Sim::spawn(&args, dir)
     }
 
     /// The first listener's address.
@@ -159,7 +177,9 @@ impl Drop for Sim {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

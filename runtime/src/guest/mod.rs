@@ -77,6 +77,9 @@ pub struct Descriptor {
 /// A validated, compiled module; instances are made from it on demand.
 #[derive(Debug)]
 pub struct Guest {
+    /// Unique per loaded module in this process: tells its instances apart
+    /// from those of the module it replaced.
+    generation: u64,
     module: Module,
     engine: Engine,
     limits: GuestLimits,
@@ -131,6 +134,7 @@ pub struct HostState {
 /// A live instance of a guest module.
 #[derive(Debug)]
 pub struct Instance {
+    generation: u64,
     store: Store<HostState>,
     callback: TypedFunc<(i32, i32, i32, i32, i32), i32>,
     memory: Memory,
@@ -165,8 +169,10 @@ impl Guest {
         wasm: &[u8],
         limits: GuestLimits,
     ) -> Result<Self, LoadError> {
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let module = load::check_module(engine, wasm, limits)?;
         let guest = Guest {
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             module,
             engine: engine.clone(),
             limits,
@@ -188,6 +194,11 @@ impl Guest {
     /// Protocol name from the config.
     pub fn protocol(&self) -> &str {
         &self.protocol
+    }
+
+    /// This load of the module, unique in the process.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Creates an instance, reads its descriptor and runs `PROTOCOL_INIT`.
@@ -237,6 +248,7 @@ impl Guest {
         let descriptor = load::read_descriptor(memory.data(&store), ptr as u32, self.limits)?;
         let slots = descriptor.max_sessions as usize;
         let mut instance = Instance {
+            generation: self.generation,
             store,
             callback,
             memory,
@@ -259,6 +271,11 @@ impl Guest {
 }
 
 impl Instance {
+    /// The [`Guest::generation`] this instance was made from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The guest's protocol descriptor.
     pub fn descriptor(&self) -> &Descriptor {
         &self.descriptor

@@ -2,12 +2,17 @@
 //! and the dispatch of HTTP events to guest callbacks. Sans-IO like the layers
 //! below it: a driver (`net`) feeds bytes and the time in, and takes bytes out.
 
+mod modules;
+
 use std::net::SocketAddr;
 use std::time::Instant;
+
+use wasmi::Engine;
 
 use crate::config::{Config, ConfigError, Handler, OnTrap};
 use crate::guest::{Call, Fault, Guest, Instance, LoadError, Outcome, reason};
 use crate::http::{Completion, Event, ServerConn};
+use crate::store::{Flash, MemFlash, Store, StoreError};
 
 /// A connection's handle. It is also the `wsi` its guest sees: non-zero, and
 /// not reused soon after the connection closes.
@@ -53,6 +58,8 @@ pub enum AcceptError {
 pub enum ContextError {
     /// The config is inconsistent.
     Config(ConfigError),
+    /// The module store cannot be opened.
+    Store(StoreError),
     /// A protocol's module cannot be loaded.
     Module {
         /// The protocol it was configured for.
@@ -66,6 +73,7 @@ impl std::fmt::Display for ContextError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Config(e) => write!(f, "config: {e}"),
+            Self::Store(e) => write!(f, "module store: {e}"),
             Self::Module { protocol, error } => write!(f, "protocol `{protocol}`: {error}"),
         }
     }
@@ -102,6 +110,14 @@ pub trait NativeProtocol: std::fmt::Debug {
 struct ProtocolState {
     name: String,
     backend: Backend,
+    counters: modules::Counters,
+    /// What runs now, where it came from.
+    running: modules::ModuleInfo,
+    /// What ran before the last upload, kept compiled for a quick rollback.
+    previous: Option<(Guest, modules::ModuleInfo)>,
+    /// Set while a freshly uploaded module is on trial.
+    trial: Option<modules::Trial>,
+    last_rollback: Option<String>,
 }
 
 #[derive(Debug)]
@@ -132,6 +148,8 @@ struct Conn {
     writable: bool,
     /// A guest returned non-zero: close without further answer.
     abort: bool,
+    /// The request is for the admin API: its body is collected here.
+    admin: Option<modules::AdminRequest>,
     /// Last time the connection moved: a request began, or bytes were queued
     /// by a guest, sent to the peer, or taken from it.
     last_progress: Instant,
@@ -146,6 +164,10 @@ struct Conn {
 #[derive(Debug)]
 pub struct Context {
     config: Config,
+    engine: Engine,
+    store: Store<Box<dyn Flash>>,
+    /// Wall-clock seconds at `epoch`, for the store's timestamps.
+    unix_at_epoch: u64,
     protocols: Vec<ProtocolState>,
     conns: Vec<Option<Conn>>,
     generations: Vec<u16>,
@@ -168,30 +190,58 @@ impl Context {
     ///
     /// The first config inconsistency, or the first module that cannot load.
     pub fn new(config: Config, now: Instant) -> Result<Self, ContextError> {
+        Self::with_flash(config, Box::new(MemFlash::default()), now)
+    }
+
+    /// Like [`new`](Self::new), with the module store on `flash`: a protocol
+    /// whose module was uploaded before runs the uploaded module.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new), and a store that cannot be opened.
+    pub fn with_flash(
+        config: Config,
+        flash: Box<dyn Flash>,
+        now: Instant,
+    ) -> Result<Self, ContextError> {
         config.validate().map_err(ContextError::Config)?;
         let engine = Guest::engine();
+        let store_bytes = config.admin.as_ref().map_or(0, |a| a.store_bytes);
+        let store = Store::open(flash, store_bytes).map_err(ContextError::Store)?;
         let mut protocols = Vec::with_capacity(config.protocols.len());
         for p in &config.protocols {
-            let backend = match &p.handler {
-                Handler::Wasm(module) => Backend::Wasm {
-                    guest: Guest::load(&engine, &p.name, module, config.guest).map_err(
-                        |error| ContextError::Module {
-                            protocol: p.name.clone(),
-                            error,
-                        },
-                    )?,
-                    instances: Vec::new(),
-                    current: None,
-                },
-                Handler::Native(make) => Backend::Native(make()),
+            let (backend, running) = match &p.handler {
+                Handler::Wasm(factory) => {
+                    let (guest, running) =
+                        modules::load_protocol(&engine, &store, &p.name, factory, config.guest)
+                            .map_err(|error| ContextError::Module {
+                                protocol: p.name.clone(),
+                                error,
+                            })?;
+                    let backend = Backend::Wasm {
+                        guest,
+                        instances: Vec::new(),
+                        current: None,
+                    };
+                    (backend, running)
+                }
+                Handler::Native(make) => (Backend::Native(make()), modules::ModuleInfo::native()),
             };
             protocols.push(ProtocolState {
                 name: p.name.clone(),
                 backend,
+                counters: modules::Counters::default(),
+                running,
+                previous: None,
+                trial: None,
+                last_rollback: None,
             });
         }
         let max = config.limits.max_connections;
         Ok(Context {
+            engine,
+            store,
+            unix_at_epoch: 0,
             protocols,
             conns: (0..max).map(|_| None).collect(),
             generations: vec![0; max],
@@ -261,6 +311,7 @@ impl Context {
             binding: None,
             writable: false,
             abort: false,
+            admin: None,
             last_progress: now,
             writeable_not_before: now,
             hard_close: false,
@@ -520,7 +571,11 @@ impl Context {
                 Event::Body(piece) => {
                     self.scratch.clear();
                     self.scratch.extend_from_slice(piece);
-                    if self.conn(id).is_some_and(|c| c.binding.is_some()) {
+                    if self.conn(id).is_some_and(|c| c.admin.is_some()) {
+                        let body = std::mem::take(&mut self.scratch);
+                        self.admin_body(id, &body);
+                        self.scratch = body;
+                    } else if self.conn(id).is_some_and(|c| c.binding.is_some()) {
                         let body = std::mem::take(&mut self.scratch);
                         self.callback(id, reason::HTTP_BODY, &body, now);
                         self.scratch = body;
@@ -544,7 +599,6 @@ impl Context {
         let conn = self.conn_mut(id).expect("caller checked");
         conn.last_progress = now;
         let conn = self.conn(id).expect("caller checked");
-        let listener = &self.config.listeners[conn.listener];
         let req = conn
             .http
             .as_ref()
@@ -552,6 +606,11 @@ impl Context {
             .expect("head");
         let path = req.path().to_string();
         tracing::debug!(wsi = id.wsi(), method = req.method(), path = %path, "request");
+        if self.admin_head(id, &path) {
+            return;
+        }
+        let conn = self.conn(id).expect("caller checked");
+        let listener = &self.config.listeners[conn.listener];
         let mount = listener.mount_for(&path).map(|m| m.protocol.clone());
         let Some(protocol) =
             mount.and_then(|name| self.protocols.iter().position(|p| p.name == name))
@@ -605,6 +664,10 @@ impl Context {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
+        if conn.admin.is_some() {
+            self.admin_complete(id, now);
+            return;
+        }
         if conn.binding.is_none() {
             return;
         }
@@ -739,9 +802,13 @@ impl Context {
             completed: None,
         };
         let tx_before = call.http.tx().len();
+        let mut generation = 0;
         let outcome = match &mut self.protocols[b.protocol].backend {
             Backend::Wasm { instances, .. } => match instances[b.instance].as_mut() {
-                Some(inst) => inst.call(why, id.wsi(), Some(b.slot), input, Some(call), now_us),
+                Some(inst) => {
+                    generation = inst.generation();
+                    inst.call(why, id.wsi(), Some(b.slot), input, Some(call), now_us)
+                }
                 None => Outcome {
                     result: Err(Fault::Trap("instance is gone".into())),
                     call: Some(call),
@@ -764,6 +831,7 @@ impl Context {
         }
         conn.http = Some(call.http);
         conn.writable |= call.writable_requested;
+        let fault = outcome.result.is_err();
         match outcome.result {
             Ok(0) => {
                 if let Some(done) = call.completed
@@ -781,6 +849,7 @@ impl Context {
             Err(fault) => self.on_fault(id, b, why, fault, on_trap, now),
         }
         self.mark_dirty(id);
+        self.count_callback(b.protocol, generation, fault, now);
     }
 
     fn on_fault(

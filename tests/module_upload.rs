@@ -1,0 +1,395 @@
+//! Uploading guest modules to a running simulated device: signed or in
+//! development mode, swapped live, rolled back by hand or by the device itself,
+//! kept across a restart; every bad upload answered with its status.
+
+mod support;
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::{Response, Sim, device_toml, read_response, roundtrip};
+
+const TOKEN: &str = "test-token-123";
+const HTML_MARK: &str = "wasmgate simulated device";
+
+/// A device serving http-post at `/`, with the admin API configured by `admin`
+/// (TOML lines of the `[admin]` section besides the token).
+fn device(admin: &str) -> Sim {
+    let extra = format!("[admin]\ntoken = \"{TOKEN}\"\n{admin}\n");
+    Sim::start(&device_toml(
+        &[("http", "builtin:http-post")],
+        &[("/", "http")],
+        &extra,
+    ))
+}
+
+fn dev_device() -> Sim {
+    device("development_mode = true\ntrial_max_faults = 2\ntrial_callbacks = 50")
+}
+
+fn admin(sim: &Sim, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Response {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: d\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    roundtrip(sim, &req)
+}
+
+fn upload(sim: &Sim, protocol: &str, module: &[u8]) -> Response {
+    admin(
+        sim,
+        "PUT",
+        &format!("/_admin/modules/{protocol}"),
+        Some(TOKEN),
+        module,
+    )
+}
+
+fn get_root(sim: &Sim) -> String {
+    let r = roundtrip(sim, b"GET / HTTP/1.1\r\nHost: d\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+fn json(r: &Response) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("JSON body ({e}): {}", r.text()))
+}
+
+/// A valid guest (it answers nothing) carrying `padding` bytes of data.
+fn padded_guest(padding: usize) -> Vec<u8> {
+    let wat = format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (data (i32.const 0) "\01\00\00\00\00\01\00\00\00\02\00\00\00\04\00\00\08\00\00\00\04\00\00\00\00\03\00\00\04\00\00\00")
+            (data (i32.const 768) "http")
+            (data (i32.const 4096) "{}")
+            (func (export "wasmgate_protocol") (result i32) (i32.const 0))
+            (func (export "callback") (param i32 i32 i32 i32 i32) (result i32) (i32.const 0)))"#,
+        "x".repeat(padding)
+    );
+    wat::parse_str(wat).expect("test WAT parses")
+}
+
+fn wasmgate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(args)
+        .output()
+        .expect("run wasmgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_module(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write module");
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn cli_upload_of_a_changed_module_changes_the_answer() {
+    let sim = dev_device();
+    assert!(get_root(&sim).contains(HTML_MARK));
+    let module = write_module(sim.dir(), "hello.wasm", wasmgate_guests::HELLO);
+    let url = format!("http://{}", sim.addr());
+    let (ok, out, err) = wasmgate(&[
+        "upload",
+        "--device",
+        &url,
+        "--protocol",
+        "http",
+        "--token",
+        TOKEN,
+        s(&module),
+    ]);
+    assert!(ok, "upload failed: {err}");
+    assert!(out.contains("http"), "the device's answer in words: {out}");
+    assert_eq!(get_root(&sim), "hello world\n");
+    let modules = json(&admin(&sim, "GET", "/_admin/modules", Some(TOKEN), b""));
+    let http = &modules["modules"][0];
+    assert_eq!(http["protocol"], "http");
+    assert_eq!(http["running"]["source"], "uploaded");
+    assert_eq!(http["state"], "trial");
+}
+
+#[test]
+fn signed_modules_need_a_trusted_key() {
+    let dir = support::scratch_dir();
+    let (trusted, stranger) = (dir.join("trusted"), dir.join("stranger"));
+    for k in [&trusted, &stranger] {
+        let (ok, _, err) = wasmgate(&["keygen", "--out", s(k)]);
+        assert!(ok, "keygen: {err}");
+    }
+    let public = std::fs::read_to_string(trusted.with_extension("pub")).unwrap();
+    let sim = device(&format!("keys = [\"{}\"]", public.trim()));
+    let hello = write_module(sim.dir(), "hello.wasm", wasmgate_guests::HELLO);
+
+    // Unsigned: refused outside development mode.
+    let r = upload(&sim, "http", wasmgate_guests::HELLO);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        json(&r)["error"].as_str().unwrap().contains("not signed"),
+        "{}",
+        r.text()
+    );
+
+    // Signed by a key the device does not know.
+    let by_stranger = sim.dir().join("stranger.wasm");
+    let stranger_key = stranger.with_extension("key");
+    let (ok, _, err) = wasmgate(&[
+        "sign",
+        s(&hello),
+        "--key",
+        s(&stranger_key),
+        "--protocol",
+        "http",
+        "--out",
+        s(&by_stranger),
+    ]);
+    assert!(ok, "sign: {err}");
+    let r = upload(&sim, "http", &std::fs::read(&by_stranger).unwrap());
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // Signed by the trusted key, but tampered with after signing.
+    let signed = sim.dir().join("signed.wasm");
+    let trusted_key = trusted.with_extension("key");
+    let (ok, _, err) = wasmgate(&[
+        "sign",
+        s(&hello),
+        "--key",
+        s(&trusted_key),
+        "--protocol",
+        "http",
+        "--version",
+        "2.0.0",
+        "--out",
+        s(&signed),
+    ]);
+    assert!(ok, "sign: {err}");
+    let good = std::fs::read(&signed).unwrap();
+    let mut tampered = good.clone();
+    tampered[20] ^= 1;
+    let r = upload(&sim, "http", &tampered);
+    assert!(matches!(r.status, 400 | 403), "{} {}", r.status, r.text());
+    assert!(get_root(&sim).contains(HTML_MARK), "nothing changed");
+
+    // Signed by the trusted key: accepted.
+    let (ok, out, _) = wasmgate(&["inspect", s(&signed)]);
+    assert!(
+        ok && out.contains("2.0.0"),
+        "inspect shows the manifest: {out}"
+    );
+    let r = upload(&sim, "http", &good);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["module"]["signed_by"], public.trim());
+    assert_eq!(get_root(&sim), "hello world\n");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_uploads_are_answered_with_their_status_and_change_nothing() {
+    let sim = device("development_mode = true\nmax_module_bytes = 8192\nstore_bytes = 1000");
+    let no_token = admin(
+        &sim,
+        "PUT",
+        "/_admin/modules/http",
+        None,
+        wasmgate_guests::HELLO,
+    );
+    assert_eq!(no_token.status, 401);
+    let wrong = admin(
+        &sim,
+        "PUT",
+        "/_admin/modules/http",
+        Some("wrong-token"),
+        b"x",
+    );
+    assert_eq!(wrong.status, 401);
+
+    let r = upload(&sim, "http", b"definitely not wasm");
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let unknown_import = wat::parse_str(
+        r#"(module (import "lws" "lws_foo" (func)) (memory (export "memory") 1)
+            (func (export "wasmgate_protocol") (result i32) (i32.const 0))
+            (func (export "callback") (param i32 i32 i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let r = upload(&sim, "http", &unknown_import);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        json(&r)["error"],
+        "module imports unknown host function `lws.lws_foo`"
+    );
+
+    let r = upload(&sim, "nope", wasmgate_guests::HELLO);
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    let r = upload(&sim, "http", wasmgate_guests::HTTP_POST);
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    let r = upload(&sim, "http", &padded_guest(1500));
+    assert_eq!(r.status, 507, "a store of 1000 bytes: {}", r.text());
+
+    let r = admin(&sim, "GET", "/_admin/modules/http", Some(TOKEN), b"");
+    assert_eq!(r.status, 405);
+    assert!(
+        get_root(&sim).contains(HTML_MARK),
+        "the device still runs its module"
+    );
+}
+
+#[test]
+fn a_module_signed_for_another_protocol_is_a_conflict() {
+    let dir = support::scratch_dir();
+    let key = dir.join("k");
+    assert!(wasmgate(&["keygen", "--out", s(&key)]).0);
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let sim = device(&format!("keys = [\"{}\"]", public.trim()));
+    let hello = write_module(sim.dir(), "hello.wasm", wasmgate_guests::HELLO);
+    let signed = sim.dir().join("for-hello.wasm");
+    let (ok, _, err) = wasmgate(&[
+        "sign",
+        s(&hello),
+        "--key",
+        s(&key.with_extension("key")),
+        "--protocol",
+        "hello",
+        "--out",
+        s(&signed),
+    ]);
+    assert!(ok, "{err}");
+    let r = upload(&sim, "http", &std::fs::read(&signed).unwrap());
+    assert_eq!(r.status, 409, "{}", r.text());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_module_that_traps_in_its_trial_is_rolled_back_by_the_device() {
+    let sim = dev_device();
+    let r = upload(&sim, "http", wasmgate_guests::FAULTY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        roundtrip(&sim, b"GET /ok HTTP/1.1\r\nHost: d\r\n\r\n").text(),
+        "ok\n"
+    );
+    for _ in 0..3 {
+        let r = roundtrip(&sim, b"GET /trap HTTP/1.1\r\nHost: d\r\n\r\n");
+        assert_eq!(r.status, 500);
+    }
+    sim.wait_for_log("rolling back the new module");
+    assert!(
+        get_root(&sim).contains(HTML_MARK),
+        "the previous module is back"
+    );
+    let modules = json(&admin(&sim, "GET", "/_admin/modules", Some(TOKEN), b""));
+    let http = &modules["modules"][0];
+    assert_eq!(http["running"]["source"], "factory");
+    let why = http["last_rollback"].as_str().unwrap_or_default();
+    assert!(why.contains("3 faults"), "the reason is kept: {modules}");
+}
+
+#[test]
+fn manual_rollback_restores_the_previous_module_and_survives_a_restart() {
+    let sim = dev_device();
+    assert_eq!(upload(&sim, "http", wasmgate_guests::HELLO).status, 200);
+    assert_eq!(get_root(&sim), "hello world\n");
+    let r = admin(
+        &sim,
+        "POST",
+        "/_admin/modules/http/rollback",
+        Some(TOKEN),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(get_root(&sim).contains(HTML_MARK));
+    let r = admin(
+        &sim,
+        "POST",
+        "/_admin/modules/http/rollback",
+        Some(TOKEN),
+        b"",
+    );
+    assert_eq!(r.status, 409, "nothing left to roll back: {}", r.text());
+    let sim = sim.restart();
+    assert!(
+        get_root(&sim).contains(HTML_MARK),
+        "the rollback was persisted"
+    );
+}
+
+#[test]
+fn a_restart_keeps_the_uploaded_module() {
+    let sim = dev_device();
+    assert_eq!(upload(&sim, "http", wasmgate_guests::HELLO).status, 200);
+    let sim = sim.restart();
+    assert_eq!(get_root(&sim), "hello world\n");
+    let modules = json(&admin(&sim, "GET", "/_admin/modules", Some(TOKEN), b""));
+    assert_eq!(modules["modules"][0]["running"]["source"], "uploaded");
+}
+
+#[test]
+fn status_reports_connections_and_per_protocol_counters() {
+    let sim = dev_device();
+    get_root(&sim);
+    let status = json(&admin(&sim, "GET", "/_admin/status", Some(TOKEN), b""));
+    assert_eq!(status["development_mode"], true);
+    let http = &status["protocols"][0];
+    assert_eq!(http["name"], "http");
+    assert!(http["callbacks"].as_u64().unwrap() >= 3, "{status}");
+    assert!(status["connections"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_swap_under_steady_load_fails_no_request_and_drops_no_connection() {
+    let sim = dev_device();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stream = sim.connect();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut w = stream;
+                let (mut old, mut new) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    w.write_all(b"GET / HTTP/1.1\r\nHost: d\r\n\r\n")
+                        .expect("connection kept");
+                    let r = read_response(&mut reader, false);
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    if r.text() == "hello world\n" {
+                        new += 1;
+                    } else {
+                        assert!(r.text().contains(HTML_MARK));
+                        old += 1;
+                    }
+                }
+                (old, new)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(upload(&sim, "http", wasmgate_guests::HELLO).status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let (old, new) = c.join().expect("client saw no failure");
+        assert!(
+            old > 0 && new > 0,
+            "both modules answered on one connection: {old} {new}"
+        );
+    }
+}
