@@ -6,12 +6,11 @@ mod support;
 
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::{Response, Sim, device_toml, read_response, roundtrip};
+use support::{Response, Sim, device_toml, read_response, roundtrip, wasmgate};
 
 const TOKEN: &str = "test-token-123";
 const HTML_MARK: &str = "wasmgate simulated device";
@@ -77,16 +76,23 @@ fn padded_guest(padding: usize) -> Vec<u8> {
     wat::parse_str(wat).expect("test WAT parses")
 }
 
-fn wasmgate(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-        .args(args)
-        .output()
-        .expect("run wasmgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// `wasmgate sign MODULE --key KEY --protocol P --version V --out OUT`; returns
+/// the signed file's bytes.
+fn sign(module: &Path, key: &Path, protocol: &str, version: &str, out: &Path) -> Vec<u8> {
+    let (ok, _, err) = wasmgate(&[
+        "sign",
+        s(module),
+        "--key",
+        s(key),
+        "--protocol",
+        protocol,
+        "--version",
+        version,
+        "--out",
+        s(out),
+    ]);
+    assert!(ok, "sign: {err}");
+    std::fs::read(out).expect("signed file")
 }
 
 fn write_module(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -147,39 +153,25 @@ fn signed_modules_need_a_trusted_key() {
     );
 
     // Signed by a key the device does not know.
-    let by_stranger = sim.dir().join("stranger.wasm");
-    let stranger_key = stranger.with_extension("key");
-    let (ok, _, err) = wasmgate(&[
-        "sign",
-        s(&hello),
-        "--key",
-        s(&stranger_key),
-        "--protocol",
+    let by_stranger = sign(
+        &hello,
+        &stranger.with_extension("key"),
         "http",
-        "--out",
-        s(&by_stranger),
-    ]);
-    assert!(ok, "sign: {err}");
-    let r = upload(&sim, "http", &std::fs::read(&by_stranger).unwrap());
+        "1.0.0",
+        &sim.dir().join("stranger.wasm"),
+    );
+    let r = upload(&sim, "http", &by_stranger);
     assert_eq!(r.status, 403, "{}", r.text());
 
     // Signed by the trusted key, but tampered with after signing.
     let signed = sim.dir().join("signed.wasm");
-    let trusted_key = trusted.with_extension("key");
-    let (ok, _, err) = wasmgate(&[
-        "sign",
-        s(&hello),
-        "--key",
-        s(&trusted_key),
-        "--protocol",
+    let good = sign(
+        &hello,
+        &trusted.with_extension("key"),
         "http",
-        "--version",
         "2.0.0",
-        "--out",
-        s(&signed),
-    ]);
-    assert!(ok, "sign: {err}");
-    let good = std::fs::read(&signed).unwrap();
+        &signed,
+    );
     let mut tampered = good.clone();
     tampered[20] ^= 1;
     let r = upload(&sim, "http", &tampered);
@@ -260,19 +252,14 @@ fn a_module_signed_for_another_protocol_is_a_conflict() {
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let sim = device(&format!("keys = [\"{}\"]", public.trim()));
     let hello = write_module(sim.dir(), "hello.wasm", wasmgate_guests::HELLO);
-    let signed = sim.dir().join("for-hello.wasm");
-    let (ok, _, err) = wasmgate(&[
-        "sign",
-        s(&hello),
-        "--key",
-        s(&key.with_extension("key")),
-        "--protocol",
+    let signed = sign(
+        &hello,
+        &key.with_extension("key"),
         "hello",
-        "--out",
-        s(&signed),
-    ]);
-    assert!(ok, "{err}");
-    let r = upload(&sim, "http", &std::fs::read(&signed).unwrap());
+        "1.0.0",
+        &sim.dir().join("for-hello.wasm"),
+    );
+    let r = upload(&sim, "http", &signed);
     assert_eq!(r.status, 409, "{}", r.text());
     let _ = std::fs::remove_dir_all(dir);
 }

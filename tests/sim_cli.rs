@@ -4,21 +4,8 @@
 mod support;
 
 use std::net::TcpListener;
-use std::process::Command;
 
-use support::{Sim, roundtrip};
-
-fn wasmgate(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-        .args(args)
-        .output()
-        .expect("run wasmgate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{Sim, roundtrip, wasmgate};
 
 #[test]
 fn printed_default_config_runs_and_serves_http_post_at_root() {

@@ -285,6 +285,19 @@ pub fn curl(args: &[&str]) -> Option<(i32, String, String)> {
     }
 }
 
+/// Runs the `wasmgate` binary with `args`: (success, stdout, stderr).
+pub fn wasmgate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args(args)
+        .output()
+        .expect("run wasmgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// True if the peer closed the connection (EOF or reset) within the read timeout.
 pub fn closed_by_peer(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 256];

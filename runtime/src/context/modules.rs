@@ -11,7 +11,7 @@ use super::{Backend, ConnId, Context};
 use crate::admin::{self, Route};
 use crate::config::GuestLimits;
 use crate::guest::{ABI_VERSION, Guest, LoadError};
-use crate::store::{Flash, Module, SlotInfo, Store, StoreError, Trust, VerifyError};
+use crate::store::{Flash, Module, SlotInfo, Store, StoreError, Trust};
 
 /// Where the module a protocol runs came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,32 +269,32 @@ impl Context {
         }
         let trust = match module.verify(&cfg.trusted_keys, cfg.allow_unsigned) {
             Ok(trust) => trust,
-            Err(e @ VerifyError::Unsigned) => return error(403, e.to_string()),
             Err(e) => return error(403, e.to_string()),
         };
         let limits = self.config.guest;
         let requested = &module.manifest.limits;
-        if let Some(pages) = requested.max_memory_pages
-            && pages > limits.max_memory_pages
-        {
-            return error(
-                409,
-                format!(
-                    "module asks for {pages} memory pages; this device allows {}",
-                    limits.max_memory_pages
-                ),
-            );
-        }
-        if let Some(fuel) = requested.fuel_per_callback
-            && fuel > limits.fuel_per_callback
-        {
-            return error(
-                409,
-                format!(
-                    "module asks for {fuel} fuel per callback; this device allows {}",
-                    limits.fuel_per_callback
-                ),
-            );
+        let over = |what: &str, asked: Option<u64>, allowed: u64| {
+            asked.filter(|&a| a > allowed).map(|a| {
+                error(
+                    409,
+                    format!("module asks for {a} {what}; this device allows {allowed}"),
+                )
+            })
+        };
+        let too_much = over(
+            "memory pages",
+            requested.max_memory_pages.map(u64::from),
+            limits.max_memory_pages.into(),
+        )
+        .or_else(|| {
+            over(
+                "fuel per callback",
+                requested.fuel_per_callback,
+                limits.fuel_per_callback,
+            )
+        });
+        if let Some(answer) = too_much {
+            return answer;
         }
         // The trial instantiation (and PROTOCOL_INIT) happens here.
         let guest = match Guest::load(&self.engine, protocol, &module.wasm, limits) {
@@ -569,10 +569,4 @@ impl Context {
 
 fn generation_matches(backend: &Backend, generation: u64) -> bool {
     matches!(backend, Backend::Wasm { guest, .. } if guest.generation() == generation)
-}
-
-impl From<StoreError> for String {
-    fn from(e: StoreError) -> String {
-        e.to_string()
-    }
 }
