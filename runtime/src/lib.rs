@@ -14,6 +14,7 @@ pub mod guest;
 pub mod http;
 pub mod net;
 pub mod store;
+pub mod ws;
 
 pub use config::Config;
 pub use context::Context;

@@ -1,0 +1,1 @@
+//! WebSocket sessions (being written).
