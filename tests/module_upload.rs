@@ -380,3 +380,129 @@ fn a_swap_under_steady_load_fails_no_request_and_drops_no_connection() {
         );
     }
 }
+
+/// A WebSocket client on `addr` speaking protocol `echo_server`.
+fn ws_client(addr: std::net::SocketAddr) -> tungstenite::WebSocket<std::net::TcpStream> {
+    use tungstenite::client::IntoClientRequest;
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = format!("ws://{addr}/")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "echo_server".parse().expect("header value"),
+    );
+    let (ws, _) = tungstenite::client(req, stream).expect("WebSocket handshake");
+    ws
+}
+
+#[test]
+fn a_swap_of_ws_echo_loses_no_message_and_closes_no_connection() {
+    let extra = format!("[admin]\ntoken = \"{TOKEN}\"\ndevelopment_mode = true\n");
+    let toml = device_toml(
+        &[
+            ("echo_server", "builtin:ws-echo"),
+            ("http", "builtin:hello"),
+        ],
+        &[("/hello", "http")],
+        &extra,
+    ) + "websocket = [\"echo_server\"]\n";
+    let sim = Sim::start(&toml);
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = sim.addr();
+    let clients: Vec<_> = (0..2)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut ws = ws_client(addr);
+                let mut sent = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let msg = format!("client {c} message {sent}");
+                    ws.send(tungstenite::Message::text(msg.clone()))
+                        .expect("send");
+                    let echo = ws.read().expect("no close, no error");
+                    assert_eq!(echo.into_text().expect("text").as_str(), msg);
+                    sent += 1;
+                }
+                ws.close(None).expect("close");
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = upload(&sim, "echo_server", wasmgate_guests::WS_ECHO);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A new connection after the swap is served by the new module.
+    let mut fresh = ws_client(addr);
+    fresh
+        .send(tungstenite::Message::text("after the swap"))
+        .unwrap();
+    assert_eq!(
+        fresh.read().unwrap().into_text().unwrap().as_str(),
+        "after the swap"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let sent = c.join().expect("a client lost a message or its connection");
+        assert!(
+            sent > 10,
+            "the client kept sending through the swap: {sent}"
+        );
+    }
+    let modules = json(&admin(&sim, "GET", "/_admin/modules", Some(TOKEN), b""));
+    assert_eq!(modules["modules"][0]["running"]["source"], "uploaded");
+}
+
+#[test]
+fn a_restart_with_stricter_trust_settings_runs_the_factory_module() {
+    let sim = dev_device();
+    assert_eq!(upload(&sim, "http", wasmgate_guests::HELLO).status, 200);
+    let config = sim.dir().join("device.toml");
+    let strict = std::fs::read_to_string(&config).unwrap().replace(
+        "development_mode = true",
+        &format!("development_mode = false\nkeys = [\"{}\"]", "ab".repeat(32)),
+    );
+    std::fs::write(&config, strict).unwrap();
+    let sim = sim.restart();
+    assert!(
+        get_root(&sim).contains(HTML_MARK),
+        "an unsigned upload does not run on a device that no longer accepts unsigned modules"
+    );
+    sim.wait_for_log("running the factory module");
+}
+
+#[test]
+fn a_restart_during_the_trial_resumes_it() {
+    let sim = dev_device();
+    assert_eq!(upload(&sim, "http", wasmgate_guests::FAULTY).status, 200);
+    let sim = sim.restart();
+    for _ in 0..3 {
+        let r = roundtrip(&sim, b"GET /trap HTTP/1.1\r\nHost: d\r\n\r\n");
+        assert_eq!(r.status, 500);
+    }
+    sim.wait_for_log("rolling back the new module");
+    assert!(get_root(&sim).contains(HTML_MARK));
+}
+
+#[test]
+fn an_admin_answer_larger_than_the_tx_buffer_is_an_error_not_a_cut() {
+    let sim = Sim::start(&device_toml(
+        &[("http", "builtin:http-post"), ("hello", "builtin:hello")],
+        &[("/", "http")],
+        &format!(
+            "[limits]\ntx_buffer_bytes = 600\n[admin]\ntoken = \"{TOKEN}\"\ndevelopment_mode = true\n"
+        ),
+    ));
+    let r = admin(&sim, "GET", "/_admin/modules", Some(TOKEN), b"");
+    assert_eq!(r.status, 507, "{}", r.text());
+    assert!(
+        json(&r)["error"]
+            .as_str()
+            .unwrap()
+            .contains("tx_buffer_bytes")
+    );
+}

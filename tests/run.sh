@@ -19,4 +19,12 @@ if ! command -v curl >/dev/null 2>&1; then
     fi
 fi
 
+if ! python3 -c "import websockets" >/dev/null 2>&1; then
+    echo "tests/run.sh: installing the Python websockets client"
+    python3 -m pip install -q websockets || echo "tests/run.sh: pip could not install websockets; the Python WebSocket tests will say they were skipped"
+fi
+
+# The Autobahn TestSuite (Python 2) is installed by tests/autobahn/setup.sh,
+# which the Autobahn test runs itself (the first time takes about a minute).
+
 cargo test --workspace "$@"

@@ -1,7 +1,8 @@
 //! The raw guest ABI v1 (`docs/abi.md`): the `lws` host imports, the 32-byte
 //! protocol descriptor, the statics a guest shares with the host (receive buffer,
 //! per-session region, [`GuestCell`]) and the glue the export macros call.
-//! The only module of the SDK with `unsafe`; it knows nothing about HTTP.
+//! The only module of the SDK with `unsafe`; of HTTP and WebSocket it knows only
+//! which events hand a guest a fresh session slot.
 #![allow(unsafe_code)] // reason: host imports and memory shared with the host; every block says why it is sound
 
 use core::cell::{Cell, UnsafeCell};
@@ -110,6 +111,20 @@ unsafe extern "C" {
     pub safe fn lws_now_usecs() -> i64;
     /// `lws_log(level, msg, len)`: 0 or an error.
     pub safe fn lws_log(level: i32, msg: i32, len: i32) -> i32;
+    /// `lws_is_first_fragment(wsi)`: 1 if this `RECEIVE` piece starts a message.
+    pub safe fn lws_is_first_fragment(wsi: i32) -> i32;
+    /// `lws_is_final_fragment(wsi)`: 1 if this `RECEIVE` piece ends a message.
+    pub safe fn lws_is_final_fragment(wsi: i32) -> i32;
+    /// `lws_frame_is_binary(wsi)`: 1 for a binary message.
+    pub safe fn lws_frame_is_binary(wsi: i32) -> i32;
+    /// `lws_remaining_packet_payload(wsi)`: bytes of the current frame still to come.
+    pub safe fn lws_remaining_packet_payload(wsi: i32) -> i32;
+    /// `lws_close_reason(wsi, code, reason, len)`: 0 or an error; the host reads `reason`.
+    pub safe fn lws_close_reason(wsi: i32, code: i32, reason: i32, len: i32) -> i32;
+    /// `lws_rx_flow_control(wsi, enable)`: 0 or an error.
+    pub safe fn lws_rx_flow_control(wsi: i32, enable: i32) -> i32;
+    /// `lws_callback_on_writable_all_protocol()`: the number of connections asked.
+    pub safe fn lws_callback_on_writable_all_protocol() -> i32;
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -175,6 +190,27 @@ mod host_stubs {
         0
     }
     pub fn lws_log(_level: i32, _msg: i32, _len: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_is_first_fragment(_wsi: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_is_final_fragment(_wsi: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_frame_is_binary(_wsi: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_remaining_packet_payload(_wsi: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_close_reason(_wsi: i32, _code: i32, _reason: i32, _len: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_rx_flow_control(_wsi: i32, _enable: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_callback_on_writable_all_protocol() -> i32 {
         BAD_STATE
     }
 }
@@ -371,7 +407,8 @@ impl<const N: usize> fmt::Debug for RxBuffer<N> {
 /// The per-session region: `N` slots of `S` (lws's per-session data, `user`),
 /// `per_session_data_size = size_of::<S>()`, `max_sessions = N`.
 ///
-/// The host zeroes a slot when it binds a request to it; the dispatch glue then
+/// The host zeroes a slot when it binds a request or a WebSocket upgrade to it
+/// (`HTTP_BIND_PROTOCOL`, `FILTER_PROTOCOL_CONNECTION`); the dispatch glue then
 /// writes `S::default()` there before any guest code sees it, so `S` need not be
 /// valid as all-zero bytes. `S: Copy` means a slot never needs dropping.
 pub struct Sessions<S, const N: usize> {
@@ -450,6 +487,16 @@ fn slot_index(base: usize, user: usize, size: usize, count: usize) -> Option<usi
     (offset % size == 0 && index < count).then_some(index)
 }
 
+/// Whether the host has just zeroed the event's session slot for a new binding:
+/// an HTTP transaction (`HTTP_BIND_PROTOCOL`) or a WebSocket connection
+/// (`FILTER_PROTOCOL_CONNECTION`), the first event either sees.
+const fn brings_fresh_slot(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::HttpBindProtocol | Reason::FilterProtocolConnection
+    )
+}
+
 /// Where `in, len` lies in a receive buffer at `base` of `cap` bytes, as
 /// `(start, len)`; `None` when it is not inside. An empty `in` is always fine.
 fn input_range(base: usize, ptr: usize, len: usize, cap: usize) -> Option<(usize, usize)> {
@@ -518,7 +565,8 @@ pub fn describe<S: Default + Copy, const RX: usize, const N: usize>(
 
 /// The body of the `callback` export: turns the host's five `i32`s into a
 /// [`Wsi`], a [`Reason`], the session slot and the receive buffer, resets the
-/// slot to `S::default()` on `HTTP_BIND_PROTOCOL`, and calls `f`. A `user` or
+/// slot to `S::default()` where the host hands out a zeroed one
+/// (`HTTP_BIND_PROTOCOL`, `FILTER_PROTOCOL_CONNECTION`), and calls `f`. A `user` or
 /// `in` range the host should never send makes the callback return -1.
 ///
 /// # Safety
@@ -543,7 +591,7 @@ where
     if user != 0 && slot.is_none() {
         return -1;
     }
-    if reason == Reason::HttpBindProtocol
+    if brings_fresh_slot(reason)
         && let Some(ptr) = slot
     {
         // SAFETY: `ptr` is a slot inside the region, and no reference to it exists.
@@ -616,6 +664,21 @@ mod tests {
         assert_eq!(input_range(5000, 4999, 1, 128), None);
         assert_eq!(input_range(5000, usize::MAX, 2, 128), None, "no overflow");
         assert_eq!(input_range(5000, 0, 0, 128), Some((0, 0)), "no input");
+    }
+
+    #[test]
+    fn sessions_start_fresh_at_http_bind_and_websocket_filter_only() {
+        assert!(brings_fresh_slot(Reason::HttpBindProtocol));
+        assert!(brings_fresh_slot(Reason::FilterProtocolConnection));
+        for later in [
+            Reason::Http,
+            Reason::Established,
+            Reason::Receive,
+            Reason::ServerWriteable,
+            Reason::Closed,
+        ] {
+            assert!(!brings_fresh_slot(later), "{later:?}");
+        }
     }
 
     #[test]

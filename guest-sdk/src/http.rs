@@ -8,12 +8,13 @@ use crate::abi::Rx;
 use crate::log::{FmtBuf, LogLevel};
 use crate::lws::{self, Error, Method, Reason, WriteMode, Wsi};
 
-/// What a handler wants after an event: lws's callback return value.
+/// What a handler wants after an event: lws's callback return value. Shared
+/// by [`HttpHandler`] and [`WsHandler`](crate::ws::WsHandler).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Flow {
-    /// Go on (return 0). After a request's last event, a guest that neither
-    /// answered nor asked for `on_writeable` gets the runtime's `404`.
+    /// Go on (return 0). For HTTP, after a request's last event, a guest that
+    /// neither answered nor asked for `on_writeable` gets the runtime's `404`.
     Continue,
     /// Close the connection (return -1).
     Close,

@@ -9,7 +9,9 @@
 //!   C names, for porting libwebsockets code line by line.
 //! - **idiomatic** ([`http`], [`export_http!`]): an [`HttpHandler`] trait with one
 //!   method per event and a [`Request`] with `respond_json`, `respond_html`, and
-//!   streaming helpers.
+//!   streaming helpers; for WebSocket servers ([`ws`], [`export_ws!`]), a
+//!   [`WsHandler`] trait and a [`Ws`] handle with `send_text`, `send`, `close`
+//!   and rx flow control.
 //!
 //! A whole guest (its `lib.rs` also says `#![no_std]`):
 //!
@@ -42,11 +44,13 @@ pub mod http;
 pub mod log;
 pub mod lws;
 mod macros;
+pub mod ws;
 
 pub use abi::GuestCell;
 pub use http::{Flow, HttpHandler, Request};
 pub use log::{FmtBuf, LogLevel, Lossy};
 pub use lws::{Error, Method, Reason, WriteMode, Wsi};
+pub use ws::{Fragment, MessageKind, Ws, WsHandler};
 
 /// Logs the panic (see [`log`]) and traps: the runtime then answers `500` (or
 /// closes the connection) and retires the instance.

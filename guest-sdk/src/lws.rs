@@ -1,7 +1,8 @@
 //! The lws-shaped layer, for porting libwebsockets code: [`Reason`], [`Wsi`],
 //! [`WriteMode`], [`Method`] with lws 4.3's numbers, and one safe function per
 //! `lws` import, named like the lws API it mirrors, returning `Result<_, Error>`.
-//! Thin: no state, no policy; the idiomatic layer ([`crate::http`]) sits on top.
+//! Thin: no state, no policy; the idiomatic layers ([`crate::http`], [`crate::ws`])
+//! sit on top.
 
 use core::fmt;
 
@@ -293,13 +294,17 @@ fn copied(ret: i32, dst: &[u8]) -> Result<usize, Error> {
     check(ret).map(|n| (n as usize).min(dst.len()))
 }
 
-/// `lws_write`: sends `buf` (all or nothing) and returns its length.
+/// `lws_write`: sends `buf` (all or nothing) and returns its length. On a
+/// WebSocket, `mode` is a message mode ([`WriteMode::TEXT`], `BINARY`,
+/// `CONTINUATION`, `PING`, `PONG`, see [`lws_write_ws_flags`]); no `LWS_PRE`
+/// room is needed.
 ///
 /// # Errors
 ///
 /// [`Error::NoSpace`] when the tx buffer cannot take `buf` now (ask for
-/// `HTTP_WRITEABLE` and try again), [`Error::BadState`] before the headers are
-/// finalized or after the final piece, [`Error::Invalid`] past `Content-Length`.
+/// `HTTP_WRITEABLE` or `SERVER_WRITEABLE` and try again), [`Error::BadState`]
+/// before the headers are finalized or after the final piece, or with a mode the
+/// connection does not speak, [`Error::Invalid`] past `Content-Length`.
 pub fn lws_write(wsi: Wsi, buf: &[u8], mode: WriteMode) -> Result<usize, Error> {
     let (ptr, len) = abi::ptr_len(buf);
     check(abi::lws_write(wsi.0, ptr, len, mode.0)).map(|n| n as usize)
@@ -497,6 +502,102 @@ pub fn lws_log(level: LogLevel, msg: &str) -> Result<(), Error> {
     check(abi::lws_log(level as i32, msg, len)).map(drop)
 }
 
+/// `lws_write_ws_flags`: the [`lws_write`] mode for one piece of an outgoing
+/// WebSocket message: `initial` ([`WriteMode::TEXT`] or [`WriteMode::BINARY`])
+/// for the first piece, [`WriteMode::CONTINUATION`] for the others, each with
+/// [`WriteMode::NO_FIN`] unless it is the last.
+///
+/// ```
+/// use wasmgate_guest::lws::{WriteMode, lws_write_ws_flags};
+/// assert_eq!(lws_write_ws_flags(WriteMode::TEXT, true, true), WriteMode::TEXT);
+/// assert_eq!(
+///     lws_write_ws_flags(WriteMode::BINARY, false, false),
+///     WriteMode::CONTINUATION | WriteMode::NO_FIN
+/// );
+/// ```
+pub const fn lws_write_ws_flags(initial: WriteMode, is_start: bool, is_end: bool) -> WriteMode {
+    let base = if is_start {
+        initial
+    } else {
+        WriteMode::CONTINUATION
+    };
+    if is_end {
+        base
+    } else {
+        WriteMode(base.0 | WriteMode::NO_FIN.0)
+    }
+}
+
+/// `lws_is_first_fragment`: whether this `RECEIVE` piece starts a message.
+///
+/// # Errors
+///
+/// [`Error::BadState`] outside a WebSocket `RECEIVE` callback.
+pub fn lws_is_first_fragment(wsi: Wsi) -> Result<bool, Error> {
+    check(abi::lws_is_first_fragment(wsi.0)).map(|n| n != 0)
+}
+
+/// `lws_is_final_fragment`: whether this `RECEIVE` piece ends a message.
+///
+/// # Errors
+///
+/// [`Error::BadState`] outside a WebSocket `RECEIVE` callback.
+pub fn lws_is_final_fragment(wsi: Wsi) -> Result<bool, Error> {
+    check(abi::lws_is_final_fragment(wsi.0)).map(|n| n != 0)
+}
+
+/// `lws_frame_is_binary`: whether the message being received is binary.
+///
+/// # Errors
+///
+/// [`Error::BadState`] outside a WebSocket `RECEIVE` callback.
+pub fn lws_frame_is_binary(wsi: Wsi) -> Result<bool, Error> {
+    check(abi::lws_frame_is_binary(wsi.0)).map(|n| n != 0)
+}
+
+/// `lws_remaining_packet_payload`: bytes of the current frame still to come
+/// after this `RECEIVE` piece.
+///
+/// # Errors
+///
+/// [`Error::BadState`] outside a WebSocket `RECEIVE` callback.
+pub fn lws_remaining_packet_payload(wsi: Wsi) -> Result<usize, Error> {
+    check(abi::lws_remaining_packet_payload(wsi.0)).map(|n| n as usize)
+}
+
+/// `lws_close_reason`: the close code and reason (UTF-8, at most 123 bytes)
+/// sent when the callback then returns non-zero.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for a code a peer may not receive or a reason that is too
+/// long, [`Error::BadPointer`] for a reason that is not UTF-8,
+/// [`Error::BadState`] for a connection that is not a WebSocket.
+pub fn lws_close_reason(wsi: Wsi, code: u16, reason: &[u8]) -> Result<(), Error> {
+    let (reason, len) = abi::ptr_len(reason);
+    check(abi::lws_close_reason(wsi.0, code.into(), reason, len)).map(drop)
+}
+
+/// `lws_rx_flow_control`: `false` stops `RECEIVE` callbacks (and reading the
+/// socket) for this connection, `true` resumes them.
+///
+/// # Errors
+///
+/// [`Error::BadState`] for a connection that is not a WebSocket or is closing.
+pub fn lws_rx_flow_control(wsi: Wsi, enable: bool) -> Result<(), Error> {
+    check(abi::lws_rx_flow_control(wsi.0, enable.into())).map(drop)
+}
+
+/// `lws_callback_on_writable_all_protocol`: asks for `SERVER_WRITEABLE` on
+/// every WebSocket connection of this protocol; returns how many were asked.
+///
+/// # Errors
+///
+/// Whatever the host refuses ([`Error::BadState`] off wasm32).
+pub fn lws_callback_on_writable_all_protocol() -> Result<u32, Error> {
+    check(abi::lws_callback_on_writable_all_protocol())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,5 +703,31 @@ mod tests {
             Err(Error::BadState)
         );
         assert_eq!(lws_now_usecs(), 0);
+        assert_eq!(lws_is_first_fragment(wsi), Err(Error::BadState));
+        assert_eq!(lws_rx_flow_control(wsi, false), Err(Error::BadState));
+        assert_eq!(lws_close_reason(wsi, 1000, b"bye"), Err(Error::BadState));
+        assert_eq!(
+            lws_callback_on_writable_all_protocol(),
+            Err(Error::BadState)
+        );
+    }
+
+    #[test]
+    fn ws_flags_follow_lws_write_ws_flags() {
+        use WriteMode as M;
+        let table = [
+            // (initial, is_start, is_end) -> mode, as lws's inline helper computes it
+            ((M::TEXT, true, true), M::TEXT),
+            ((M::TEXT, true, false), M::TEXT | M::NO_FIN),
+            ((M::BINARY, true, true), M::BINARY),
+            ((M::BINARY, true, false), M::BINARY | M::NO_FIN),
+            ((M::TEXT, false, false), M::CONTINUATION | M::NO_FIN),
+            ((M::BINARY, false, true), M::CONTINUATION),
+        ];
+        for ((initial, start, end), mode) in table {
+            assert_eq!(lws_write_ws_flags(initial, start, end), mode);
+        }
+        assert_eq!((M::TEXT | M::NO_FIN).raw(), 0x40);
+        assert_eq!((M::CONTINUATION | M::NO_FIN).raw(), 0x42);
     }
 }

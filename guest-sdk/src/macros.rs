@@ -1,4 +1,5 @@
-//! The export macros: they declare a guest's statics (receive buffer, session
+//! The export macros (`export_lws_callback!`, `export_http!`, `export_ws!`):
+//! they declare a guest's statics (receive buffer, session
 //! region, descriptor) and its two exports, `callback` and `wasmgate_protocol`.
 //! Everything they emit exists only on wasm32.
 
@@ -32,8 +33,10 @@
 /// - `session`: the per-session data type `S` (`Default + Copy`), `()` for none;
 ///   `per_session_data_size` is `size_of::<S>()`, as `sizeof(struct pss)` in C.
 ///   `user` is `Some` for connection events, `None` for `PROTOCOL_INIT`/`DESTROY`,
-///   and holds `S::default()` again at every `HTTP_BIND_PROTOCOL`.
-/// - `max_sessions`: slots in the session region: requests served at once.
+///   and holds `S::default()` again at every `HTTP_BIND_PROTOCOL` (a new
+///   request) and `FILTER_PROTOCOL_CONNECTION` (a new WebSocket connection).
+/// - `max_sessions`: slots in the session region: requests (or WebSocket
+///   connections) served at once.
 #[macro_export]
 macro_rules! export_lws_callback {
     (
@@ -82,7 +85,51 @@ macro_rules! export_http {
     };
 }
 
-/// What both export macros emit. Not public API.
+/// Exports a [`WsHandler`](crate::ws::WsHandler), a WebSocket server protocol:
+///
+/// ```
+/// use wasmgate_guest::{Flow, Fragment, Ws, WsHandler};
+///
+/// struct Echo;
+///
+/// impl WsHandler for Echo {
+///     type Session = ();
+///     fn on_receive(ws: &mut Ws, _: &mut (), piece: &[u8], fragment: Fragment) -> Flow {
+///         match ws.send(fragment.kind(), piece, fragment.first, fragment.last) {
+///             Ok(()) => Flow::Continue,
+///             Err(_) => ws.close(1011, "tx buffer full"),
+///         }
+///     }
+/// }
+///
+/// wasmgate_guest::export_ws!(Echo, name = "echo", rx_buffer_size = 1024, max_sessions = 4);
+/// ```
+///
+/// `name`, `rx_buffer_size` and `max_sessions` mean what they mean for
+/// [`export_lws_callback!`]: `name` is what listeners list in `websocket = [...]`,
+/// received pieces are at most `rx_buffer_size` bytes, and `max_sessions` is
+/// the number of connections served at once. The session type is the handler's
+/// `Session`, stored as is (`per_session_data_size` is its size), fresh at
+/// every `FILTER_PROTOCOL_CONNECTION`.
+#[macro_export]
+macro_rules! export_ws {
+    (
+        $handler:ty,
+        name = $name:expr,
+        rx_buffer_size = $rx:expr,
+        max_sessions = $max:expr $(,)?
+    ) => {
+        $crate::__export_protocol!(
+            $name,
+            $rx,
+            <$handler as $crate::ws::WsHandler>::Session,
+            $max,
+            $crate::ws::dispatch::<$handler>
+        );
+    };
+}
+
+/// What the export macros emit. Not public API.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_protocol {

@@ -60,7 +60,14 @@ impl Flash for DirFlash {
 
     fn write(&mut self, name: &str, data: &[u8]) -> Result<(), FlashError> {
         let path = self.path(name)?;
-        fs::write(&path, data).map_err(|e| io_error(&path, e))
+        // Written through to the disk before the store writes the record that
+        // points at it: the store's ordering is only as good as the disk's.
+        let write = || -> io::Result<()> {
+            let mut file = fs::File::create(&path)?;
+            io::Write::write_all(&mut file, data)?;
+            file.sync_all()
+        };
+        write().map_err(|e| io_error(&path, e))
     }
 
     fn remove(&mut self, name: &str) -> Result<(), FlashError> {

@@ -71,6 +71,11 @@ struct LimitsSection {
     body_timeout_ms: u64,
     idle_timeout_ms: u64,
     response_timeout_ms: u64,
+    ws_max_frame_bytes: u64,
+    ws_max_message_bytes: u64,
+    ws_tx_buffer_bytes: usize,
+    ws_ping_interval_ms: u64,
+    ws_pong_timeout_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -88,6 +93,11 @@ impl Default for LimitsSection {
             body_timeout_ms: h.body_timeout.as_millis() as u64,
             idle_timeout_ms: h.idle_timeout.as_millis() as u64,
             response_timeout_ms: l.response_timeout.as_millis() as u64,
+            ws_max_frame_bytes: l.ws.max_frame_bytes,
+            ws_max_message_bytes: l.ws.max_message_bytes,
+            ws_tx_buffer_bytes: l.ws.tx_buffer_bytes,
+            ws_ping_interval_ms: l.ws.ping_interval.map_or(0, |d| d.as_millis() as u64),
+            ws_pong_timeout_ms: l.ws.pong_timeout.as_millis() as u64,
         }
     }
 }
@@ -144,6 +154,11 @@ struct ListenerSection {
     address: IpAddr,
     #[serde(default)]
     mounts: BTreeMap<String, String>,
+    /// Protocols a WebSocket upgrade may name.
+    #[serde(default)]
+    websocket: Vec<String>,
+    /// Protocol of an upgrade that names none.
+    default_websocket: Option<String>,
 }
 
 fn localhost() -> IpAddr {
@@ -221,6 +236,15 @@ impl Device {
                 body_timeout: Duration::from_millis(l.body_timeout_ms),
                 idle_timeout: Duration::from_millis(l.idle_timeout_ms),
                 ..http::Limits::DEFAULT
+            },
+            ws: wasmgate::ws::Limits {
+                max_frame_bytes: l.ws_max_frame_bytes,
+                max_message_bytes: l.ws_max_message_bytes,
+                tx_buffer_bytes: l.ws_tx_buffer_bytes,
+                ping_interval: (l.ws_ping_interval_ms > 0)
+                    .then(|| Duration::from_millis(l.ws_ping_interval_ms)),
+                pong_timeout: Duration::from_millis(l.ws_pong_timeout_ms),
+                ..wasmgate::ws::Limits::DEFAULT
             },
         };
         for (key, value, min) in [
@@ -301,6 +325,8 @@ impl Device {
                         protocol: protocol.clone(),
                     })
                     .collect(),
+                websocket: l.websocket.clone(),
+                default_websocket: l.default_websocket.clone(),
             });
             addrs.push(SocketAddr::new(l.address, l.forward.unwrap_or(l.port)));
         }

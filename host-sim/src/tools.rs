@@ -905,8 +905,16 @@ fn decode_chunked(mut data: &[u8]) -> Result<Option<Vec<u8>>, ResponseError> {
             // Trailers, if any, end with an empty line; none are expected.
             return Ok(data.starts_with(b"\r\n").then_some(out));
         }
+        if size > MAX_RESPONSE_BODY || out.len() + size > MAX_RESPONSE_BODY {
+            return Err(ResponseError::Bad(format!(
+                "chunk of {size} bytes is too large"
+            )));
+        }
         if data.len() < size + 2 {
             return Ok(None);
+        }
+        if &data[size..size + 2] != b"\r\n" {
+            return Err(ResponseError::Bad("chunk data not followed by CRLF".into()));
         }
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
@@ -944,7 +952,8 @@ fn answer(response: Response) -> Result<String, ToolError> {
         let _ = write!(words, ", version {version}");
     }
     if let Some(sha) = v["module"]["sha256"].as_str() {
-        let _ = write!(words, " (sha256 {})", &sha[..sha.len().min(16)]);
+        let short: String = sha.chars().take(16).collect();
+        let _ = write!(words, " (sha256 {short})");
     }
     if let (Some(n), Some(faults)) = (
         v["trial_callbacks"].as_u64(),

@@ -56,6 +56,8 @@ fn device(handler: Handler) -> Context {
                 prefix: "/hello".into(),
                 protocol: "hello".into(),
             }],
+            websocket: Vec::new(),
+            default_websocket: None,
         }],
         protocols: vec![Protocol {
             name: "hello".into(),

@@ -32,6 +32,10 @@ pub struct Listener {
     /// URL path prefix -> protocol name. The longest matching prefix wins; a
     /// request no mount matches is answered `404`.
     pub mounts: Vec<Mount>,
+    /// Protocols a WebSocket upgrade may ask for (`Sec-WebSocket-Protocol`).
+    pub websocket: Vec<String>,
+    /// The protocol of an upgrade that names none (lws's `default` pvo).
+    pub default_websocket: Option<String>,
 }
 
 /// A URL path prefix served by a protocol.
@@ -90,6 +94,9 @@ pub struct Limits {
     pub response_timeout: Duration,
     /// Per-connection HTTP limits (head size, header count, body size, timeouts).
     pub http: http::Limits,
+    /// Per-connection WebSocket limits (frame and message size, buffers,
+    /// keepalive).
+    pub ws: crate::ws::Limits,
 }
 
 impl Limits {
@@ -98,6 +105,7 @@ impl Limits {
         max_connections: 8,
         response_timeout: Duration::from_secs(30),
         http: http::Limits::DEFAULT,
+        ws: crate::ws::Limits::DEFAULT,
     };
 }
 
@@ -222,6 +230,14 @@ impl Config {
             if l.port != 0 && self.listeners[..i].iter().any(|o| o.port == l.port) {
                 return Err(ConfigError::DuplicatePort(l.port));
             }
+            for name in l.websocket.iter().chain(&l.default_websocket) {
+                if !self.protocols.iter().any(|p| p.name == *name) {
+                    return Err(ConfigError::UnknownProtocol {
+                        listener: l.name.clone(),
+                        protocol: name.clone(),
+                    });
+                }
+            }
             for m in &l.mounts {
                 if !m.prefix.starts_with('/') {
                     return Err(ConfigError::BadMountPrefix {
@@ -274,6 +290,8 @@ mod tests {
                     protocol: format!("proto{p}"),
                 })
                 .collect(),
+            websocket: Vec::new(),
+            default_websocket: None,
         }
     }
 

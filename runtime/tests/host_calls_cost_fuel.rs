@@ -47,6 +47,8 @@ fn device(module: Vec<u8>) -> Context {
                 prefix: "/".into(),
                 protocol: "logs".into(),
             }],
+            websocket: Vec::new(),
+            default_websocket: None,
         }],
         protocols: vec![Protocol {
             name: "logs".into(),

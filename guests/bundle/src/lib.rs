@@ -14,6 +14,9 @@ pub const HELLO: &[u8] = guest!("hello.wasm");
 pub const HTTP_POST: &[u8] = guest!("http_post.wasm");
 /// A guest that misbehaves on purpose (trap, endless loop, memory bomb, bad pointer).
 pub const FAULTY: &[u8] = guest!("faulty.wasm");
+/// The lws port's WebSocket echo server (protocol `echo_server`): every
+/// message back as it came, fragments kept, with rx flow control.
+pub const WS_ECHO: &[u8] = guest!("ws_echo.wasm");
 
 /// Every embedded guest by crate name, as a device config names them
 /// (`module = "builtin:http-post"`).
@@ -21,6 +24,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("hello", HELLO),
     ("http-post", HTTP_POST),
     ("faulty", FAULTY),
+    ("ws-echo", WS_ECHO),
 ];
 
 /// The embedded guest called `name`, if there is one.

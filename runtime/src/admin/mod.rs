@@ -94,7 +94,11 @@ pub fn route(method: &str, path: &str) -> Route {
 /// True if `authorization` is `Bearer <token>`. The comparison takes the same
 /// time wherever the first difference is.
 pub fn authorized(authorization: Option<&[u8]>, token: &str) -> bool {
-    let Some(given) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
+    let Some(given) = authorization
+        .filter(|h| h.len() >= 7 && h[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|h| &h[7..])
+    else {
         return false;
     };
     let want = token.as_bytes();
@@ -148,6 +152,10 @@ mod tests {
         assert!(!authorized(Some(b"Bearer s3cre"), "s3cret"));
         assert!(!authorized(Some(b"Bearer s3cret2"), "s3cret"));
         assert!(!authorized(Some(b"Basic s3cret"), "s3cret"));
+        assert!(
+            authorized(Some(b"bearer s3cret"), "s3cret"),
+            "the scheme ignores case"
+        );
         assert!(!authorized(None, "s3cret"));
         assert!(
             !authorized(Some(b"Bearer "), ""),

@@ -3,6 +3,7 @@
 //! below it: a driver (`net`) feeds bytes and the time in, and takes bytes out.
 
 mod modules;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -150,6 +151,14 @@ struct Conn {
     abort: bool,
     /// The request is for the admin API: its body is collected here.
     admin: Option<modules::AdminRequest>,
+    /// The WebSocket session, once upgraded (`None` while lent to a callback).
+    ws: Option<Box<crate::ws::Session>>,
+    /// The connection is a WebSocket (even while `ws` is lent out).
+    upgraded: bool,
+    /// Bytes to send before anything else (the `101` of an upgrade).
+    preface: Vec<u8>,
+    /// `CLOSED` was delivered to the guest.
+    ws_closed_delivered: bool,
     /// Last time the connection moved: a request began, or bytes were queued
     /// by a guest, sent to the peer, or taken from it.
     last_progress: Instant,
@@ -173,6 +182,8 @@ pub struct Context {
     generations: Vec<u16>,
     dirty: Vec<ConnId>,
     scratch: Vec<u8>,
+    /// The fragment info for the next `RECEIVE` callback.
+    fragment: crate::guest::Fragment,
     epoch: Instant,
     stats: Stats,
 }
@@ -210,22 +221,39 @@ impl Context {
         let store = Store::open(flash, store_bytes).map_err(ContextError::Store)?;
         let mut protocols = Vec::with_capacity(config.protocols.len());
         for p in &config.protocols {
-            let (backend, running) = match &p.handler {
+            let (backend, running, trial) = match &p.handler {
                 Handler::Wasm(factory) => {
-                    let (guest, running) =
-                        modules::load_protocol(&engine, &store, &p.name, factory, config.guest)
-                            .map_err(|error| ContextError::Module {
-                                protocol: p.name.clone(),
-                                error,
-                            })?;
+                    let (guest, running) = modules::load_protocol(
+                        &engine,
+                        &store,
+                        config.admin.as_ref(),
+                        &p.name,
+                        factory,
+                        config.guest,
+                    )
+                    .map_err(|error| ContextError::Module {
+                        protocol: p.name.clone(),
+                        error,
+                    })?;
+                    // An upload still on trial when the device stopped resumes
+                    // its trial.
+                    let resumed = running.source == "uploaded"
+                        && store.slots(&p.name).is_some_and(|s| s.on_trial);
+                    let trial = resumed.then(|| modules::Trial {
+                        generation: guest.generation(),
+                        callbacks: 0,
+                        faults: 0,
+                    });
                     let backend = Backend::Wasm {
                         guest,
                         instances: Vec::new(),
                         current: None,
                     };
-                    (backend, running)
+                    (backend, running, trial)
                 }
-                Handler::Native(make) => (Backend::Native(make()), modules::ModuleInfo::native()),
+                Handler::Native(make) => {
+                    (Backend::Native(make()), modules::ModuleInfo::native(), None)
+                }
             };
             protocols.push(ProtocolState {
                 name: p.name.clone(),
@@ -233,7 +261,7 @@ impl Context {
                 counters: modules::Counters::default(),
                 running,
                 previous: None,
-                trial: None,
+                trial,
                 last_rollback: None,
             });
         }
@@ -247,6 +275,7 @@ impl Context {
             generations: vec![0; max],
             dirty: Vec::with_capacity(max),
             scratch: Vec::new(),
+            fragment: crate::guest::Fragment::default(),
             epoch: now,
             stats: Stats::default(),
             config,
@@ -312,6 +341,10 @@ impl Context {
             writable: false,
             abort: false,
             admin: None,
+            ws: None,
+            upgraded: false,
+            preface: Vec::new(),
+            ws_closed_delivered: false,
             last_progress: now,
             writeable_not_before: now,
             hard_close: false,
@@ -328,6 +361,8 @@ impl Context {
         self.conn(id).map_or(0, |c| {
             if c.abort {
                 0
+            } else if c.upgraded {
+                c.ws.as_ref().map_or(0, |ws| ws.rx_space())
             } else {
                 c.http.as_ref().map_or(0, ServerConn::rx_space)
             }
@@ -340,9 +375,12 @@ impl Context {
         let Some(conn) = self.conn_mut(id) else {
             return 0;
         };
-        let taken = match conn.http.as_mut() {
-            Some(http) if !conn.abort => http.feed(data, now),
-            _ => 0,
+        let taken = if conn.abort {
+            0
+        } else if conn.upgraded {
+            conn.ws.as_mut().map_or(0, |ws| ws.feed(data, now))
+        } else {
+            conn.http.as_mut().map_or(0, |http| http.feed(data, now))
         };
         if taken > 0 {
             conn.last_progress = now;
@@ -353,25 +391,42 @@ impl Context {
 
     /// The peer sent FIN.
     pub fn peer_closed(&mut self, id: ConnId, now: Instant) {
-        if let Some(http) = self.conn_mut(id).and_then(|c| c.http.as_mut()) {
-            http.peer_closed(now);
+        if let Some(conn) = self.conn_mut(id) {
+            if let Some(ws) = conn.ws.as_mut() {
+                ws.peer_closed(now);
+            } else if let Some(http) = conn.http.as_mut() {
+                http.peer_closed(now);
+            }
         }
         self.pump(id, now);
     }
 
     /// Bytes waiting to be sent to the peer.
     pub fn transmit(&self, id: ConnId) -> &[u8] {
-        self.conn(id)
-            .and_then(|c| c.http.as_ref())
-            .map_or(&[], ServerConn::tx)
+        let Some(c) = self.conn(id) else {
+            return &[];
+        };
+        if !c.preface.is_empty() {
+            &c.preface
+        } else if c.upgraded {
+            c.ws.as_ref().map_or(&[], |ws| ws.tx())
+        } else {
+            c.http.as_ref().map_or(&[], ServerConn::tx)
+        }
     }
 
     /// The driver sent `n` bytes of [`transmit`](Self::transmit).
     pub fn transmitted(&mut self, id: ConnId, n: usize, now: Instant) {
-        if let Some(conn) = self.conn_mut(id)
-            && let Some(http) = conn.http.as_mut()
-        {
-            http.consume_tx(n);
+        if let Some(conn) = self.conn_mut(id) {
+            if !conn.preface.is_empty() {
+                conn.preface.drain(..n.min(conn.preface.len()));
+            } else if conn.upgraded {
+                if let Some(ws) = conn.ws.as_mut() {
+                    ws.consume_tx(n);
+                }
+            } else if let Some(http) = conn.http.as_mut() {
+                http.consume_tx(n);
+            }
             if n > 0 {
                 conn.last_progress = now;
             }
@@ -382,8 +437,13 @@ impl Context {
     /// everything queued has been sent.
     pub fn should_close(&self, id: ConnId) -> bool {
         self.conn(id).is_none_or(|c| {
+            if c.upgraded {
+                let ws = c.ws.as_ref();
+                let drained = c.preface.is_empty() && ws.is_none_or(|w| w.tx().is_empty());
+                return c.hard_close || (drained && (c.abort || ws.is_some_and(|w| w.is_closed())));
+            }
             let http = c.http.as_ref();
-            let drained = http.is_none_or(|h| h.tx().is_empty());
+            let drained = c.preface.is_empty() && http.is_none_or(|h| h.tx().is_empty());
             c.hard_close || (c.abort && drained) || http.is_some_and(ServerConn::is_closed)
         })
     }
@@ -394,9 +454,13 @@ impl Context {
         if self.conn(id).is_none() {
             return;
         }
-        if self.conn(id).is_some_and(|c| c.binding.is_some()) {
+        if self
+            .conn(id)
+            .is_some_and(|c| c.binding.is_some() && !c.upgraded)
+        {
             self.callback(id, reason::CLOSED_HTTP, &[], now);
         }
+        self.ws_deliver_closed(id, now);
         let slot = id.index();
         if let Some(binding) = self.conns[slot].as_mut().and_then(|c| c.binding.take()) {
             self.unbind(binding, now);
@@ -425,6 +489,12 @@ impl Context {
                 continue;
             };
             let id = conn.id;
+            if conn.upgraded {
+                for due in self.ws_service(id, now).into_iter().flatten() {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+                continue;
+            }
             let Some(http) = conn.http.as_mut() else {
                 continue;
             };
@@ -448,23 +518,43 @@ impl Context {
     /// half free. Returns when it can run next, if it is waiting for time
     /// rather than for the peer to read.
     fn writeable(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
-        let half = self.config.limits.http.tx_buffer_bytes / 2;
+        let limits = &self.config.limits;
+        let (http_half, ws_half) = (
+            limits.http.tx_buffer_bytes / 2,
+            limits.ws.tx_buffer_bytes / 2,
+        );
         let conn = self.conn_mut(id)?;
         if !conn.writable || conn.binding.is_none() || conn.abort {
             return None;
         }
-        if conn.http.as_ref().is_none_or(|h| h.tx_space() < half) {
+        let (why, room) = if conn.upgraded {
+            let room = conn
+                .ws
+                .as_ref()
+                .is_some_and(|w| !w.is_closing() && w.tx_space() >= ws_half);
+            (reason::SERVER_WRITEABLE, room && conn.preface.is_empty())
+        } else {
+            let room = conn
+                .http
+                .as_ref()
+                .is_some_and(|h| h.tx_space() >= http_half);
+            (reason::HTTP_WRITEABLE, room)
+        };
+        if !room {
             return None; // the driver calls again once the peer has read
         }
         if now < conn.writeable_not_before {
             return Some(conn.writeable_not_before);
         }
         conn.writable = false;
-        let before = conn.http.as_ref().map_or(0, |h| h.tx().len());
-        self.callback(id, reason::HTTP_WRITEABLE, &[], now);
+        let queued = |c: &Conn| {
+            c.http.as_ref().map_or(0, |h| h.tx().len()) + c.ws.as_ref().map_or(0, |w| w.tx().len())
+        };
+        let before = queued(conn);
+        self.callback(id, why, &[], now);
         self.pump(id, now);
         let conn = self.conn_mut(id)?;
-        let wrote = conn.http.as_ref().is_some_and(|h| h.tx().len() != before);
+        let wrote = queued(conn) != before;
         if !wrote {
             // A guest that asks again without writing anything would spin the
             // loop: let it poll at a bounded rate instead.
@@ -479,9 +569,10 @@ impl Context {
     fn check_stall(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
         let timeout = self.config.limits.response_timeout;
         let conn = self.conn_mut(id)?;
+        let ws_queued = conn.ws.as_ref().is_some_and(|w| !w.tx().is_empty());
         let http = conn.http.as_mut()?;
-        let waiting_on_peer = !http.tx().is_empty();
-        let waiting_on_guest = conn.binding.is_some() && !conn.abort;
+        let waiting_on_peer = !http.tx().is_empty() || !conn.preface.is_empty() || ws_queued;
+        let waiting_on_guest = conn.binding.is_some() && !conn.abort && !conn.upgraded;
         if conn.hard_close || !(waiting_on_peer || waiting_on_guest) {
             return None;
         }
@@ -544,6 +635,10 @@ impl Context {
     /// Handles every event the connection's parser has ready.
     fn pump(&mut self, id: ConnId, now: Instant) {
         self.mark_dirty(id);
+        if self.conn(id).is_some_and(|c| c.upgraded) {
+            self.pump_ws(id, now);
+            return;
+        }
         loop {
             let Some(conn) = self.conn_mut(id) else {
                 return;
@@ -606,7 +701,12 @@ impl Context {
             .expect("head");
         let path = req.path().to_string();
         tracing::debug!(wsi = id.wsi(), method = req.method(), path = %path, "request");
+        let upgrade = crate::ws::is_upgrade(req);
         if self.admin_head(id, &path) {
+            return;
+        }
+        if upgrade {
+            self.ws_upgrade(id, now);
             return;
         }
         let conn = self.conn(id).expect("caller checked");
@@ -618,44 +718,19 @@ impl Context {
             self.answer(id, 404, "no handler for this path\n", false);
             return;
         };
-        let Some(instance) = self.instance_for(protocol, now) else {
-            self.answer(id, 503, "protocol unavailable\n", true);
-            return;
-        };
-        let (rx_size, slot) = match &mut self.protocols[protocol].backend {
-            Backend::Wasm { instances, .. } => {
-                let inst = instances[instance].as_mut().expect("live instance");
-                let rx_size = inst.descriptor().rx_buffer_size as usize;
-                (
-                    rx_size,
-                    if path.len() > rx_size {
-                        None
-                    } else {
-                        inst.bind()
-                    },
-                )
-            }
-            Backend::Native(_) => (NATIVE_RX_BUFFER, Some(0)),
-        };
-        if path.len() > rx_size {
-            self.answer(
-                id,
-                414,
-                "path longer than the protocol's rx_buffer_size\n",
-                true,
-            );
+        if let Err((status, why)) = self.bind_protocol(id, protocol, now) {
+            let close = why == "protocol unavailable";
+            self.answer(id, status, &format!("{why}\n"), close);
             return;
         }
-        let Some(slot) = slot else {
-            self.answer(id, 503, "all sessions of this protocol are busy\n", false);
+        if path.len() > self.rx_piece(id) {
+            if let Some(b) = self.conn_mut(id).and_then(|c| c.binding.take()) {
+                self.unbind(b, now);
+            }
+            let why = "path longer than the protocol's rx_buffer_size\n";
+            self.answer(id, 414, why, true);
             return;
-        };
-        let conn = self.conn_mut(id).expect("caller checked");
-        conn.binding = Some(Binding {
-            protocol,
-            instance,
-            slot,
-        });
+        }
         self.callback(id, reason::HTTP_BIND_PROTOCOL, &[], now);
         self.callback(id, reason::HTTP, path.as_bytes(), now);
     }
@@ -739,6 +814,10 @@ impl Context {
                     protocol = guest.protocol(),
                     "cannot create an instance: {e}"
                 );
+                // A module that cannot start counts as faulting, so one on
+                // trial is rolled back rather than refusing requests forever.
+                let generation = guest.generation();
+                self.count_callback(protocol, generation, true, now);
                 None
             }
         }
@@ -782,13 +861,14 @@ impl Context {
     fn callback(&mut self, id: ConnId, why: i32, input: &[u8], now: Instant) {
         let now_us = self.now_us(now);
         let on_trap = self.config.guest.on_trap;
+        let fragment = std::mem::take(&mut self.fragment);
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         let Some(b) = conn.binding else {
             return;
         };
-        if conn.abort && why != reason::CLOSED_HTTP {
+        if conn.abort && why != reason::CLOSED_HTTP && why != reason::CLOSED {
             return;
         }
         let Some(http) = conn.http.take() else {
@@ -797,11 +877,16 @@ impl Context {
         let call = Call {
             wsi: id.wsi(),
             http,
+            ws: conn.ws.take(),
+            fragment,
+            close_reason: None,
+            rx_flow: None,
+            writable_all: false,
             peer: conn.peer,
             writable_requested: false,
             completed: None,
         };
-        let tx_before = call.http.tx().len();
+        let tx_before = call.http.tx().len() + call.ws.as_ref().map_or(0, |w| w.tx().len());
         let mut generation = 0;
         let outcome = match &mut self.protocols[b.protocol].backend {
             Backend::Wasm { instances, .. } => match instances[b.instance].as_mut() {
@@ -826,12 +911,27 @@ impl Context {
         self.stats.callbacks += 1;
         let call = outcome.call.expect("host functions never keep the call");
         let conn = self.conns[id.index()].as_mut().expect("still open");
-        if call.http.tx().len() != tx_before {
+        let tx_after = call.http.tx().len() + call.ws.as_ref().map_or(0, |w| w.tx().len());
+        if tx_after != tx_before {
             conn.last_progress = now;
         }
         conn.http = Some(call.http);
+        conn.ws = call.ws;
         conn.writable |= call.writable_requested;
+        if let (Some(ws), Some(enable)) = (conn.ws.as_mut(), call.rx_flow) {
+            ws.set_rx_paused(!enable);
+        }
+        if call.writable_all {
+            self.writable_all(b.protocol);
+        }
+        let conn = self.conns[id.index()].as_mut().expect("still open");
         let fault = outcome.result.is_err();
+        if conn.upgraded {
+            self.ws_outcome(id, b, why, outcome.result, call.close_reason, on_trap, now);
+            self.mark_dirty(id);
+            self.count_callback(b.protocol, generation, fault, now);
+            return;
+        }
         match outcome.result {
             Ok(0) => {
                 if let Some(done) = call.completed
@@ -852,15 +952,9 @@ impl Context {
         self.count_callback(b.protocol, generation, fault, now);
     }
 
-    fn on_fault(
-        &mut self,
-        id: ConnId,
-        b: Binding,
-        why: i32,
-        fault: Fault,
-        on_trap: OnTrap,
-        now: Instant,
-    ) {
+    /// Counts and logs a fault, and retires the instance that made it (unless
+    /// the config keeps it).
+    fn fault_retires(&mut self, b: Binding, id: ConnId, why: i32, fault: &Fault, on_trap: OnTrap) {
         self.stats.faults += 1;
         let p = &mut self.protocols[b.protocol];
         tracing::warn!(
@@ -878,6 +972,18 @@ impl Context {
             inst.retire();
             *current = None;
         }
+    }
+
+    fn on_fault(
+        &mut self,
+        id: ConnId,
+        b: Binding,
+        why: i32,
+        fault: Fault,
+        on_trap: OnTrap,
+        now: Instant,
+    ) {
+        self.fault_retires(b, id, why, &fault, on_trap);
         let conn = self.conns[id.index()].as_mut().expect("still open");
         conn.binding = None;
         conn.writable = false;

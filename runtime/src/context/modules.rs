@@ -94,16 +94,26 @@ pub(super) struct AdminRequest {
 pub(super) fn load_protocol(
     engine: &Engine,
     store: &Store<Box<dyn Flash>>,
+    admin: Option<&crate::admin::AdminConfig>,
     protocol: &str,
     factory: &[u8],
     limits: GuestLimits,
 ) -> Result<(Guest, ModuleInfo), LoadError> {
     if let Some(slot) = store.slots(protocol).and_then(|s| s.active.clone()) {
+        // The device's trust settings may have changed since the upload: an
+        // uploaded module runs only if it would be accepted today.
         let loaded = store
             .active_module(protocol)
             .map_err(|e| e.to_string())
             .and_then(|bytes| bytes.ok_or_else(|| "its file is missing".to_string()))
             .and_then(|bytes| Module::parse(&bytes, protocol).map_err(|e| e.to_string()))
+            .and_then(|m| match admin {
+                None => Err("the admin API is off: only factory modules run".to_string()),
+                Some(a) => m
+                    .verify(&a.trusted_keys, a.allow_unsigned)
+                    .map(|_| m)
+                    .map_err(|e| e.to_string()),
+            })
             .and_then(|m| {
                 Guest::load(engine, protocol, &m.wasm, limits).map_err(|e| e.to_string())
             });
@@ -214,6 +224,19 @@ impl Context {
     }
 
     fn answer_json(&mut self, id: ConnId, (status, body): Answer) {
+        // A runtime answer goes out in one piece: one that does not fit the
+        // connection's tx buffer is replaced by an error, never cut.
+        let room = self.config.limits.http.tx_buffer_bytes.saturating_sub(256);
+        let (status, body) = if body.len() > room {
+            let msg = format!(
+                "the answer ({} bytes) does not fit limits.tx_buffer_bytes ({}); raise it",
+                body.len(),
+                self.config.limits.http.tx_buffer_bytes
+            );
+            error(507, msg)
+        } else {
+            (status, body)
+        };
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -406,6 +429,10 @@ impl Context {
         } else if trial.callbacks >= window {
             tracing::info!(protocol = %state.name, "the new module passed its trial");
             state.trial = None;
+            let name = state.name.clone();
+            if let Err(e) = self.store.pass_trial(&name) {
+                tracing::error!(protocol = %name, "cannot record the passed trial: {e}");
+            }
         }
     }
 

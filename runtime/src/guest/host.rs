@@ -7,6 +7,7 @@ use wasmi::{Caller, Engine, Linker, ValType};
 use super::status::{BAD_POINTER, BAD_STATE, INVALID, NO_SPACE, NOT_FOUND};
 use super::{Call, HostState};
 use crate::http::{Completion, QueryArgError, ResponseError};
+use crate::ws::{SendError, SendKind};
 
 const I32: ValType = ValType::I32;
 const I64: ValType = ValType::I64;
@@ -33,11 +34,25 @@ const SIGNATURES: &[(&str, &[ValType], &[ValType])] = &[
     ("lws_get_peer_simple", &[I32; 3], &[I32]),
     ("lws_now_usecs", &[], &[I64]),
     ("lws_log", &[I32; 3], &[I32]),
+    ("lws_is_first_fragment", &[I32], &[I32]),
+    ("lws_is_final_fragment", &[I32], &[I32]),
+    ("lws_frame_is_binary", &[I32], &[I32]),
+    ("lws_remaining_packet_payload", &[I32], &[I32]),
+    ("lws_close_reason", &[I32; 4], &[I32]),
+    ("lws_rx_flow_control", &[I32; 2], &[I32]),
+    ("lws_callback_on_writable_all_protocol", &[], &[I32]),
 ];
 
-/// `lws_write` modes the HTTP server accepts.
+/// `lws_write` modes (lws 4.3's `enum lws_write_protocol`).
+const LWS_WRITE_TEXT: i32 = 0;
+const LWS_WRITE_BINARY: i32 = 1;
+const LWS_WRITE_CONTINUATION: i32 = 2;
 const LWS_WRITE_HTTP: i32 = 3;
+const LWS_WRITE_PING: i32 = 5;
+const LWS_WRITE_PONG: i32 = 6;
 const LWS_WRITE_HTTP_FINAL: i32 = 7;
+/// Flag: this piece does not end the message.
+const LWS_WRITE_NO_FIN: i32 = 0x40;
 /// `LWS_ILLEGAL_HTTP_CONTENT_LEN`: the body length is not known up front.
 const UNKNOWN_LENGTH: i64 = -1;
 /// Longest log line kept from a guest.
@@ -144,6 +159,23 @@ fn lws_write(mut cx: Cx<'_>, wsi: i32, buf: i32, len: i32, mode: i32) -> i32 {
         let Some(data) = bytes(mem, buf, len) else {
             return BAD_POINTER;
         };
+        if let Some(ws) = call.ws.as_mut() {
+            let fin = mode & LWS_WRITE_NO_FIN == 0;
+            let kind = match mode & !LWS_WRITE_NO_FIN {
+                LWS_WRITE_TEXT => SendKind::Text,
+                LWS_WRITE_BINARY => SendKind::Binary,
+                LWS_WRITE_CONTINUATION => SendKind::Continuation,
+                LWS_WRITE_PING => SendKind::Ping,
+                LWS_WRITE_PONG => SendKind::Pong,
+                _ => return BAD_STATE,
+            };
+            return match ws.send(kind, data, fin) {
+                Ok(()) => len,
+                Err(SendError::NoSpace) => NO_SPACE,
+                Err(SendError::BadState) => BAD_STATE,
+                Err(SendError::Invalid) => INVALID,
+            };
+        }
         let fin = match mode {
             LWS_WRITE_HTTP => false,
             LWS_WRITE_HTTP_FINAL => true,
@@ -154,6 +186,71 @@ fn lws_write(mut cx: Cx<'_>, wsi: i32, buf: i32, len: i32, mode: i32) -> i32 {
             Err(e) => response_error(e),
         }
     })
+}
+
+/// Runs `f` on a call whose connection is a WebSocket.
+fn with_ws(
+    cx: &mut Cx<'_>,
+    wsi: i32,
+    bytes: i32,
+    f: impl FnOnce(&mut [u8], &mut Call) -> i32,
+) -> i32 {
+    with_call(cx, wsi, bytes, |mem, call| {
+        if call.ws.is_some() {
+            f(mem, call)
+        } else {
+            BAD_STATE
+        }
+    })
+}
+
+fn is_first_fragment(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    with_ws(&mut cx, wsi, 0, |_, call| i32::from(call.fragment.first))
+}
+
+fn is_final_fragment(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    with_ws(&mut cx, wsi, 0, |_, call| i32::from(call.fragment.last))
+}
+
+fn frame_is_binary(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    with_ws(&mut cx, wsi, 0, |_, call| i32::from(call.fragment.binary))
+}
+
+fn remaining_payload(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    with_ws(&mut cx, wsi, 0, |_, call| {
+        i32::try_from(call.fragment.remaining).unwrap_or(i32::MAX)
+    })
+}
+
+fn close_reason(mut cx: Cx<'_>, wsi: i32, code: i32, reason: i32, len: i32) -> i32 {
+    with_ws(&mut cx, wsi, len, |mem, call| {
+        let Some(reason) = bytes(mem, reason, len) else {
+            return BAD_POINTER;
+        };
+        let Ok(code) = u16::try_from(code) else {
+            return INVALID;
+        };
+        call.close_reason = Some((code, reason[..reason.len().min(123)].to_vec()));
+        0
+    })
+}
+
+fn rx_flow_control(mut cx: Cx<'_>, wsi: i32, enable: i32) -> i32 {
+    with_ws(&mut cx, wsi, 0, |_, call| {
+        call.rx_flow = Some(enable != 0);
+        0
+    })
+}
+
+fn writable_all(mut cx: Cx<'_>) -> i32 {
+    charge(&mut cx, 0);
+    match cx.data_mut().call.as_mut() {
+        Some(call) => {
+            call.writable_all = true;
+            0
+        }
+        None => BAD_STATE,
+    }
 }
 
 fn add_status(mut cx: Cx<'_>, wsi: i32, status: i32) -> i32 {
@@ -420,6 +517,19 @@ pub(super) fn linker(engine: &Engine) -> Linker<HostState> {
         l.func_wrap("lws", "lws_now_usecs", |cx: Cx<'_>| cx.data().now_us)
             .is_ok(),
         l.func_wrap("lws", "lws_log", log).is_ok(),
+        l.func_wrap("lws", "lws_is_first_fragment", is_first_fragment)
+            .is_ok(),
+        l.func_wrap("lws", "lws_is_final_fragment", is_final_fragment)
+            .is_ok(),
+        l.func_wrap("lws", "lws_frame_is_binary", frame_is_binary)
+            .is_ok(),
+        l.func_wrap("lws", "lws_remaining_packet_payload", remaining_payload)
+            .is_ok(),
+        l.func_wrap("lws", "lws_close_reason", close_reason).is_ok(),
+        l.func_wrap("lws", "lws_rx_flow_control", rx_flow_control)
+            .is_ok(),
+        l.func_wrap("lws", "lws_callback_on_writable_all_protocol", writable_all)
+            .is_ok(),
     ];
     debug_assert!(
         defined.iter().all(|ok| *ok),

@@ -40,6 +40,20 @@ pub mod reason {
     pub const HTTP_DROP_PROTOCOL: i32 = 50;
     /// The connection closed while a transaction was bound.
     pub const CLOSED_HTTP: i32 = 5;
+    /// A WebSocket upgrade asks for the protocol; non-zero refuses it.
+    pub const FILTER_PROTOCOL_CONNECTION: i32 = 20;
+    /// A WebSocket session is open.
+    pub const ESTABLISHED: i32 = 0;
+    /// A piece of a WebSocket message.
+    pub const RECEIVE: i32 = 6;
+    /// A pong arrived.
+    pub const RECEIVE_PONG: i32 = 7;
+    /// The WebSocket connection can take more output.
+    pub const SERVER_WRITEABLE: i32 = 11;
+    /// The peer started the close handshake.
+    pub const WS_PEER_INITIATED_CLOSE: i32 = 38;
+    /// The WebSocket session ended.
+    pub const CLOSED: i32 = 4;
 }
 
 /// Negative host-call results (see `docs/abi.md`).
@@ -104,13 +118,37 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// Where the `RECEIVE` piece being delivered sits in its message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// The piece starts a message.
+    pub first: bool,
+    /// The piece ends a message.
+    pub last: bool,
+    /// The message is binary.
+    pub binary: bool,
+    /// Bytes of the current frame still to come.
+    pub remaining: u64,
+}
+
 /// One connection lent to the guest for the duration of a callback.
 #[derive(Debug)]
 pub struct Call {
     /// The connection's handle, as the guest sees it.
     pub wsi: i32,
-    /// The HTTP connection, moved in for the call and taken back after.
+    /// The HTTP connection, moved in for the call and taken back after. After
+    /// a WebSocket upgrade it keeps the upgrade request for header queries.
     pub http: ServerConn,
+    /// The WebSocket session, once the connection is upgraded.
+    pub ws: Option<Box<crate::ws::Session>>,
+    /// The piece a `RECEIVE` callback is given.
+    pub fragment: Fragment,
+    /// Set by `lws_close_reason`: the close frame to send if the guest closes.
+    pub close_reason: Option<(u16, Vec<u8>)>,
+    /// Set by `lws_rx_flow_control`.
+    pub rx_flow: Option<bool>,
+    /// Set by `lws_callback_on_writable_all_protocol`.
+    pub writable_all: bool,
     /// The peer's address, for `lws_get_peer_simple`.
     pub peer: SocketAddr,
     /// Set by `lws_callback_on_writable`.

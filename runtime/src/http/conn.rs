@@ -118,6 +118,20 @@ impl ServerConn {
 
     // ---- input ----
 
+    /// Hands the connection over to another protocol after the `Event::Head` of
+    /// an upgrade request (WebSocket): returns the bytes received after the
+    /// head, releases the receive buffer, and parses nothing more. The request
+    /// stays readable through [`Self::request`] for the new protocol's
+    /// handshake callbacks.
+    pub fn take_for_upgrade(&mut self) -> Vec<u8> {
+        let rest = self.rx[self.rx_start..].to_vec();
+        self.rx = Vec::new();
+        self.rx_start = 0;
+        self.state = Rx::Done;
+        self.body = BodyDecoder::Length(0);
+        rest
+    }
+
     /// How many bytes [`Self::feed`] takes now; the driver reads no more than this
     /// from the socket. It is 0 once the connection is closing, after the peer's
     /// FIN, after a request that ends the connection, and whenever the receive

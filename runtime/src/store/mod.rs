@@ -74,6 +74,9 @@ pub struct ProtocolSlots {
     pub last_rollback: Option<String>,
     /// When it happened (Unix seconds, from the caller).
     pub last_rollback_at: Option<u64>,
+    /// The active module has not passed its trial yet: a restart resumes the
+    /// trial instead of trusting the module.
+    pub on_trial: bool,
 }
 
 impl ProtocolSlots {
@@ -395,6 +398,23 @@ impl<F: Flash> Store<F> {
         let mut trial = slots.trial.take().ok_or(StoreError::NoTrial)?;
         trial.activated_at = now_unix;
         slots.previous = slots.active.replace(trial);
+        slots.on_trial = true;
+        self.commit(protocols)
+    }
+
+    /// The active module passed its trial.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Flash`] with the store unchanged.
+    pub fn pass_trial(&mut self, protocol: &str) -> Result<(), StoreError> {
+        if !self.slots(protocol).is_some_and(|s| s.on_trial) {
+            return Ok(());
+        }
+        let mut protocols = self.state.protocols.clone();
+        if let Some(slots) = protocols.get_mut(protocol) {
+            slots.on_trial = false;
+        }
         self.commit(protocols)
     }
 
@@ -432,6 +452,7 @@ impl<F: Flash> Store<F> {
         let mut previous = slots.previous.take().ok_or(StoreError::NothingToRollBack)?;
         previous.activated_at = now_unix;
         slots.active = Some(previous);
+        slots.on_trial = false;
         slots.last_rollback = Some(reason.to_string());
         slots.last_rollback_at = Some(now_unix);
         self.commit(protocols)
@@ -453,6 +474,7 @@ impl<F: Flash> Store<F> {
         let mut protocols = self.state.protocols.clone();
         let slots = protocols.entry(protocol.to_string()).or_default();
         slots.active = None;
+        slots.on_trial = false;
         slots.last_rollback = Some(reason.to_string());
         slots.last_rollback_at = Some(now_unix);
         self.commit(protocols)

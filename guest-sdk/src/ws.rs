@@ -1,0 +1,513 @@
+//! The idiomatic WebSocket (server) layer: a [`WsHandler`] trait with one method
+//! per event, a [`Ws`] handle to send, close and pace the connection, and the
+//! [`Fragment`] a received piece belongs to. Built only on the lws-shaped layer;
+//! allocation-free, and it keeps no state of its own in the session slot.
+
+use crate::abi::Rx;
+use crate::http::Flow;
+use crate::lws::{self, Error, Reason, WriteMode, Wsi};
+
+/// The longest close reason a close frame carries: 125 payload bytes minus the
+/// 2-byte code (RFC 6455, 5.5).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// The code [`WsHandler::on_peer_close`] reports for a close frame without one
+/// (RFC 6455's "no status received", which is never sent on the wire).
+pub const NO_STATUS: u16 = 1005;
+
+/// Whether a message is text or binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// A text message (UTF-8; the runtime checks what it receives).
+    Text,
+    /// A binary message.
+    Binary,
+}
+
+impl MessageKind {
+    /// The `lws_write` mode that starts a message of this kind.
+    pub const fn write_mode(self) -> WriteMode {
+        match self {
+            Self::Text => WriteMode::TEXT,
+            Self::Binary => WriteMode::BINARY,
+        }
+    }
+}
+
+/// Where a received piece sits in its message. A message longer than
+/// `rx_buffer_size` (or sent in several frames) arrives in pieces: the first
+/// has `first`, the last has `last`, a message in one piece has both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fragment {
+    /// The piece starts a message (`lws_is_first_fragment`).
+    pub first: bool,
+    /// The piece ends the message (`lws_is_final_fragment`).
+    pub last: bool,
+    /// The message is binary (`lws_frame_is_binary`).
+    pub binary: bool,
+    /// Bytes of the current frame still to come (`lws_remaining_packet_payload`).
+    pub remaining: usize,
+}
+
+impl Fragment {
+    /// The kind of the message this piece belongs to.
+    pub const fn kind(self) -> MessageKind {
+        if self.binary {
+            MessageKind::Binary
+        } else {
+            MessageKind::Text
+        }
+    }
+
+    /// The `lws_write` mode that sends this piece on as it came: the message's
+    /// kind on its first piece, `CONTINUATION` on the others, `NO_FIN` unless it
+    /// is the last (what an echo server needs).
+    pub const fn echo_mode(self) -> WriteMode {
+        lws::lws_write_ws_flags(self.kind().write_mode(), self.first, self.last)
+    }
+
+    /// Asks the host about the piece the current `RECEIVE` callback carries.
+    fn query(wsi: Wsi) -> Result<Self, Error> {
+        Ok(Self {
+            first: lws::lws_is_first_fragment(wsi)?,
+            last: lws::lws_is_final_fragment(wsi)?,
+            binary: lws::lws_frame_is_binary(wsi)?,
+            remaining: lws::lws_remaining_packet_payload(wsi)?,
+        })
+    }
+}
+
+/// A guest that serves WebSocket connections: one associated function per lws
+/// event, all with do-nothing defaults except [`WsHandler::on_receive`]. The
+/// handler is a type (usually a unit struct); keep state per connection in
+/// [`Self::Session`] and across connections in [`GuestCell`](crate::GuestCell)
+/// statics. Export it with [`export_ws!`](crate::export_ws).
+///
+/// Per connection, the events come in this order: `on_filter`, then (if it
+/// accepted) `on_established`, then `on_receive`, `on_pong` and `on_writeable`
+/// as data and room arrive, `on_peer_close` if the peer starts the close, and
+/// always `on_closed` last. Functions that return [`Flow`] close the connection
+/// with [`Flow::Close`]; [`Ws::close`] says with which code.
+pub trait WsHandler {
+    /// Per-connection state, lws's per-session data: a fresh `Default` value for
+    /// every connection, stored in the slot the host assigns (no allocation),
+    /// kept until `on_closed`.
+    type Session: Default + Copy + 'static;
+
+    /// `PROTOCOL_INIT`, once per instance. Return `false` to refuse to start.
+    fn init() -> bool {
+        true
+    }
+
+    /// `PROTOCOL_DESTROY`, once, before the instance is dropped.
+    fn destroy() {}
+
+    /// `FILTER_PROTOCOL_CONNECTION`: an upgrade asks for this protocol by
+    /// `protocol` (the `Sec-WebSocket-Protocol` name the runtime matched).
+    /// Return `false` to refuse it (the runtime answers `403`). Accepts all.
+    fn on_filter(ws: &mut Ws, session: &mut Self::Session, protocol: &str) -> bool {
+        let _ = (ws, session, protocol);
+        true
+    }
+
+    /// `ESTABLISHED`: the `101` is queued; the connection is open.
+    fn on_established(ws: &mut Ws, session: &mut Self::Session) -> Flow {
+        let _ = (ws, session);
+        Flow::Continue
+    }
+
+    /// `RECEIVE`: the next piece of a message, at most `rx_buffer_size` bytes;
+    /// `fragment` says where it sits in the message. Text arrives as bytes:
+    /// a piece may end inside a character, and the runtime checks the whole
+    /// message's UTF-8 (closing with 1007 if it is not).
+    fn on_receive(
+        ws: &mut Ws,
+        session: &mut Self::Session,
+        piece: &[u8],
+        fragment: Fragment,
+    ) -> Flow;
+
+    /// `RECEIVE_PONG`: a pong arrived (the runtime answers pings itself).
+    fn on_pong(ws: &mut Ws, session: &mut Self::Session, payload: &[u8]) -> Flow {
+        let _ = (ws, session, payload);
+        Flow::Continue
+    }
+
+    /// `SERVER_WRITEABLE`: after [`Ws::ask_writeable`] (or
+    /// [`Ws::writeable_all`]), the tx buffer has room.
+    fn on_writeable(ws: &mut Ws, session: &mut Self::Session) -> Flow {
+        let _ = (ws, session);
+        Flow::Continue
+    }
+
+    /// `WS_PEER_INITIATED_CLOSE`: the peer sent a close frame with `code`
+    /// ([`NO_STATUS`] if it had none) and `reason` (UTF-8 by the protocol, not
+    /// checked here). The runtime answers it; `on_closed` follows.
+    fn on_peer_close(session: &mut Self::Session, code: u16, reason: &[u8]) {
+        let _ = (session, code, reason);
+    }
+
+    /// `CLOSED`: the connection ended, however it did; the slot is freed after.
+    fn on_closed(session: &mut Self::Session) {
+        let _ = session;
+    }
+}
+
+/// The WebSocket connection an event is about. Only lives for one callback.
+#[derive(Debug)]
+pub struct Ws {
+    wsi: Wsi,
+    /// [`Ws::close`] was called: the callback returns -1 whatever the handler says.
+    closing: bool,
+}
+
+impl Ws {
+    /// The connection, for the lws-shaped calls in [`crate::lws`].
+    pub fn wsi(&self) -> Wsi {
+        self.wsi
+    }
+
+    /// Sends `text` as one whole text message (all or nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSpace`] when the tx buffer cannot take it now: call
+    /// [`Ws::ask_writeable`] and send it from `on_writeable`.
+    pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        self.send(MessageKind::Text, text.as_bytes(), true, true)
+    }
+
+    /// Sends `data` as one whole binary message (all or nothing).
+    ///
+    /// # Errors
+    ///
+    /// As [`Ws::send_text`].
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.send(MessageKind::Binary, data, true, true)
+    }
+
+    /// Sends one piece of a message of `kind`: `first` on its first piece,
+    /// `last` on its last (both for a message in one piece). Pieces of one
+    /// message must follow each other with no other message in between; a text
+    /// message may be cut anywhere, even inside a character.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ws::send_text`]; on [`Error::NoSpace`] nothing was sent.
+    pub fn send(
+        &mut self,
+        kind: MessageKind,
+        data: &[u8],
+        first: bool,
+        last: bool,
+    ) -> Result<(), Error> {
+        let mode = lws::lws_write_ws_flags(kind.write_mode(), first, last);
+        lws::lws_write(self.wsi, data, mode).map(drop)
+    }
+
+    /// Asks for an `on_writeable` call when the tx buffer has room.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadState`] for a connection that is closing.
+    pub fn ask_writeable(&mut self) -> Result<(), Error> {
+        lws::lws_callback_on_writable(self.wsi)
+    }
+
+    /// Asks for `on_writeable` on every connection of this protocol (a
+    /// broadcast); returns how many were asked.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the host refuses.
+    pub fn writeable_all(&mut self) -> Result<u32, Error> {
+        lws::lws_callback_on_writable_all_protocol()
+    }
+
+    /// Stops (`false`) or resumes (`true`) `on_receive` calls and reading from
+    /// the peer: lws's rx flow control, for a guest that cannot take more now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadState`] for a connection that is closing.
+    pub fn rx_flow(&mut self, enable: bool) -> Result<(), Error> {
+        lws::lws_rx_flow_control(self.wsi, enable)
+    }
+
+    /// Closes the connection with `code` and `reason` (cut to
+    /// [`MAX_CLOSE_REASON`] bytes at a character boundary): sets
+    /// `lws_close_reason` and makes this callback return -1, whatever the
+    /// handler then returns. Returns [`Flow::Close`], so `return ws.close(..)`
+    /// reads as what happens. If the host refuses the code, the connection is
+    /// closed all the same, with the runtime's default code.
+    pub fn close(&mut self, code: u16, reason: &str) -> Flow {
+        let reason = cut_reason(reason);
+        let _ = lws::lws_close_reason(self.wsi, code, reason.as_bytes());
+        self.closing = true;
+        Flow::Close
+    }
+}
+
+/// `reason` cut to [`MAX_CLOSE_REASON`] bytes at a character boundary.
+fn cut_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    // `get` rather than indexing keeps panic code out of small guests.
+    reason.get(..end).unwrap_or_default()
+}
+
+/// A close frame's payload as (code, reason): [`NO_STATUS`] and no reason
+/// when it has no code (a 1-byte payload is a protocol error the runtime
+/// rejects; it reads as no code here).
+fn parse_close(payload: &[u8]) -> (u16, &[u8]) {
+    match payload {
+        [hi, lo, reason @ ..] => (u16::from_be_bytes([*hi, *lo]), reason),
+        _ => (NO_STATUS, &[]),
+    }
+}
+
+/// The `callback` export's body for handler `H`: turns lws events into trait
+/// calls. Called by [`export_ws!`](crate::export_ws).
+#[doc(hidden)]
+pub fn dispatch<H: WsHandler>(
+    wsi: Wsi,
+    reason: Reason,
+    session: Option<&mut H::Session>,
+    rx: Rx<'_>,
+) -> i32 {
+    let session = match (reason, session) {
+        (Reason::ProtocolInit, _) => return if H::init() { 0 } else { 1 },
+        (Reason::ProtocolDestroy, _) => {
+            H::destroy();
+            return 0;
+        }
+        (_, Some(session)) => session,
+        // Every connection event names a slot; a host that sends none is broken.
+        (
+            Reason::FilterProtocolConnection
+            | Reason::Established
+            | Reason::Receive
+            | Reason::ReceivePong
+            | Reason::ServerWriteable,
+            None,
+        ) => return -1,
+        (_, None) => return 0,
+    };
+    let mut ws = Ws {
+        wsi,
+        closing: false,
+    };
+    let flow = match reason {
+        Reason::FilterProtocolConnection => match core::str::from_utf8(rx.input()) {
+            Ok(protocol) if H::on_filter(&mut ws, session, protocol) => Flow::Continue,
+            _ => Flow::Close,
+        },
+        Reason::Established => H::on_established(&mut ws, session),
+        Reason::Receive => match Fragment::query(wsi) {
+            Ok(fragment) => H::on_receive(&mut ws, session, rx.input(), fragment),
+            // Without knowing where the piece goes, no handler can use it.
+            Err(_) => Flow::Close,
+        },
+        Reason::ReceivePong => H::on_pong(&mut ws, session, rx.input()),
+        Reason::ServerWriteable => H::on_writeable(&mut ws, session),
+        Reason::WsPeerInitiatedClose => {
+            let (code, why) = parse_close(rx.input());
+            H::on_peer_close(session, code, why);
+            Flow::Continue
+        }
+        Reason::Closed => {
+            H::on_closed(session);
+            Flow::Continue
+        }
+        _ => Flow::Continue,
+    };
+    if ws.closing {
+        Flow::Close.code()
+    } else {
+        flow.code()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, Default, PartialEq)]
+    struct Seen {
+        filtered: bool,
+        established: bool,
+        pongs: usize,
+        peer_close: Option<(u16, usize)>,
+        closed: bool,
+    }
+
+    /// Records events; closes on the pong `"bye"`; refuses protocol `"no"`.
+    struct Recorder;
+
+    impl WsHandler for Recorder {
+        type Session = Seen;
+
+        fn on_filter(_ws: &mut Ws, session: &mut Seen, protocol: &str) -> bool {
+            session.filtered = true;
+            protocol != "no"
+        }
+
+        fn on_established(_ws: &mut Ws, session: &mut Seen) -> Flow {
+            session.established = true;
+            Flow::Continue
+        }
+
+        fn on_receive(_ws: &mut Ws, _session: &mut Seen, _piece: &[u8], _f: Fragment) -> Flow {
+            Flow::Continue
+        }
+
+        fn on_pong(ws: &mut Ws, session: &mut Seen, payload: &[u8]) -> Flow {
+            session.pongs += 1;
+            if payload == b"bye" {
+                // Returns Continue after asking to close: the close must win.
+                let _ = ws.close(1000, "bye");
+            }
+            Flow::Continue
+        }
+
+        fn on_peer_close(session: &mut Seen, code: u16, reason: &[u8]) {
+            session.peer_close = Some((code, reason.len()));
+        }
+
+        fn on_closed(session: &mut Seen) {
+            session.closed = true;
+        }
+    }
+
+    fn call(reason: Reason, session: Option<&mut Seen>, input: &[u8]) -> i32 {
+        let mut buf = [0u8; 128];
+        buf[..input.len()].copy_from_slice(input);
+        dispatch::<Recorder>(
+            Wsi::from_raw(3),
+            reason,
+            session,
+            Rx::for_test(&mut buf, input.len()),
+        )
+    }
+
+    #[test]
+    fn events_reach_the_session_in_order() {
+        let mut s = Seen::default();
+        assert_eq!(
+            call(Reason::FilterProtocolConnection, Some(&mut s), b"echo"),
+            0
+        );
+        assert_eq!(call(Reason::Established, Some(&mut s), b""), 0);
+        assert_eq!(call(Reason::ReceivePong, Some(&mut s), b"p"), 0);
+        assert_eq!(
+            call(Reason::WsPeerInitiatedClose, Some(&mut s), b"\x03\xe8ok"),
+            0
+        );
+        assert_eq!(call(Reason::Closed, Some(&mut s), b""), 0);
+        let expected = Seen {
+            filtered: true,
+            established: true,
+            pongs: 1,
+            peer_close: Some((1000, 2)),
+            closed: true,
+        };
+        assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn a_refused_or_non_utf8_protocol_is_rejected() {
+        let mut s = Seen::default();
+        assert_ne!(
+            call(Reason::FilterProtocolConnection, Some(&mut s), b"no"),
+            0
+        );
+        assert!(s.filtered);
+        let mut s = Seen::default();
+        assert_ne!(
+            call(Reason::FilterProtocolConnection, Some(&mut s), b"\xff"),
+            0
+        );
+        assert!(
+            !s.filtered,
+            "the handler never sees a name that is not UTF-8"
+        );
+    }
+
+    #[test]
+    fn close_wins_over_the_handlers_return_value() {
+        let mut s = Seen::default();
+        assert_eq!(call(Reason::ReceivePong, Some(&mut s), b"bye"), -1);
+    }
+
+    #[test]
+    fn a_piece_whose_fragment_state_cannot_be_read_closes() {
+        // Off wasm32 the fragment queries answer BAD_STATE.
+        let mut s = Seen::default();
+        assert_eq!(call(Reason::Receive, Some(&mut s), b"data"), -1);
+    }
+
+    #[test]
+    fn connection_events_without_a_session_are_refused() {
+        assert_eq!(call(Reason::Receive, None, b""), -1);
+        assert_eq!(call(Reason::ServerWriteable, None, b""), -1);
+        assert_eq!(call(Reason::ProtocolInit, None, b""), 0);
+        assert_eq!(call(Reason::Other(99), None, b""), 0);
+    }
+
+    #[test]
+    fn close_payloads_split_into_code_and_reason() {
+        assert_eq!(parse_close(b"\x03\xe8"), (1000, &b""[..]));
+        assert_eq!(parse_close(b"\x03\xe9going"), (1001, &b"going"[..]));
+        assert_eq!(parse_close(b""), (NO_STATUS, &b""[..]));
+        assert_eq!(parse_close(b"\x03"), (NO_STATUS, &b""[..]));
+    }
+
+    #[test]
+    fn close_reasons_are_cut_to_123_bytes_at_a_character() {
+        let long = "é".repeat(100); // 200 bytes
+        let cut = cut_reason(&long);
+        assert_eq!(cut.len(), 122, "123 would split a character");
+        assert_eq!(cut_reason("short"), "short");
+        let ascii = "x".repeat(130);
+        assert_eq!(cut_reason(&ascii).len(), MAX_CLOSE_REASON);
+    }
+
+    #[test]
+    fn fragments_echo_with_lws_modes() {
+        let piece = |first, last, binary| Fragment {
+            first,
+            last,
+            binary,
+            remaining: 0,
+        };
+        assert_eq!(piece(true, true, false).echo_mode(), WriteMode::TEXT);
+        assert_eq!(
+            piece(true, false, true).echo_mode(),
+            WriteMode::BINARY | WriteMode::NO_FIN
+        );
+        assert_eq!(
+            piece(false, false, true).echo_mode(),
+            WriteMode::CONTINUATION | WriteMode::NO_FIN
+        );
+        assert_eq!(
+            piece(false, true, false).echo_mode(),
+            WriteMode::CONTINUATION
+        );
+        assert_eq!(piece(true, true, true).kind(), MessageKind::Binary);
+    }
+
+    #[test]
+    fn sends_fail_cleanly_off_wasm() {
+        let mut ws = Ws {
+            wsi: Wsi::from_raw(1),
+            closing: false,
+        };
+        assert_eq!(ws.send_text("hi"), Err(Error::BadState));
+        assert_eq!(ws.send_binary(b"hi"), Err(Error::BadState));
+        assert_eq!(ws.rx_flow(false), Err(Error::BadState));
+        assert_eq!(ws.close(1000, "bye"), Flow::Close);
+        assert!(ws.closing, "a refused close reason still closes");
+    }
+}

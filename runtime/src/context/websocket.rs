@@ -1,0 +1,294 @@
+//! WebSocket connections inside the context: the upgrade from HTTP, the
+//! session's events turned into guest callbacks, and what a callback's outcome
+//! means for the session (close reason, flow control, faults).
+
+use std::time::Instant;
+
+use super::{Backend, Binding, ConnId, Context};
+use crate::config::OnTrap;
+use crate::guest::{Fault, Fragment, reason};
+use crate::http::ServerConn;
+use crate::ws::{self, Event, Role, Session};
+
+impl Context {
+    /// Answers an upgrade the device will not take, and closes.
+    fn refuse_upgrade(&mut self, id: ConnId, status: u16, why: &str, extra: Option<(&str, &str)>) {
+        tracing::info!(wsi = id.wsi(), status, "WebSocket upgrade refused: {why}");
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let phrase = match status {
+            400 => "Bad Request",
+            403 => "Forbidden",
+            404 => "Not Found",
+            426 => "Upgrade Required",
+            _ => "Service Unavailable",
+        };
+        let extra = extra.map_or(String::new(), |(k, v)| format!("{k}: {v}\r\n"));
+        let body = format!("{why}\n");
+        conn.preface = format!(
+            "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             {extra}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+        conn.abort = true;
+        conn.writable = false;
+    }
+
+    /// The request head asks for a WebSocket: pick the protocol, let the guest
+    /// filter it, answer `101` and hand the connection to a session.
+    pub(super) fn ws_upgrade(&mut self, id: ConnId, now: Instant) {
+        let conn = self.conn(id).expect("caller checked");
+        let listener = &self.config.listeners[conn.listener];
+        let offered: Vec<&str> = listener.websocket.iter().map(String::as_str).collect();
+        let req = conn
+            .http
+            .as_ref()
+            .and_then(ServerConn::request)
+            .expect("head");
+        let accepted = match ws::accept(req, &offered, listener.default_websocket.as_deref()) {
+            Ok(a) => a,
+            Err(r) => {
+                self.refuse_upgrade(id, r.status, r.reason, r.extra_header);
+                return;
+            }
+        };
+        let Some(p) = self
+            .protocols
+            .iter()
+            .position(|x| x.name == accepted.protocol)
+        else {
+            self.refuse_upgrade(id, 404, "no such protocol", None);
+            return;
+        };
+        if let Err((status, why)) = self.bind_protocol(id, p, now) {
+            self.refuse_upgrade(id, status, why, None);
+            return;
+        }
+        self.callback(
+            id,
+            reason::FILTER_PROTOCOL_CONNECTION,
+            accepted.protocol.as_bytes(),
+            now,
+        );
+        let conn = self.conn_mut(id).expect("still open");
+        if conn.abort || conn.binding.is_none() {
+            conn.abort = false;
+            if let Some(b) = conn.binding.take() {
+                self.unbind(b, now);
+            }
+            self.refuse_upgrade(id, 403, "the protocol refused the connection", None);
+            return;
+        }
+        let limits = self.config.limits.ws;
+        let conn = self.conn_mut(id).expect("still open");
+        let leftover = conn
+            .http
+            .as_mut()
+            .map(ServerConn::take_for_upgrade)
+            .unwrap_or_default();
+        let mut session = Session::new(Role::Server, limits, now, id.wsi() as u64);
+        let taken = session.feed(&leftover, now);
+        if taken < leftover.len() {
+            tracing::warn!(
+                wsi = id.wsi(),
+                "frames sent with the upgrade request did not fit"
+            );
+        }
+        conn.preface = accepted.response;
+        conn.ws = Some(Box::new(session));
+        conn.upgraded = true;
+        tracing::debug!(wsi = id.wsi(), protocol = %accepted.protocol, "WebSocket established");
+        self.callback(id, reason::ESTABLISHED, &[], now);
+        self.pump_ws(id, now);
+    }
+
+    /// Binds connection `id` to protocol `p`: its current instance (created if
+    /// needed) and a zeroed session slot.
+    pub(super) fn bind_protocol(
+        &mut self,
+        id: ConnId,
+        p: usize,
+        now: Instant,
+    ) -> Result<(), (u16, &'static str)> {
+        let Some(instance) = self.instance_for(p, now) else {
+            return Err((503, "protocol unavailable"));
+        };
+        let slot = match &mut self.protocols[p].backend {
+            Backend::Wasm { instances, .. } => {
+                let inst = instances[instance].as_mut().expect("live instance");
+                inst.bind()
+                    .ok_or((503, "all sessions of this protocol are busy"))?
+            }
+            Backend::Native(_) => 0,
+        };
+        let conn = self.conn_mut(id).expect("caller checked");
+        conn.binding = Some(Binding {
+            protocol: p,
+            instance,
+            slot,
+        });
+        Ok(())
+    }
+
+    /// Turns every event the session has ready into callbacks.
+    pub(super) fn pump_ws(&mut self, id: ConnId, now: Instant) {
+        loop {
+            let piece = self.rx_piece(id);
+            let Some(conn) = self.conns[id.index()].as_mut().filter(|c| c.id == id) else {
+                return;
+            };
+            let Some(ws) = conn.ws.as_mut() else {
+                return;
+            };
+            let Some(event) = ws.poll_event(now, piece) else {
+                return;
+            };
+            let (why, fragment) = match event {
+                Event::Data {
+                    data,
+                    first,
+                    last,
+                    binary,
+                    remaining,
+                } => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(data);
+                    let fragment = Fragment {
+                        first,
+                        last,
+                        binary,
+                        remaining,
+                    };
+                    (reason::RECEIVE, fragment)
+                }
+                Event::Pong(payload) => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(payload);
+                    (reason::RECEIVE_PONG, Fragment::default())
+                }
+                Event::PeerClose { payload } => {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(payload);
+                    (reason::WS_PEER_INITIATED_CLOSE, Fragment::default())
+                }
+                Event::Closed { code } => {
+                    tracing::debug!(wsi = id.wsi(), code, "WebSocket closed");
+                    self.ws_deliver_closed(id, now);
+                    continue;
+                }
+                Event::Failed { code, reason } => {
+                    tracing::info!(wsi = id.wsi(), code, "WebSocket peer error: {reason}");
+                    continue;
+                }
+            };
+            self.fragment = fragment;
+            let input = std::mem::take(&mut self.scratch);
+            self.callback(id, why, &input, now);
+            self.scratch = input;
+            self.mark_dirty(id);
+        }
+    }
+
+    /// The largest piece the bound guest takes at once.
+    pub(super) fn rx_piece(&self, id: ConnId) -> usize {
+        const FALLBACK: usize = 4096;
+        let Some(b) = self.conn(id).and_then(|c| c.binding) else {
+            return FALLBACK;
+        };
+        match &self.protocols[b.protocol].backend {
+            Backend::Wasm { instances, .. } => instances[b.instance]
+                .as_ref()
+                .map_or(FALLBACK, |i| i.descriptor().rx_buffer_size as usize),
+            Backend::Native(_) => FALLBACK,
+        }
+    }
+
+    /// Gives the guest its `CLOSED` (once) and frees the session slot.
+    pub(super) fn ws_deliver_closed(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if !conn.upgraded || conn.ws_closed_delivered {
+            return;
+        }
+        conn.ws_closed_delivered = true;
+        conn.writable = false;
+        if conn.binding.is_some() {
+            self.callback(id, reason::CLOSED, &[], now);
+        }
+        if let Some(b) = self.conn_mut(id).and_then(|c| c.binding.take()) {
+            self.unbind(b, now);
+        }
+    }
+
+    /// Timers and writeable callbacks of a WebSocket connection. Returns the
+    /// deadlines it wants.
+    pub(super) fn ws_service(&mut self, id: ConnId, now: Instant) -> [Option<Instant>; 3] {
+        let mut due = [None; 3];
+        if let Some(ws) = self.conn_mut(id).and_then(|c| c.ws.as_mut()) {
+            let before = ws.tx().len();
+            due[0] = ws.poll_timeout(now);
+            if ws.tx().len() != before || ws.is_closed() {
+                self.mark_dirty(id);
+            }
+        }
+        self.pump_ws(id, now);
+        due[1] = self.writeable(id, now);
+        due[2] = self.check_stall(id, now);
+        due
+    }
+
+    /// Applies a WebSocket callback's result.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the pieces come apart in `callback`"
+    )]
+    pub(super) fn ws_outcome(
+        &mut self,
+        id: ConnId,
+        b: Binding,
+        why: i32,
+        result: Result<i32, Fault>,
+        close_reason: Option<(u16, Vec<u8>)>,
+        on_trap: OnTrap,
+        now: Instant,
+    ) {
+        match result {
+            Ok(0) => {}
+            Ok(_) if why == reason::CLOSED => {}
+            Ok(n) => {
+                let (code, text) = close_reason.unwrap_or((1000, Vec::new()));
+                tracing::debug!(wsi = id.wsi(), code, "callback {why} returned {n}: closing");
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.writable = false;
+                    if let Some(ws) = conn.ws.as_mut() {
+                        ws.close(code, &text);
+                    }
+                }
+            }
+            Err(fault) => {
+                self.fault_retires(b, id, why, &fault, on_trap);
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.writable = false;
+                    conn.ws_closed_delivered = true; // the faulted instance gets no more calls
+                    conn.binding = None;
+                    if let Some(ws) = conn.ws.as_mut() {
+                        ws.close(1011, b"guest module failed");
+                    }
+                }
+                self.unbind(b, now);
+            }
+        }
+    }
+
+    /// `lws_callback_on_writable_all_protocol`: every WebSocket of protocol `p`.
+    pub(super) fn writable_all(&mut self, p: usize) {
+        for conn in self.conns.iter_mut().flatten() {
+            if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
+                conn.writable = true;
+            }
+        }
+    }
+}
