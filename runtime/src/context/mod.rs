@@ -17,7 +17,7 @@ use crate::store::{Flash, MemFlash, Store, StoreError};
 
 /// A connection's handle. It is also the `wsi` its guest sees: non-zero, and
 /// not reused soon after the connection closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(u32);
 
 impl ConnId {
@@ -159,6 +159,8 @@ struct Conn {
     preface: Vec<u8>,
     /// `CLOSED` was delivered to the guest.
     ws_closed_delivered: bool,
+    /// When the guest's timer fires (`lws_set_timer_usecs`).
+    timer: Option<Instant>,
     /// Last time the connection moved: a request began, or bytes were queued
     /// by a guest, sent to the peer, or taken from it.
     last_progress: Instant,
@@ -184,6 +186,9 @@ pub struct Context {
     scratch: Vec<u8>,
     /// The fragment info for the next `RECEIVE` callback.
     fragment: crate::guest::Fragment,
+    /// Guest timers, soonest first; an entry whose connection has moved its
+    /// timer (or closed) is skipped when it comes up.
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>,
     epoch: Instant,
     stats: Stats,
 }
@@ -276,6 +281,7 @@ impl Context {
             dirty: Vec::with_capacity(max),
             scratch: Vec::new(),
             fragment: crate::guest::Fragment::default(),
+            timers: std::collections::BinaryHeap::new(),
             epoch: now,
             stats: Stats::default(),
             config,
@@ -345,6 +351,7 @@ impl Context {
             upgraded: false,
             preface: Vec::new(),
             ws_closed_delivered: false,
+            timer: None,
             last_progress: now,
             writeable_not_before: now,
             hard_close: false,
@@ -483,7 +490,7 @@ impl Context {
     /// Runs what is due at `now`: timeouts and `HTTP_WRITEABLE` callbacks.
     /// Returns when it wants to run next (`None`: only when input arrives).
     pub fn service(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
+        let mut next: Option<Instant> = self.fire_timers(now);
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
@@ -513,6 +520,46 @@ impl Context {
     }
 
     // ---- dispatch ----
+
+    /// Sets (`Some`) or cancels (`None`) connection `id`'s timer.
+    fn set_timer(&mut self, id: ConnId, usecs: Option<u64>, now: Instant) {
+        // Bounded: a guest cannot ask for a timer past a day.
+        let at = usecs.map(|us| now + std::time::Duration::from_micros(us.min(86_400_000_000)));
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.timer = at;
+        if let Some(at) = at {
+            self.timers.push(std::cmp::Reverse((at, id)));
+        }
+        // Moved timers leave stale entries behind: keep the heap bounded by
+        // rebuilding it from the live timers now and then.
+        if self.timers.len() > 4 * self.conns.len() + 16 {
+            self.timers = self
+                .conns
+                .iter()
+                .flatten()
+                .filter_map(|c| c.timer.map(|at| std::cmp::Reverse((at, c.id))))
+                .collect();
+        }
+    }
+
+    /// Runs the `TIMER` callbacks that are due. Returns the next timer.
+    fn fire_timers(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&std::cmp::Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                return Some(at);
+            }
+            self.timers.pop();
+            let Some(conn) = self.conn_mut(id).filter(|c| c.timer == Some(at)) else {
+                continue; // moved, cancelled or closed
+            };
+            conn.timer = None;
+            self.callback(id, reason::TIMER, &[], now);
+            self.pump(id, now);
+        }
+        None
+    }
 
     /// Runs `HTTP_WRITEABLE` for `id` if it asked and its tx buffer is at least
     /// half free. Returns when it can run next, if it is waiting for time
@@ -882,6 +929,7 @@ impl Context {
             close_reason: None,
             rx_flow: None,
             writable_all: false,
+            timer: None,
             peer: conn.peer,
             writable_requested: false,
             completed: None,
@@ -923,6 +971,9 @@ impl Context {
         }
         if call.writable_all {
             self.writable_all(b.protocol);
+        }
+        if let Some(timer) = call.timer {
+            self.set_timer(id, timer, now);
         }
         let conn = self.conns[id.index()].as_mut().expect("still open");
         let fault = outcome.result.is_err();

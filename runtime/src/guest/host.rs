@@ -41,6 +41,7 @@ const SIGNATURES: &[(&str, &[ValType], &[ValType])] = &[
     ("lws_close_reason", &[I32; 4], &[I32]),
     ("lws_rx_flow_control", &[I32; 2], &[I32]),
     ("lws_callback_on_writable_all_protocol", &[], &[I32]),
+    ("lws_set_timer_usecs", &[I32, I64], &[I32]),
 ];
 
 /// `lws_write` modes (lws 4.3's `enum lws_write_protocol`).
@@ -238,6 +239,13 @@ fn close_reason(mut cx: Cx<'_>, wsi: i32, code: i32, reason: i32, len: i32) -> i
 fn rx_flow_control(mut cx: Cx<'_>, wsi: i32, enable: i32) -> i32 {
     with_ws(&mut cx, wsi, 0, |_, call| {
         call.rx_flow = Some(enable != 0);
+        0
+    })
+}
+
+fn set_timer(mut cx: Cx<'_>, wsi: i32, usecs: i64) -> i32 {
+    with_call(&mut cx, wsi, 0, |_, call| {
+        call.timer = Some(u64::try_from(usecs).ok());
         0
     })
 }
@@ -530,6 +538,7 @@ pub(super) fn linker(engine: &Engine) -> Linker<HostState> {
             .is_ok(),
         l.func_wrap("lws", "lws_callback_on_writable_all_protocol", writable_all)
             .is_ok(),
+        l.func_wrap("lws", "lws_set_timer_usecs", set_timer).is_ok(),
     ];
     debug_assert!(
         defined.iter().all(|ok| *ok),

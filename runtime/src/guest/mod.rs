@@ -54,6 +54,8 @@ pub mod reason {
     pub const WS_PEER_INITIATED_CLOSE: i32 = 38;
     /// The WebSocket session ended.
     pub const CLOSED: i32 = 4;
+    /// The connection's timer (`lws_set_timer_usecs`) is up.
+    pub const TIMER: i32 = 73;
 }
 
 /// Negative host-call results (see `docs/abi.md`).
@@ -149,6 +151,9 @@ pub struct Call {
     pub rx_flow: Option<bool>,
     /// Set by `lws_callback_on_writable_all_protocol`.
     pub writable_all: bool,
+    /// Set by `lws_set_timer_usecs`: `Some(None)` cancels, `Some(Some(us))`
+    /// fires `TIMER` that many microseconds from now.
+    pub timer: Option<Option<u64>>,
     /// The peer's address, for `lws_get_peer_simple`.
     pub peer: SocketAddr,
     /// Set by `lws_callback_on_writable`.
