@@ -506,3 +506,36 @@ fn an_admin_answer_larger_than_the_tx_buffer_is_an_error_not_a_cut() {
             .contains("tx_buffer_bytes")
     );
 }
+
+#[test]
+fn websockets_on_a_replaced_module_close_after_the_drain_timeout() {
+    let extra =
+        format!("[admin]\ntoken = \"{TOKEN}\"\ndevelopment_mode = true\ndrain_timeout_ms = 400\n");
+    let toml = device_toml(&[("echo_server", "builtin:ws-echo")], &[], &extra)
+        + "websocket = [\"echo_server\"]\n";
+    let sim = Sim::start(&toml);
+    let mut old = ws_client(sim.addr());
+    old.send(tungstenite::Message::text("before")).unwrap();
+    assert_eq!(old.read().unwrap().into_text().unwrap().as_str(), "before");
+    assert_eq!(
+        upload(&sim, "echo_server", wasmgate_guests::WS_ECHO).status,
+        200
+    );
+    // Still served by the old module until the deadline...
+    old.send(tungstenite::Message::text("draining")).unwrap();
+    assert_eq!(
+        old.read().unwrap().into_text().unwrap().as_str(),
+        "draining"
+    );
+    // ...then closed with 1001 "going away".
+    let frame = loop {
+        match old.read().expect("a close frame, not an error") {
+            tungstenite::Message::Close(frame) => break frame,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let frame = frame.expect("a close code");
+    assert_eq!(u16::from(frame.code), 1001);
+    let _ = old.flush(); // sends the answering close frame
+    sim.wait_for_log("retired instance dropped");
+}

@@ -27,6 +27,10 @@ pub const NOT_FOUND: i32 = -4;
 /// Host-call result: a value the protocol forbids.
 pub const INVALID: i32 = -5;
 
+/// `lws_set_timer_usecs`'s `usecs` that cancels the connection's timer (lws's
+/// `LWS_SET_TIMER_USEC_CANCEL`; any negative value does).
+pub const LWS_SET_TIMER_USEC_CANCEL: i64 = -1;
+
 // The imports, exactly as `docs/abi.md` lists them: every pointer and length is an
 // `i32` offset into this module's memory. The host checks every range and never
 // traps on a bad one, so the imports that only *read* guest memory (or take no
@@ -125,6 +129,10 @@ unsafe extern "C" {
     pub safe fn lws_rx_flow_control(wsi: i32, enable: i32) -> i32;
     /// `lws_callback_on_writable_all_protocol()`: the number of connections asked.
     pub safe fn lws_callback_on_writable_all_protocol() -> i32;
+    /// `lws_set_timer_usecs(wsi, usecs)`: 0 or an error. `LWS_CALLBACK_TIMER` comes
+    /// for `wsi` after `usecs`; one timer per connection, setting it again moves
+    /// it, and a negative `usecs` ([`LWS_SET_TIMER_USEC_CANCEL`]) cancels it.
+    pub safe fn lws_set_timer_usecs(wsi: i32, usecs: i64) -> i32;
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -211,6 +219,9 @@ mod host_stubs {
         BAD_STATE
     }
     pub fn lws_callback_on_writable_all_protocol() -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_set_timer_usecs(_wsi: i32, _usecs: i64) -> i32 {
         BAD_STATE
     }
 }

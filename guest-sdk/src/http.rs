@@ -38,10 +38,11 @@ impl Flow {
 ///
 /// Per request, the events come in this order: `on_request`, then `on_body` per
 /// body piece and `on_body_complete` (only when the request has a body), then
-/// `on_writeable` as often as asked for, then `on_done` (or `on_closed`). Once
+/// `on_writeable` as often as asked for (and `on_timer` after
+/// [`Request::set_timer`]), then `on_done` (or `on_closed`). Once
 /// the response is complete ([`Request::respond`], [`Request::finish`],
 /// [`Request::return_status`]), the request's remaining `on_body`,
-/// `on_body_complete` and `on_writeable` calls are skipped: answering early (a
+/// `on_body_complete`, `on_writeable` and `on_timer` calls are skipped: answering early (a
 /// `404` to a `POST`, say) needs no bookkeeping.
 pub trait HttpHandler {
     /// Per-request state, lws's per-session data: a fresh `Default` value for
@@ -77,6 +78,13 @@ pub trait HttpHandler {
 
     /// `HTTP_WRITEABLE`: after [`Request::ask_writeable`], the tx buffer has room.
     fn on_writeable(req: &mut Request<'_, Self::Session>) -> Flow {
+        let _ = req;
+        Flow::Continue
+    }
+
+    /// `TIMER`: the timer set with [`Request::set_timer`] is up (a delayed or
+    /// paced answer). Skipped once the response is complete.
+    fn on_timer(req: &mut Request<'_, Self::Session>) -> Flow {
         let _ = req;
         Flow::Continue
     }
@@ -285,6 +293,28 @@ impl<S> Request<'_, S> {
         lws::lws_callback_on_writable(self.wsi)
     }
 
+    /// Calls `on_timer` in `usecs` microseconds (`lws_set_timer_usecs`). The
+    /// timer belongs to the connection, as in lws: setting it again moves it,
+    /// and with keep-alive it can outlive this request, so cancel it
+    /// ([`Request::cancel_timer`]) when the answer comes first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadState`] for a connection that is closing, [`Error::Invalid`]
+    /// for more than `i64::MAX` microseconds.
+    pub fn set_timer(&mut self, usecs: u64) -> Result<(), Error> {
+        lws::lws_set_timer_usecs(self.wsi, Some(usecs))
+    }
+
+    /// Cancels the timer of [`Request::set_timer`], if one is set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadState`] for a connection that is closing.
+    pub fn cancel_timer(&mut self) -> Result<(), Error> {
+        lws::lws_set_timer_usecs(self.wsi, None)
+    }
+
     fn send(&mut self, bytes: &[u8], mode: WriteMode) -> Result<(), Error> {
         if self.slot.head_open {
             lws::lws_finalize_write_http_header(self.wsi)?;
@@ -350,12 +380,15 @@ pub fn dispatch<H: HttpHandler>(
                 Err(_) => req.return_status(400, "path is not UTF-8"),
             }
         }
-        Reason::HttpBody | Reason::HttpBodyCompletion | Reason::HttpWriteable if slot.done => {
+        Reason::HttpBody | Reason::HttpBodyCompletion | Reason::HttpWriteable | Reason::Timer
+            if slot.done =>
+        {
             Flow::Continue
         }
         Reason::HttpBody => H::on_body(&mut Request { wsi, slot }, rx.input()),
         Reason::HttpBodyCompletion => H::on_body_complete(&mut Request { wsi, slot }),
         Reason::HttpWriteable => H::on_writeable(&mut Request { wsi, slot }),
+        Reason::Timer => H::on_timer(&mut Request { wsi, slot }),
         Reason::HttpDropProtocol => {
             H::on_done(&mut slot.session);
             Flow::Continue
@@ -389,6 +422,11 @@ mod tests {
 
         fn on_body(req: &mut Request<'_, Count>, chunk: &[u8]) -> Flow {
             req.session().bytes += chunk.len();
+            Flow::Continue
+        }
+
+        fn on_timer(req: &mut Request<'_, Count>) -> Flow {
+            req.session().bytes += 1000;
             Flow::Continue
         }
 
@@ -443,6 +481,26 @@ mod tests {
         );
         assert_eq!(ret, 0);
         assert_eq!(slot.session.bytes, 0);
+    }
+
+    #[test]
+    fn timers_reach_on_timer_until_the_response_is_complete() {
+        let mut slot = Slot::<Count>::default();
+        let mut buf = [0u8; 128];
+        let mut timer = |slot: &mut Slot<Count>| {
+            dispatch::<Counter>(Wsi::from_raw(1), Reason::Timer, Some(slot), rx(&mut buf, 0))
+        };
+        assert_eq!(timer(&mut slot), 0);
+        assert_eq!(slot.session.bytes, 1000);
+        slot.done = true;
+        assert_eq!(timer(&mut slot), 0);
+        assert_eq!(slot.session.bytes, 1000, "skipped after the response");
+        let mut req = Request {
+            wsi: Wsi::from_raw(1),
+            slot: &mut slot,
+        };
+        assert_eq!(req.set_timer(10), Err(Error::BadState));
+        assert_eq!(req.cancel_timer(), Err(Error::BadState));
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! - **idiomatic** ([`http`], [`export_http!`]): an [`HttpHandler`] trait with one
 //!   method per event and a [`Request`] with `respond_json`, `respond_html`, and
 //!   streaming helpers; for WebSocket servers ([`ws`], [`export_ws!`]), a
-//!   [`WsHandler`] trait and a [`Ws`] handle with `send_text`, `send`, `close`
-//!   and rx flow control.
+//!   [`WsHandler`] trait and a [`Ws`] handle with `send_text`, `send`, `close`,
+//!   rx flow control and a timer (`set_timer`, then `on_timer`).
 //!
 //! A whole guest (its `lib.rs` also says `#![no_std]`):
 //!

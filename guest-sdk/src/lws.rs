@@ -105,7 +105,7 @@ reasons! {
     HttpBindProtocol = 49,
     /// `LWS_CALLBACK_HTTP_DROP_PROTOCOL`: the transaction ended.
     HttpDropProtocol = 50,
-    /// `LWS_CALLBACK_TIMER`.
+    /// `LWS_CALLBACK_TIMER`: the connection's timer (`lws_set_timer_usecs`) is up.
     Timer = 73,
     /// `LWS_CALLBACK_CLIENT_CLOSED`.
     ClientClosed = 75,
@@ -598,6 +598,30 @@ pub fn lws_callback_on_writable_all_protocol() -> Result<u32, Error> {
     check(abi::lws_callback_on_writable_all_protocol())
 }
 
+/// `lws_set_timer_usecs`: a [`Reason::Timer`] callback for `wsi` (with its
+/// `user`) in `usecs` microseconds; `None` cancels the timer (lws's
+/// `LWS_SET_TIMER_USEC_CANCEL`). A connection has one timer: setting it again
+/// moves it, and it fires once (set it again from the callback to repeat).
+///
+/// ```
+/// use wasmgate_guest::lws::{Wsi, lws_set_timer_usecs};
+/// # let wsi = Wsi::from_raw(1);
+/// let _ = lws_set_timer_usecs(wsi, Some(1_000_000)); // in one second
+/// let _ = lws_set_timer_usecs(wsi, None); // not after all
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for more than `i64::MAX` microseconds, [`Error::BadState`]
+/// for an unknown or closing connection (and always off wasm32).
+pub fn lws_set_timer_usecs(wsi: Wsi, usecs: Option<u64>) -> Result<(), Error> {
+    let usecs = match usecs {
+        Some(n) => i64::try_from(n).map_err(|_| Error::Invalid)?,
+        None => abi::LWS_SET_TIMER_USEC_CANCEL,
+    };
+    check(abi::lws_set_timer_usecs(wsi.0, usecs)).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +734,18 @@ mod tests {
             lws_callback_on_writable_all_protocol(),
             Err(Error::BadState)
         );
+        assert_eq!(lws_set_timer_usecs(wsi, Some(1_000)), Err(Error::BadState));
+        assert_eq!(lws_set_timer_usecs(wsi, None), Err(Error::BadState));
+    }
+
+    #[test]
+    fn a_timer_too_far_away_is_invalid() {
+        let wsi = Wsi::from_raw(1);
+        assert_eq!(
+            lws_set_timer_usecs(wsi, Some(u64::MAX)),
+            Err(Error::Invalid)
+        );
+        assert_eq!(abi::LWS_SET_TIMER_USEC_CANCEL, -1);
     }
 
     #[test]

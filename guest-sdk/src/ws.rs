@@ -85,8 +85,9 @@ impl Fragment {
 ///
 /// Per connection, the events come in this order: `on_filter`, then (if it
 /// accepted) `on_established`, then `on_receive`, `on_pong` and `on_writeable`
-/// as data and room arrive, `on_peer_close` if the peer starts the close, and
-/// always `on_closed` last. Functions that return [`Flow`] close the connection
+/// as data and room arrive, `on_timer` when a timer set with [`Ws::set_timer`]
+/// is up, `on_peer_close` if the peer starts the close, and always `on_closed`
+/// last. Functions that return [`Flow`] close the connection
 /// with [`Flow::Close`]; [`Ws::close`] says with which code.
 pub trait WsHandler {
     /// Per-connection state, lws's per-session data: a fresh `Default` value for
@@ -136,6 +137,13 @@ pub trait WsHandler {
     /// `SERVER_WRITEABLE`: after [`Ws::ask_writeable`] (or
     /// [`Ws::writeable_all`]), the tx buffer has room.
     fn on_writeable(ws: &mut Ws, session: &mut Self::Session) -> Flow {
+        let _ = (ws, session);
+        Flow::Continue
+    }
+
+    /// `TIMER`: the timer set with [`Ws::set_timer`] is up. It fires once; set
+    /// it again here for a periodic job (a reading to broadcast, a keepalive).
+    fn on_timer(ws: &mut Ws, session: &mut Self::Session) -> Flow {
         let _ = (ws, session);
         Flow::Continue
     }
@@ -224,6 +232,27 @@ impl Ws {
         lws::lws_callback_on_writable_all_protocol()
     }
 
+    /// Calls `on_timer` for this connection in `usecs` microseconds
+    /// (`lws_set_timer_usecs`). A connection has one timer: setting it again
+    /// moves it; it ends with the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadState`] for a connection that is closing, [`Error::Invalid`]
+    /// for more than `i64::MAX` microseconds.
+    pub fn set_timer(&mut self, usecs: u64) -> Result<(), Error> {
+        lws::lws_set_timer_usecs(self.wsi, Some(usecs))
+    }
+
+    /// Cancels the timer of [`Ws::set_timer`], if one is set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadState`] for a connection that is closing.
+    pub fn cancel_timer(&mut self) -> Result<(), Error> {
+        lws::lws_set_timer_usecs(self.wsi, None)
+    }
+
     /// Stops (`false`) or resumes (`true`) `on_receive` calls and reading from
     /// the peer: lws's rx flow control, for a guest that cannot take more now.
     ///
@@ -290,7 +319,8 @@ pub fn dispatch<H: WsHandler>(
             | Reason::Established
             | Reason::Receive
             | Reason::ReceivePong
-            | Reason::ServerWriteable,
+            | Reason::ServerWriteable
+            | Reason::Timer,
             None,
         ) => return -1,
         (_, None) => return 0,
@@ -312,6 +342,7 @@ pub fn dispatch<H: WsHandler>(
         },
         Reason::ReceivePong => H::on_pong(&mut ws, session, rx.input()),
         Reason::ServerWriteable => H::on_writeable(&mut ws, session),
+        Reason::Timer => H::on_timer(&mut ws, session),
         Reason::WsPeerInitiatedClose => {
             let (code, why) = parse_close(rx.input());
             H::on_peer_close(session, code, why);
@@ -339,6 +370,7 @@ mod tests {
         filtered: bool,
         established: bool,
         pongs: usize,
+        timers: usize,
         peer_close: Option<(u16, usize)>,
         closed: bool,
     }
@@ -370,6 +402,15 @@ mod tests {
                 let _ = ws.close(1000, "bye");
             }
             Flow::Continue
+        }
+
+        fn on_timer(ws: &mut Ws, session: &mut Seen) -> Flow {
+            session.timers += 1;
+            // Off wasm32 re-arming fails: close, to show the error reaches here.
+            match ws.set_timer(1_000_000) {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Close,
+            }
         }
 
         fn on_peer_close(session: &mut Seen, code: u16, reason: &[u8]) {
@@ -410,6 +451,7 @@ mod tests {
             filtered: true,
             established: true,
             pongs: 1,
+            timers: 0,
             peer_close: Some((1000, 2)),
             closed: true,
         };
@@ -449,9 +491,18 @@ mod tests {
     }
 
     #[test]
+    fn timer_events_reach_on_timer() {
+        let mut s = Seen::default();
+        assert_eq!(call(Reason::Timer, Some(&mut s), b""), -1, "re-arm failed");
+        assert_eq!(s.timers, 1);
+        assert_eq!(Reason::Timer.raw(), 73);
+    }
+
+    #[test]
     fn connection_events_without_a_session_are_refused() {
         assert_eq!(call(Reason::Receive, None, b""), -1);
         assert_eq!(call(Reason::ServerWriteable, None, b""), -1);
+        assert_eq!(call(Reason::Timer, None, b""), -1);
         assert_eq!(call(Reason::ProtocolInit, None, b""), 0);
         assert_eq!(call(Reason::Other(99), None, b""), 0);
     }
@@ -507,6 +558,9 @@ mod tests {
         assert_eq!(ws.send_text("hi"), Err(Error::BadState));
         assert_eq!(ws.send_binary(b"hi"), Err(Error::BadState));
         assert_eq!(ws.rx_flow(false), Err(Error::BadState));
+        assert_eq!(ws.set_timer(1_000), Err(Error::BadState));
+        assert_eq!(ws.set_timer(u64::MAX), Err(Error::Invalid));
+        assert_eq!(ws.cancel_timer(), Err(Error::BadState));
         assert_eq!(ws.close(1000, "bye"), Flow::Close);
         assert!(ws.closing, "a refused close reason still closes");
     }

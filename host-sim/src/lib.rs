@@ -47,6 +47,7 @@ struct AdminSection {
     listener: Option<String>,
     trial_callbacks: Option<u32>,
     trial_max_faults: Option<u32>,
+    drain_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -366,6 +367,9 @@ impl Device {
                 cfg.store_bytes = a.store_bytes.unwrap_or(cfg.store_bytes);
                 cfg.trial_callbacks = a.trial_callbacks.unwrap_or(cfg.trial_callbacks);
                 cfg.trial_max_faults = a.trial_max_faults.unwrap_or(cfg.trial_max_faults);
+                if let Some(ms) = a.drain_timeout_ms {
+                    cfg.drain_timeout = Duration::from_millis(ms);
+                }
                 if let Some(l) = &a.listener
                     && !listeners.iter().any(|x| x.name == *l)
                 {

@@ -28,6 +28,9 @@ pub struct AdminConfig {
     /// More faults than this in the trial period roll the module back by
     /// itself. Default 3.
     pub trial_max_faults: u32,
+    /// After a swap, connections still on the old module (WebSockets) are
+    /// closed with 1001 "going away" once this has passed. Default 60 s.
+    pub drain_timeout: std::time::Duration,
 }
 
 impl AdminConfig {
@@ -42,6 +45,7 @@ impl AdminConfig {
             listener: None,
             trial_callbacks: 200,
             trial_max_faults: 3,
+            drain_timeout: std::time::Duration::from_secs(60),
         }
     }
 }

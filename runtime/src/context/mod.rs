@@ -161,6 +161,8 @@ struct Conn {
     ws_closed_delivered: bool,
     /// When the guest's timer fires (`lws_set_timer_usecs`).
     timer: Option<Instant>,
+    /// A swap replaced this connection's module: close it by then.
+    drain_by: Option<Instant>,
     /// Last time the connection moved: a request began, or bytes were queued
     /// by a guest, sent to the peer, or taken from it.
     last_progress: Instant,
@@ -352,6 +354,7 @@ impl Context {
             preface: Vec::new(),
             ws_closed_delivered: false,
             timer: None,
+            drain_by: None,
             last_progress: now,
             writeable_not_before: now,
             hard_close: false,

@@ -225,8 +225,23 @@ impl Context {
 
     /// Timers and writeable callbacks of a WebSocket connection. Returns the
     /// deadlines it wants.
-    pub(super) fn ws_service(&mut self, id: ConnId, now: Instant) -> [Option<Instant>; 3] {
-        let mut due = [None; 3];
+    pub(super) fn ws_service(&mut self, id: ConnId, now: Instant) -> [Option<Instant>; 4] {
+        let mut due = [None; 4];
+        if let Some(conn) = self.conn_mut(id)
+            && let Some(by) = conn.drain_by
+        {
+            if now >= by {
+                conn.drain_by = None;
+                conn.writable = false;
+                if let Some(ws) = conn.ws.as_mut() {
+                    tracing::info!(wsi = id.wsi(), "closing a connection of a replaced module");
+                    ws.close(1001, b"module replaced");
+                }
+                self.mark_dirty(id);
+            } else {
+                due[3] = Some(by);
+            }
+        }
         if let Some(ws) = self.conn_mut(id).and_then(|c| c.ws.as_mut()) {
             let before = ws.tx().len();
             due[0] = ws.poll_timeout(now);

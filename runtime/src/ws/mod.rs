@@ -39,7 +39,7 @@ pub struct Limits {
     /// Default 4096.
     pub rx_buffer_bytes: usize,
     /// Bytes of the output buffer, frame headers included; a frame that does not
-    /// fit is refused with [`SendError::NoSpace`]. Default 65536.
+    /// fit is refused with [`SendError::NoSpace`]. Default 16384.
     pub tx_buffer_bytes: usize,
     /// Silence from the peer (no bytes at all) after which the session sends a
     /// ping; `None` sends none. Default 60 s.
@@ -71,7 +71,7 @@ pub const fn default_limits() -> Limits {
         max_frame_bytes: 16 * 1024 * 1024,
         max_message_bytes: 16 * 1024 * 1024,
         rx_buffer_bytes: 4096,
-        tx_buffer_bytes: 65536,
+        tx_buffer_bytes: 16 * 1024,
         ping_interval: Some(Duration::from_secs(60)),
         pong_timeout: Duration::from_secs(10),
         close_timeout: Duration::from_secs(5),
