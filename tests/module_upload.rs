@@ -528,11 +528,9 @@ fn websockets_on_a_replaced_module_close_after_the_drain_timeout() {
         "draining"
     );
     // ...then closed with 1001 "going away".
-    let frame = loop {
-        match old.read().expect("a close frame, not an error") {
-            tungstenite::Message::Close(frame) => break frame,
-            other => panic!("unexpected {other:?}"),
-        }
+    let frame = match old.read().expect("a close frame, not an error") {
+        tungstenite::Message::Close(frame) => frame,
+        other => panic!("unexpected {other:?}"),
     };
     let frame = frame.expect("a close code");
     assert_eq!(u16::from(frame.code), 1001);
