@@ -601,7 +601,8 @@ pub fn lws_callback_on_writable_all_protocol() -> Result<u32, Error> {
 /// `lws_set_timer_usecs`: a [`Reason::Timer`] callback for `wsi` (with its
 /// `user`) in `usecs` microseconds; `None` cancels the timer (lws's
 /// `LWS_SET_TIMER_USEC_CANCEL`). A connection has one timer: setting it again
-/// moves it, and it fires once (set it again from the callback to repeat).
+/// moves it, and it fires once (set it again from the callback to repeat). The
+/// runtime fires a timer set for more than a day after a day.
 ///
 /// ```
 /// use wasmgate_guest::lws::{Wsi, lws_set_timer_usecs};

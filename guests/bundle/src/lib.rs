@@ -17,6 +17,10 @@ pub const FAULTY: &[u8] = guest!("faulty.wasm");
 /// The lws port's WebSocket echo server (protocol `echo_server`): every
 /// message back as it came, fragments kept, with rx flow control.
 pub const WS_ECHO: &[u8] = guest!("ws_echo.wasm");
+/// Simulated sensor readings pushed to WebSocket clients about once a second
+/// (protocol `readings`), with the HTML page that shows them: timers and a
+/// broadcast in one lws-shaped callback.
+pub const READINGS: &[u8] = guest!("readings.wasm");
 
 /// Every embedded guest by crate name, as a device config names them
 /// (`module = "builtin:http-post"`).
@@ -25,6 +29,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("http-post", HTTP_POST),
     ("faulty", FAULTY),
     ("ws-echo", WS_ECHO),
+    ("readings", READINGS),
 ];
 
 /// The embedded guest called `name`, if there is one.
