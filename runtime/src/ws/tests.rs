@@ -880,14 +880,14 @@ fn client_and_server_talk_through_their_buffers() {
         pump(&mut server, &mut client, t, 4096),
         [Ev::Pong(b"hi".to_vec())]
     );
-    let payload = vec![0xA5; 70_000];
+    let payload = vec![0xA5; 14_000];
     assert_eq!(
-        server.send(SendKind::Binary, &payload[..60_000], false),
+        server.send(SendKind::Binary, &payload[..12_000], false),
         Ok(())
     );
     let mut evs = pump(&mut server, &mut client, t, 4096);
     assert_eq!(
-        server.send(SendKind::Continuation, &payload[60_000..], true),
+        server.send(SendKind::Continuation, &payload[12_000..], true),
         Ok(())
     );
     evs.extend(pump(&mut server, &mut client, t, 4096));
