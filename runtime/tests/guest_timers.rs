@@ -93,3 +93,42 @@ fn a_cancelled_timer_never_fires() {
     }
     assert!(ctx.transmit(id).is_empty());
 }
+
+#[test]
+fn a_guest_rearming_a_zero_timer_cannot_hold_the_loop() {
+    // TIMER re-arms a 0 µs timer every time: each service() fires it once.
+    let module = wat::parse_str(
+        r#"(module
+            (import "lws" "lws_set_timer_usecs" (func $timer (param i32 i64) (result i32)))
+            (import "lws" "lws_callback_on_writable" (func $writable (param i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 0) "\01\00\00\00\00\01\00\00\00\02\00\00\00\04\00\00\08\00\00\00\04\00\00\00\00\03\00\00\04\00\00\00")
+            (data (i32.const 768) "tick")
+            (func (export "wasmgate_protocol") (result i32) (i32.const 0))
+            (func (export "callback") (param $wsi i32) (param $reason i32) (param i32 i32 i32) (result i32)
+              (if (i32.or (i32.eq (local.get $reason) (i32.const 12)) (i32.eq (local.get $reason) (i32.const 73)))
+                (then
+                  (drop (call $timer (local.get $wsi) (i64.const 0)))
+                  (drop (call $writable (local.get $wsi)))))
+              (i32.const 0)))"#,
+    )
+    .unwrap();
+    let mut ctx = device(module);
+    let start = Instant::now();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let id = ctx.accept(0, peer, start).unwrap();
+    ctx.receive(id, b"GET / HTTP/1.1\r\nHost: d\r\n\r\n", start);
+    let before = ctx.stats().callbacks;
+    let due = ctx
+        .service(start + Duration::from_millis(5))
+        .expect("a deadline");
+    assert!(
+        due > start + Duration::from_millis(5),
+        "the re-armed timer waits for the next turn"
+    );
+    let fired = ctx.stats().callbacks - before;
+    assert!(
+        fired <= 3,
+        "one TIMER (plus WRITEABLE) per turn, not {fired}"
+    );
+}

@@ -157,6 +157,8 @@ struct Conn {
     upgraded: bool,
     /// Bytes to send before anything else (the `101` of an upgrade).
     preface: Vec<u8>,
+    /// Bytes that came after the upgrade request, not yet taken by the session.
+    ws_backlog: Vec<u8>,
     /// `CLOSED` was delivered to the guest.
     ws_closed_delivered: bool,
     /// When the guest's timer fires (`lws_set_timer_usecs`).
@@ -352,6 +354,7 @@ impl Context {
             ws: None,
             upgraded: false,
             preface: Vec::new(),
+            ws_backlog: Vec::new(),
             ws_closed_delivered: false,
             timer: None,
             drain_by: None,
@@ -372,7 +375,11 @@ impl Context {
             if c.abort {
                 0
             } else if c.upgraded {
-                c.ws.as_ref().map_or(0, |ws| ws.rx_space())
+                if c.ws_backlog.is_empty() {
+                    c.ws.as_ref().map_or(0, |ws| ws.rx_space())
+                } else {
+                    0 // the backlog goes first
+                }
             } else {
                 c.http.as_ref().map_or(0, ServerConn::rx_space)
             }
@@ -401,9 +408,15 @@ impl Context {
 
     /// The peer sent FIN.
     pub fn peer_closed(&mut self, id: ConnId, now: Instant) {
+        let close_timeout = self.config.limits.ws.close_timeout;
         if let Some(conn) = self.conn_mut(id) {
             if let Some(ws) = conn.ws.as_mut() {
                 ws.peer_closed(now);
+                if !ws.is_closed() {
+                    // Input still waits (paused by the guest): the peer is
+                    // gone, so the session gets a deadline instead of forever.
+                    conn.drain_by = Some(now + close_timeout);
+                }
             } else if let Some(http) = conn.http.as_mut() {
                 http.peer_closed(now);
             }
@@ -526,8 +539,10 @@ impl Context {
 
     /// Sets (`Some`) or cancels (`None`) connection `id`'s timer.
     fn set_timer(&mut self, id: ConnId, usecs: Option<u64>, now: Instant) {
-        // Bounded: a guest cannot ask for a timer past a day.
-        let at = usecs.map(|us| now + std::time::Duration::from_micros(us.min(86_400_000_000)));
+        // Bounded both ways: at least a millisecond (a guest re-arming a zero
+        // timer must not spin the device), at most a day.
+        let at =
+            usecs.map(|us| now + std::time::Duration::from_micros(us.clamp(1_000, 86_400_000_000)));
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -549,11 +564,17 @@ impl Context {
 
     /// Runs the `TIMER` callbacks that are due. Returns the next timer.
     fn fire_timers(&mut self, now: Instant) -> Option<Instant> {
+        // Only what is due now: a timer re-armed by its own callback waits for
+        // the next turn, so a guest cannot keep this loop going.
+        let mut due = Vec::new();
         while let Some(&std::cmp::Reverse((at, id))) = self.timers.peek() {
             if at > now {
-                return Some(at);
+                break;
             }
             self.timers.pop();
+            due.push((at, id));
+        }
+        for (at, id) in due {
             let Some(conn) = self.conn_mut(id).filter(|c| c.timer == Some(at)) else {
                 continue; // moved, cancelled or closed
             };
@@ -561,7 +582,7 @@ impl Context {
             self.callback(id, reason::TIMER, &[], now);
             self.pump(id, now);
         }
-        None
+        self.timers.peek().map(|r| r.0.0)
     }
 
     /// Runs `HTTP_WRITEABLE` for `id` if it asked and its tx buffer is at least
@@ -751,7 +772,10 @@ impl Context {
             .expect("head");
         let path = req.path().to_string();
         tracing::debug!(wsi = id.wsi(), method = req.method(), path = %path, "request");
-        let upgrade = crate::ws::is_upgrade(req);
+        // A listener without WebSocket protocols serves the request as HTTP.
+        let listener = &self.config.listeners[conn.listener];
+        let ws_here = !listener.websocket.is_empty() || listener.default_websocket.is_some();
+        let upgrade = ws_here && crate::ws::is_upgrade(req);
         if self.admin_head(id, &path) {
             return;
         }
@@ -899,6 +923,7 @@ impl Context {
             return;
         };
         conn.writable = false;
+        conn.timer = None; // a timer belongs to its transaction
         if done == Completion::Close {
             conn.abort = true;
         }
@@ -1041,6 +1066,7 @@ impl Context {
         let conn = self.conns[id.index()].as_mut().expect("still open");
         conn.binding = None;
         conn.writable = false;
+        conn.timer = None;
         if let Some(http) = conn.http.as_mut() {
             if http.response_started() || http.request().is_none() {
                 conn.abort = true;

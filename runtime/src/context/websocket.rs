@@ -26,12 +26,14 @@ impl Context {
         };
         let extra = extra.map_or(String::new(), |(k, v)| format!("{k}: {v}\r\n"));
         let body = format!("{why}\n");
-        conn.preface = format!(
+        // Answers to earlier pipelined requests go first.
+        conn.preface = take_http_tx(conn);
+        let refusal = format!(
             "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
              {extra}Connection: close\r\n\r\n{body}",
             body.len()
-        )
-        .into_bytes();
+        );
+        conn.preface.extend_from_slice(refusal.as_bytes());
         conn.abort = true;
         conn.writable = false;
     }
@@ -47,6 +49,10 @@ impl Context {
             .as_ref()
             .and_then(ServerConn::request)
             .expect("head");
+        if req.body_expected() {
+            self.refuse_upgrade(id, 400, "an upgrade request carries no body", None);
+            return;
+        }
         let accepted = match ws::accept(req, &offered, listener.default_websocket.as_deref()) {
             Ok(a) => a,
             Err(r) => {
@@ -73,12 +79,19 @@ impl Context {
             now,
         );
         let conn = self.conn_mut(id).expect("still open");
-        if conn.abort || conn.binding.is_none() {
-            conn.abort = false;
-            if let Some(b) = conn.binding.take() {
+        let answered = conn.http.as_ref().is_some_and(|h| h.response_started());
+        if conn.abort || conn.binding.is_none() || answered {
+            let binding = conn.binding.take();
+            if answered {
+                // The guest answered (or trapped and got its 500): nothing more.
+                conn.abort = true;
+            } else {
+                conn.abort = false;
+                self.refuse_upgrade(id, 403, "the protocol refused the connection", None);
+            }
+            if let Some(b) = binding {
                 self.unbind(b, now);
             }
-            self.refuse_upgrade(id, 403, "the protocol refused the connection", None);
             return;
         }
         let limits = self.config.limits.ws;
@@ -90,13 +103,9 @@ impl Context {
             .unwrap_or_default();
         let mut session = Session::new(Role::Server, limits, now, id.wsi() as u64);
         let taken = session.feed(&leftover, now);
-        if taken < leftover.len() {
-            tracing::warn!(
-                wsi = id.wsi(),
-                "frames sent with the upgrade request did not fit"
-            );
-        }
-        conn.preface = accepted.response;
+        conn.ws_backlog = leftover[taken..].to_vec();
+        conn.preface = take_http_tx(conn);
+        conn.preface.extend_from_slice(&accepted.response);
         conn.ws = Some(Box::new(session));
         conn.upgraded = true;
         tracing::debug!(wsi = id.wsi(), protocol = %accepted.protocol, "WebSocket established");
@@ -142,6 +151,11 @@ impl Context {
             let Some(ws) = conn.ws.as_mut() else {
                 return;
             };
+            if !conn.ws_backlog.is_empty() {
+                // Frames that came with the upgrade request, as room allows.
+                let taken = ws.feed(&conn.ws_backlog, now);
+                conn.ws_backlog.drain(..taken);
+            }
             let Some(event) = ws.poll_event(now, piece) else {
                 return;
             };
@@ -215,6 +229,7 @@ impl Context {
         }
         conn.ws_closed_delivered = true;
         conn.writable = false;
+        conn.timer = None;
         if conn.binding.is_some() {
             self.callback(id, reason::CLOSED, &[], now);
         }
@@ -289,6 +304,7 @@ impl Context {
                     conn.writable = false;
                     conn.ws_closed_delivered = true; // the faulted instance gets no more calls
                     conn.binding = None;
+                    conn.timer = None;
                     if let Some(ws) = conn.ws.as_mut() {
                         ws.close(1011, b"guest module failed");
                     }
@@ -306,4 +322,15 @@ impl Context {
             }
         }
     }
+}
+
+/// The HTTP bytes still queued on `conn` (answers to earlier pipelined
+/// requests), taken out so they go before anything else.
+fn take_http_tx(conn: &mut super::Conn) -> Vec<u8> {
+    let Some(http) = conn.http.as_mut() else {
+        return Vec::new();
+    };
+    let queued = http.tx().to_vec();
+    http.consume_tx(queued.len());
+    queued
 }

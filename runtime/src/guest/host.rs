@@ -189,6 +189,23 @@ fn lws_write(mut cx: Cx<'_>, wsi: i32, buf: i32, len: i32, mode: i32) -> i32 {
     })
 }
 
+/// Runs `f` on a call whose connection is (still) HTTP: the response calls
+/// mean nothing on an upgraded connection.
+fn with_http(
+    cx: &mut Cx<'_>,
+    wsi: i32,
+    bytes: i32,
+    f: impl FnOnce(&mut [u8], &mut Call) -> i32,
+) -> i32 {
+    with_call(cx, wsi, bytes, |mem, call| {
+        if call.ws.is_none() {
+            f(mem, call)
+        } else {
+            BAD_STATE
+        }
+    })
+}
+
 /// Runs `f` on a call whose connection is a WebSocket.
 fn with_ws(
     cx: &mut Cx<'_>,
@@ -262,7 +279,7 @@ fn writable_all(mut cx: Cx<'_>) -> i32 {
 }
 
 fn add_status(mut cx: Cx<'_>, wsi: i32, status: i32) -> i32 {
-    with_call(&mut cx, wsi, 0, |_, call| match status_code(status) {
+    with_http(&mut cx, wsi, 0, |_, call| match status_code(status) {
         Some(code) => response_status(call.http.begin_head(code)),
         None => INVALID,
     })
@@ -276,7 +293,7 @@ fn add_header(
     value: i32,
     value_len: i32,
 ) -> i32 {
-    with_call(
+    with_http(
         &mut cx,
         wsi,
         name_len.saturating_add(value_len),
@@ -292,7 +309,7 @@ fn add_header(
 }
 
 fn content_length(mut cx: Cx<'_>, wsi: i32, length: i64) -> i32 {
-    with_call(&mut cx, wsi, 0, |_, call| match u64::try_from(length) {
+    with_http(&mut cx, wsi, 0, |_, call| match u64::try_from(length) {
         Ok(n) => response_status(call.http.set_content_length(Some(n))),
         Err(_) => INVALID,
     })
@@ -306,7 +323,7 @@ fn common_headers(
     ct_len: i32,
     length: i64,
 ) -> i32 {
-    with_call(&mut cx, wsi, ct_len, |mem, call| {
+    with_http(&mut cx, wsi, ct_len, |mem, call| {
         let Some(content_type) = bytes(mem, content_type, ct_len) else {
             return BAD_POINTER;
         };
@@ -330,13 +347,13 @@ fn common_headers(
 }
 
 fn finalize(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_call(&mut cx, wsi, 0, |_, call| {
+    with_http(&mut cx, wsi, 0, |_, call| {
         response_status(call.http.finalize_head())
     })
 }
 
 fn return_status(mut cx: Cx<'_>, wsi: i32, status: i32, html: i32, html_len: i32) -> i32 {
-    with_call(&mut cx, wsi, html_len, |mem, call| {
+    with_http(&mut cx, wsi, html_len, |mem, call| {
         let Some(html) = bytes(mem, html, html_len) else {
             return BAD_POINTER;
         };
@@ -369,7 +386,7 @@ fn on_writable(mut cx: Cx<'_>, wsi: i32) -> i32 {
 }
 
 fn transaction_completed(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_call(&mut cx, wsi, 0, |_, call| {
+    with_http(&mut cx, wsi, 0, |_, call| {
         let completion = match call.completed {
             Some(done) => done,
             None => call.http.finish_response(),
