@@ -385,7 +385,6 @@ impl Context {
         state.previous = Some((old_guest, old_info));
         state.counters.faults_since_activation = 0;
         state.trial = None;
-        let mut draining = None;
         if let Some(i) = current.take()
             && let Some(inst) = instances[i].as_mut()
         {
@@ -393,23 +392,19 @@ impl Context {
             if inst.bound() == 0 {
                 inst.destroy(now_us);
                 instances[i] = None;
-            } else {
-                draining = Some(i);
             }
         }
-        // Long-lived connections (WebSockets) on the old module get a deadline.
-        if let Some(i) = draining {
+        // Long-lived connections (WebSockets) of the protocol are all on the
+        // old module now (its current instance, or one a trap retired before):
+        // they get a deadline.
+        {
             let drain = self
                 .config
                 .admin
                 .as_ref()
                 .map_or(std::time::Duration::from_secs(60), |a| a.drain_timeout);
             for conn in self.conns.iter_mut().flatten() {
-                if conn.upgraded
-                    && conn
-                        .binding
-                        .is_some_and(|b| b.protocol == p && b.instance == i)
-                {
+                if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
                     conn.drain_by = Some(now + drain);
                 }
             }
