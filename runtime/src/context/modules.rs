@@ -397,16 +397,14 @@ impl Context {
         // Long-lived connections (WebSockets) of the protocol are all on the
         // old module now (its current instance, or one a trap retired before):
         // they get a deadline.
-        {
-            let drain = self
-                .config
-                .admin
-                .as_ref()
-                .map_or(std::time::Duration::from_secs(60), |a| a.drain_timeout);
-            for conn in self.conns.iter_mut().flatten() {
-                if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
-                    conn.drain_by = Some(now + drain);
-                }
+        let drain = self
+            .config
+            .admin
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(60), |a| a.drain_timeout);
+        for conn in self.conns.iter_mut().flatten() {
+            if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
+                conn.drain_by = Some(now + drain);
             }
         }
     }
