@@ -537,3 +537,38 @@ fn websockets_on_a_replaced_module_close_after_the_drain_timeout() {
     let _ = old.flush(); // sends the answering close frame
     sim.wait_for_log("retired instance dropped");
 }
+
+#[test]
+fn a_module_asking_for_more_than_the_device_allows_is_a_conflict() {
+    let dir = support::scratch_dir();
+    let key = dir.join("k");
+    assert!(wasmgate(&["keygen", "--out", s(&key)]).0);
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let sim = device(&format!("keys = [\"{}\"]", public.trim()));
+    let hello = write_module(sim.dir(), "hello.wasm", wasmgate_guests::HELLO);
+    let out = sim.dir().join("greedy.wasm");
+    let (ok, _, err) = wasmgate(&[
+        "sign",
+        s(&hello),
+        "--key",
+        s(&key.with_extension("key")),
+        "--protocol",
+        "http",
+        "--max-memory-pages",
+        "64",
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{err}");
+    let r = upload(&sim, "http", &std::fs::read(&out).unwrap());
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        json(&r)["error"]
+            .as_str()
+            .unwrap()
+            .contains("64 memory pages"),
+        "{}",
+        r.text()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

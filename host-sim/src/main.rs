@@ -62,6 +62,12 @@ enum Command {
         /// Output file (default: MODULE.signed.wasm).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Fuel per callback the module asks for (a device allowing less refuses it).
+        #[arg(long, value_name = "N")]
+        fuel: Option<u64>,
+        /// Memory pages (64 KiB) the module asks for (a device allowing less refuses it).
+        #[arg(long, value_name = "N")]
+        max_memory_pages: Option<u32>,
     },
     /// Show a module's manifest, signature, imports and exports, and check it
     /// against the guest ABI.
@@ -113,9 +119,17 @@ fn main() -> ExitCode {
             protocol,
             version,
             out,
+            fuel,
+            max_memory_pages,
         } => {
             let out = out.unwrap_or_else(|| module.with_extension("signed.wasm"));
-            report(tools::sign(&module, &key, &protocol, &version, &out).map_err(Into::into))
+            let limits = wasmgate::store::RequestedLimits {
+                fuel_per_callback: fuel,
+                max_memory_pages,
+            };
+            report(
+                tools::sign(&module, &key, &protocol, &version, limits, &out).map_err(Into::into),
+            )
         }
         Command::Inspect { module } => report(
             tools::inspect(&module)

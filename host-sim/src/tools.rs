@@ -225,7 +225,8 @@ fn read_secret(path: &Path) -> Result<[u8; 32], ToolError> {
 }
 
 /// Signs `module` for `protocol` with the secret key in `key`, recording
-/// `version` in the manifest (no limits requested), and writes the signed file
+/// `version` and the `limits` the module asks for in the manifest (a device
+/// that allows less refuses it with 409), and writes the signed file
 /// to `out` (which may be `module` itself). A signature already in the file is
 /// replaced. Prints what it wrote.
 ///
@@ -238,15 +239,17 @@ pub fn sign(
     key: &Path,
     protocol: &str,
     version: &str,
+    limits: RequestedLimits,
     out: &Path,
 ) -> Result<(), ToolError> {
     let wasm = read_file(module)?;
     let secret = read_secret(key)?;
-    let signed =
-        sign_bytes(&wasm, &secret, protocol, version).map_err(|error| ToolError::Module {
+    let signed = sign_bytes(&wasm, &secret, protocol, version, limits).map_err(|error| {
+        ToolError::Module {
             path: module.to_path_buf(),
             error,
-        })?;
+        }
+    })?;
     std::fs::write(out, &signed).map_err(write_error(out))?;
     let public = SigningKey::from_bytes(&secret).verifying_key().to_bytes();
     println!(
@@ -263,12 +266,13 @@ fn sign_bytes(
     secret: &[u8; 32],
     protocol: &str,
     version: &str,
+    limits: RequestedLimits,
 ) -> Result<Vec<u8>, wasmgate::store::ModuleError> {
     let manifest = Manifest {
         protocol: protocol.to_string(),
         version: version.to_string(),
         abi: ABI_VERSION,
-        limits: RequestedLimits::default(),
+        limits,
     };
     wasmgate::store::sign(wasm, &manifest, secret)
 }
@@ -626,7 +630,14 @@ pub fn upload(
         }
         (None, Some(key)) => {
             let secret = read_secret(key)?;
-            sign_bytes(&bytes, &secret, protocol, DEV_VERSION).map_err(module_error)?
+            sign_bytes(
+                &bytes,
+                &secret,
+                protocol,
+                DEV_VERSION,
+                RequestedLimits::default(),
+            )
+            .map_err(module_error)?
         }
         (_, None) => bytes,
     };
@@ -1013,7 +1024,19 @@ mod tests {
         let module = dir.0.join("http_post.wasm");
         std::fs::write(&module, wasmgate_guests::HTTP_POST).unwrap();
         let out = dir.0.join("http_post.signed.wasm");
-        sign(&module, &dir.0.join("dev.key"), "http", "1.2.0", &out).unwrap();
+        let limits = RequestedLimits {
+            fuel_per_callback: None,
+            max_memory_pages: Some(2),
+        };
+        sign(
+            &module,
+            &dir.0.join("dev.key"),
+            "http",
+            "1.2.0",
+            limits,
+            &out,
+        )
+        .unwrap();
 
         let file = std::fs::read(&out).unwrap();
         let m = Module::parse(&file, "http").unwrap();
@@ -1025,7 +1048,7 @@ mod tests {
         for expected in [
             "signature: valid, by key",
             &hex::encode(key),
-            "protocol `http`, version 1.2.0, abi 1, limits: none requested",
+            "protocol `http`, version 1.2.0, abi 1, limits: max_memory_pages 2",
             "ABI check: ok",
             "lws.lws_write: func (i32, i32, i32, i32) -> i32",
             "callback: func (i32, i32, i32, i32, i32) -> i32",
@@ -1072,6 +1095,7 @@ mod tests {
             &with_suffix(&prefix, ".pub"),
             "http",
             "1",
+            RequestedLimits::default(),
             &dir.0.join("o"),
         )
         .unwrap_err();
@@ -1232,7 +1256,15 @@ mod tests {
         keygen(&prefix).unwrap();
         let module = dir.0.join("m.wasm");
         std::fs::write(&module, wasmgate_guests::HELLO).unwrap();
-        sign(&module, &with_suffix(&prefix, ".key"), "http", "1", &module).unwrap();
+        sign(
+            &module,
+            &with_suffix(&prefix, ".key"),
+            "http",
+            "1",
+            wasmgate::store::RequestedLimits::default(),
+            &module,
+        )
+        .unwrap();
         // Nothing listens here: the check happens before connecting.
         let err = upload("http://127.0.0.1:9", "echo", None, &module, None).unwrap_err();
         assert!(matches!(err, ToolError::WrongProtocol { .. }), "{err}");
