@@ -32,6 +32,30 @@ struct DeviceFile {
     #[serde(default, rename = "listener")]
     listeners: Vec<ListenerSection>,
     admin: Option<AdminSection>,
+    #[serde(default, rename = "client")]
+    clients: Vec<ClientSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientSection {
+    name: String,
+    /// The device protocol whose guest gets the callbacks.
+    protocol: String,
+    address: String,
+    port: u16,
+    #[serde(default = "root_path")]
+    path: String,
+    host: Option<String>,
+    origin: Option<String>,
+    /// `Sec-WebSocket-Protocol` to ask for.
+    ws_protocol: Option<String>,
+    #[serde(default)]
+    reconnect: bool,
+}
+
+fn root_path() -> String {
+    "/".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,6 +411,23 @@ impl Device {
                 .flash
                 .unwrap_or_else(|| PathBuf::from(".wasmgate-flash")),
         );
+        let clients = file
+            .clients
+            .into_iter()
+            .map(|c| wasmgate::config::Client {
+                name: c.name,
+                protocol: c.protocol,
+                target: wasmgate::config::ClientTarget {
+                    address: c.address,
+                    port: c.port,
+                    path: c.path,
+                    host: c.host,
+                    origin: c.origin,
+                    ws_protocol: c.ws_protocol,
+                },
+                reconnect: c.reconnect,
+            })
+            .collect();
         let config = wasmgate::Config {
             name: file.device.name,
             listeners,
@@ -394,6 +435,7 @@ impl Device {
             limits,
             guest,
             admin,
+            clients,
         };
         config
             .validate()

@@ -66,6 +66,7 @@ fn device(handler: Handler) -> Context {
         limits: Limits::DEFAULT,
         guest: GuestLimits::DEFAULT,
         admin: None,
+        clients: Vec::new(),
     };
     Context::new(config, Instant::now()).expect("bench device starts")
 }

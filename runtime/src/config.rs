@@ -20,6 +20,40 @@ pub struct Config {
     pub guest: GuestLimits,
     /// The admin API (module upload, status); `None` disables it.
     pub admin: Option<crate::admin::AdminConfig>,
+    /// WebSocket client connections the device opens at start.
+    pub clients: Vec<Client>,
+}
+
+/// A WebSocket client connection the device opens at start (and reopens with
+/// backoff, if asked to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Name used in logs.
+    pub name: String,
+    /// The device protocol whose guest gets the connection's callbacks.
+    pub protocol: String,
+    /// Where to connect.
+    pub target: ClientTarget,
+    /// Reconnect with backoff (1 s doubling to 60 s, with jitter) when the
+    /// connection fails or closes.
+    pub reconnect: bool,
+}
+
+/// The far end of a WebSocket client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTarget {
+    /// Host name or IP address.
+    pub address: String,
+    /// TCP port.
+    pub port: u16,
+    /// Request path.
+    pub path: String,
+    /// `Host` header (`None`: `address:port`).
+    pub host: Option<String>,
+    /// `Origin` header.
+    pub origin: Option<String>,
+    /// `Sec-WebSocket-Protocol` to ask for.
+    pub ws_protocol: Option<String>,
 }
 
 /// A listening port and the protocols mounted on it.
@@ -224,6 +258,14 @@ impl Config {
         for (i, p) in self.protocols.iter().enumerate() {
             if self.protocols[..i].iter().any(|q| q.name == p.name) {
                 return Err(ConfigError::DuplicateProtocol(p.name.clone()));
+            }
+        }
+        for c in &self.clients {
+            if !self.protocols.iter().any(|p| p.name == c.protocol) {
+                return Err(ConfigError::UnknownProtocol {
+                    listener: format!("client {}", c.name),
+                    protocol: c.protocol.clone(),
+                });
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {

@@ -58,6 +58,7 @@ fn device(module: Vec<u8>) -> Context {
         limits: Limits::DEFAULT,
         guest: GuestLimits::DEFAULT,
         admin: None,
+        clients: Vec::new(),
     };
     Context::new(config, Instant::now()).expect("device starts")
 }

@@ -2,6 +2,7 @@
 //! and the dispatch of HTTP events to guest callbacks. Sans-IO like the layers
 //! below it: a driver (`net`) feeds bytes and the time in, and takes bytes out.
 
+mod client;
 mod modules;
 mod websocket;
 
@@ -165,6 +166,8 @@ struct Conn {
     timer: Option<Instant>,
     /// A swap replaced this connection's module: close it by then.
     drain_by: Option<Instant>,
+    /// Set for a WebSocket client connection the device opened.
+    client: Option<client::ClientState>,
     /// Last time the connection moved: a request began, or bytes were queued
     /// by a guest, sent to the peer, or taken from it.
     last_progress: Instant,
@@ -173,6 +176,59 @@ struct Conn {
     /// The connection stalled: close it even with bytes still queued.
     hard_close: bool,
     dirty: bool,
+}
+
+impl Conn {
+    fn new(
+        id: ConnId,
+        listener: usize,
+        peer: SocketAddr,
+        http: crate::http::Limits,
+        now: Instant,
+    ) -> Self {
+        Conn {
+            id,
+            listener,
+            peer,
+            http: Some(ServerConn::new(http, now)),
+            binding: None,
+            writable: false,
+            abort: false,
+            admin: None,
+            ws: None,
+            upgraded: false,
+            preface: Vec::new(),
+            ws_backlog: Vec::new(),
+            ws_closed_delivered: false,
+            timer: None,
+            drain_by: None,
+            client: None,
+            last_progress: now,
+            writeable_not_before: now,
+            hard_close: false,
+            dirty: false,
+        }
+    }
+
+    /// The reason numbers this connection's role uses: (receive, pong,
+    /// writeable, closed).
+    fn ws_reasons(&self) -> (i32, i32, i32, i32) {
+        if self.client.is_some() {
+            (
+                reason::CLIENT_RECEIVE,
+                reason::CLIENT_RECEIVE_PONG,
+                reason::CLIENT_WRITEABLE,
+                reason::CLIENT_CLOSED,
+            )
+        } else {
+            (
+                reason::RECEIVE,
+                reason::RECEIVE_PONG,
+                reason::SERVER_WRITEABLE,
+                reason::CLOSED,
+            )
+        }
+    }
 }
 
 /// The runtime of one device. See the crate docs for the layers.
@@ -193,6 +249,10 @@ pub struct Context {
     /// Guest timers, soonest first; an entry whose connection has moved its
     /// timer (or closed) is skipped when it comes up.
     timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>,
+    /// Client connections waiting for the driver to connect them.
+    connects: Vec<(ConnId, String, u16)>,
+    /// Config clients waiting to reconnect.
+    reconnects: Vec<client::Reconnect>,
     epoch: Instant,
     stats: Stats,
 }
@@ -275,7 +335,7 @@ impl Context {
             });
         }
         let max = config.limits.max_connections;
-        Ok(Context {
+        let mut ctx = Context {
             engine,
             store,
             unix_at_epoch: 0,
@@ -286,10 +346,14 @@ impl Context {
             scratch: Vec::new(),
             fragment: crate::guest::Fragment::default(),
             timers: std::collections::BinaryHeap::new(),
+            connects: Vec::new(),
+            reconnects: Vec::new(),
             epoch: now,
             stats: Stats::default(),
             config,
-        })
+        };
+        ctx.open_config_clients(now);
+        Ok(ctx)
     }
 
     /// The config this context runs.
@@ -342,27 +406,7 @@ impl Context {
         };
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         let id = ConnId::new(slot, self.generations[slot]);
-        self.conns[slot] = Some(Conn {
-            id,
-            listener,
-            peer,
-            http: Some(ServerConn::new(self.config.limits.http, now)),
-            binding: None,
-            writable: false,
-            abort: false,
-            admin: None,
-            ws: None,
-            upgraded: false,
-            preface: Vec::new(),
-            ws_backlog: Vec::new(),
-            ws_closed_delivered: false,
-            timer: None,
-            drain_by: None,
-            last_progress: now,
-            writeable_not_before: now,
-            hard_close: false,
-            dirty: false,
-        });
+        self.conns[slot] = Some(Conn::new(id, listener, peer, self.config.limits.http, now));
         self.stats.accepted += 1;
         tracing::debug!(%peer, wsi = id.wsi(), "accepted");
         Ok(id)
@@ -374,6 +418,11 @@ impl Context {
         self.conn(id).map_or(0, |c| {
             if c.abort {
                 0
+            } else if let Some(cl) = c.client.as_ref().filter(|_| !c.upgraded) {
+                match &cl.phase {
+                    client::Phase::Handshake { head, .. } => 4096usize.saturating_sub(head.len()),
+                    _ => 0,
+                }
             } else if c.upgraded {
                 if c.ws_backlog.is_empty() {
                     c.ws.as_ref().map_or(0, |ws| ws.rx_space())
@@ -392,6 +441,13 @@ impl Context {
         let Some(conn) = self.conn_mut(id) else {
             return 0;
         };
+        if conn.client.is_some() && !conn.upgraded {
+            let taken = self.client_handshake_bytes(id, data, now);
+            if let Some(conn) = self.conn_mut(id) {
+                conn.last_progress = now;
+            }
+            return taken;
+        }
         let taken = if conn.abort {
             0
         } else if conn.upgraded {
@@ -408,6 +464,17 @@ impl Context {
 
     /// The peer sent FIN.
     pub fn peer_closed(&mut self, id: ConnId, now: Instant) {
+        if self
+            .conn(id)
+            .is_some_and(|c| c.client.is_some() && !c.upgraded)
+        {
+            self.client_failed(
+                id,
+                "the server closed the connection during the handshake",
+                now,
+            );
+            return;
+        }
         let close_timeout = self.config.limits.ws.close_timeout;
         if let Some(conn) = self.conn_mut(id) {
             if let Some(ws) = conn.ws.as_mut() {
@@ -460,6 +527,9 @@ impl Context {
     /// everything queued has been sent.
     pub fn should_close(&self, id: ConnId) -> bool {
         self.conn(id).is_none_or(|c| {
+            if c.client.is_some() && !c.upgraded {
+                return c.hard_close || c.abort;
+            }
             if c.upgraded {
                 let ws = c.ws.as_ref();
                 let drained = c.preface.is_empty() && ws.is_none_or(|w| w.tx().is_empty());
@@ -488,7 +558,9 @@ impl Context {
         if let Some(binding) = self.conns[slot].as_mut().and_then(|c| c.binding.take()) {
             self.unbind(binding, now);
         }
-        self.conns[slot] = None;
+        if let Some(client) = self.conns[slot].take().and_then(|c| c.client) {
+            self.client_gone(&client, now);
+        }
         tracing::debug!(wsi = id.wsi(), "closed");
     }
 
@@ -507,11 +579,17 @@ impl Context {
     /// Returns when it wants to run next (`None`: only when input arrives).
     pub fn service(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = self.fire_timers(now);
+        if let Some(due) = self.client_service(now) {
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
             };
             let id = conn.id;
+            if conn.client.is_some() && !conn.upgraded {
+                continue; // client_service watches the handshake
+            }
             if conn.upgraded {
                 for due in self.ws_service(id, now).into_iter().flatten() {
                     next = Some(next.map_or(due, |n| n.min(due)));
@@ -536,6 +614,20 @@ impl Context {
     }
 
     // ---- dispatch ----
+
+    /// Up to `n` connection ids that a new client connection could take.
+    fn free_wsis(&self, n: usize) -> Vec<i32> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_none())
+            .take(n)
+            .map(|(slot, _)| ConnId::new(slot, self.generations[slot].wrapping_add(1)).wsi())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev() // `pop` hands out the lowest slot first
+            .collect()
+    }
 
     /// Sets (`Some`) or cancels (`None`) connection `id`'s timer.
     fn set_timer(&mut self, id: ConnId, usecs: Option<u64>, now: Instant) {
@@ -603,7 +695,7 @@ impl Context {
                 .ws
                 .as_ref()
                 .is_some_and(|w| !w.is_closing() && w.tx_space() >= ws_half);
-            (reason::SERVER_WRITEABLE, room && conn.preface.is_empty())
+            (conn.ws_reasons().2, room && conn.preface.is_empty())
         } else {
             let room = conn
                 .http
@@ -937,13 +1029,20 @@ impl Context {
         let now_us = self.now_us(now);
         let on_trap = self.config.guest.on_trap;
         let fragment = std::mem::take(&mut self.fragment);
+        let free_wsis = self.free_wsis(2);
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         let Some(b) = conn.binding else {
             return;
         };
-        if conn.abort && why != reason::CLOSED_HTTP && why != reason::CLOSED {
+        let ending = [
+            reason::CLOSED_HTTP,
+            reason::CLOSED,
+            reason::CLIENT_CLOSED,
+            reason::CLIENT_CONNECTION_ERROR,
+        ];
+        if conn.abort && !ending.contains(&why) {
             return;
         }
         let Some(http) = conn.http.take() else {
@@ -958,6 +1057,8 @@ impl Context {
             rx_flow: None,
             writable_all: false,
             timer: None,
+            free_wsis,
+            connects: Vec::new(),
             peer: conn.peer,
             writable_requested: false,
             completed: None,
@@ -1002,6 +1103,11 @@ impl Context {
         }
         if let Some(timer) = call.timer {
             self.set_timer(id, timer, now);
+        }
+        for request in &call.connects {
+            if let Err(why) = self.open_client(request, Some(b.protocol), None, now) {
+                tracing::warn!(wsi = id.wsi(), "client connection not made: {why}");
+            }
         }
         let conn = self.conns[id.index()].as_mut().expect("still open");
         let fault = outcome.result.is_err();

@@ -148,6 +148,7 @@ impl Context {
             let Some(conn) = self.conns[id.index()].as_mut().filter(|c| c.id == id) else {
                 return;
             };
+            let conn_reasons = conn.ws_reasons();
             let Some(ws) = conn.ws.as_mut() else {
                 return;
             };
@@ -175,12 +176,12 @@ impl Context {
                         binary,
                         remaining,
                     };
-                    (reason::RECEIVE, fragment)
+                    (conn_reasons.0, fragment)
                 }
                 Event::Pong(payload) => {
                     self.scratch.clear();
                     self.scratch.extend_from_slice(payload);
-                    (reason::RECEIVE_PONG, Fragment::default())
+                    (conn_reasons.1, Fragment::default())
                 }
                 Event::PeerClose { payload } => {
                     self.scratch.clear();
@@ -231,7 +232,8 @@ impl Context {
         conn.writable = false;
         conn.timer = None;
         if conn.binding.is_some() {
-            self.callback(id, reason::CLOSED, &[], now);
+            let closed = conn.ws_reasons().3;
+            self.callback(id, closed, &[], now);
         }
         if let Some(b) = self.conn_mut(id).and_then(|c| c.binding.take()) {
             self.unbind(b, now);
@@ -287,7 +289,7 @@ impl Context {
     ) {
         match result {
             Ok(0) => {}
-            Ok(_) if why == reason::CLOSED => {}
+            Ok(_) if why == reason::CLOSED || why == reason::CLIENT_CLOSED => {}
             Ok(n) => {
                 let (code, text) = close_reason.unwrap_or((1000, Vec::new()));
                 tracing::debug!(wsi = id.wsi(), code, "callback {why} returned {n}: closing");

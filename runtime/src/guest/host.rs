@@ -5,7 +5,7 @@
 use wasmi::{Caller, Engine, Linker, ValType};
 
 use super::status::{BAD_POINTER, BAD_STATE, INVALID, NO_SPACE, NOT_FOUND};
-use super::{Call, HostState};
+use super::{Call, ConnectRequest, HostState};
 use crate::http::{Completion, QueryArgError, ResponseError};
 use crate::ws::{SendError, SendKind};
 
@@ -42,6 +42,7 @@ const SIGNATURES: &[(&str, &[ValType], &[ValType])] = &[
     ("lws_rx_flow_control", &[I32; 2], &[I32]),
     ("lws_callback_on_writable_all_protocol", &[], &[I32]),
     ("lws_set_timer_usecs", &[I32, I64], &[I32]),
+    ("lws_client_connect_via_info", &[I32], &[I32]),
 ];
 
 /// `lws_write` modes (lws 4.3's `enum lws_write_protocol`).
@@ -265,6 +266,70 @@ fn set_timer(mut cx: Cx<'_>, wsi: i32, usecs: i64) -> i32 {
         call.timer = Some(u64::try_from(usecs).ok());
         0
     })
+}
+
+/// `lws_client_connect_via_info`: reads the 56-byte info struct (see
+/// `docs/abi.md`) and queues the connection.
+fn client_connect(mut cx: Cx<'_>, info: i32) -> i32 {
+    charge(&mut cx, 56);
+    let Some(memory) = cx.data().memory else {
+        return BAD_STATE;
+    };
+    let (mem, state) = memory.data_and_store_mut(&mut cx);
+    let Some(call) = state.call.as_mut() else {
+        return BAD_STATE; // no connection context (e.g. PROTOCOL_INIT)
+    };
+    let Some(raw) = bytes(mem, info, 56) else {
+        return BAD_POINTER;
+    };
+    let field = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().expect("4 bytes"));
+    let text = |i: usize| -> Result<Option<String>, i32> {
+        let (ptr, len) = (field(i) as i32, field(i + 4) as i32);
+        if len == 0 {
+            return Ok(None);
+        }
+        let b = bytes(mem, ptr, len).ok_or(BAD_POINTER)?;
+        let s = std::str::from_utf8(b).map_err(|_| BAD_POINTER)?;
+        if s.len() > 1024 || s.bytes().any(|c| c.is_ascii_control()) {
+            return Err(INVALID);
+        }
+        Ok(Some(s.to_string()))
+    };
+    let parsed = (|| -> Result<ConnectRequest, i32> {
+        let address = text(0)?.ok_or(INVALID)?;
+        let port = u16::try_from(field(8))
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(INVALID)?;
+        if field(44) & 1 != 0 {
+            return Err(INVALID); // LCCSCF_USE_SSL: no TLS yet
+        }
+        Ok(ConnectRequest {
+            wsi: 0,
+            target: crate::config::ClientTarget {
+                address,
+                port,
+                path: text(12)?.unwrap_or_else(|| "/".into()),
+                host: text(20)?,
+                origin: text(28)?,
+                ws_protocol: text(36)?,
+            },
+            local_protocol: text(48)?,
+        })
+    })();
+    let mut request = match parsed {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if call.connects.len() >= 4 {
+        return NO_SPACE; // a few per callback is plenty
+    }
+    let Some(wsi) = call.free_wsis.pop() else {
+        return NO_SPACE;
+    };
+    request.wsi = wsi;
+    call.connects.push(request);
+    wsi
 }
 
 fn writable_all(mut cx: Cx<'_>) -> i32 {
@@ -556,6 +621,8 @@ pub(super) fn linker(engine: &Engine) -> Linker<HostState> {
         l.func_wrap("lws", "lws_callback_on_writable_all_protocol", writable_all)
             .is_ok(),
         l.func_wrap("lws", "lws_set_timer_usecs", set_timer).is_ok(),
+        l.func_wrap("lws", "lws_client_connect_via_info", client_connect)
+            .is_ok(),
     ];
     debug_assert!(
         defined.iter().all(|ok| *ok),

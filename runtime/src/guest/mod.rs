@@ -40,6 +40,18 @@ pub mod reason {
     pub const HTTP_DROP_PROTOCOL: i32 = 50;
     /// The connection closed while a transaction was bound.
     pub const CLOSED_HTTP: i32 = 5;
+    /// A client connection could not be made; `in` says why.
+    pub const CLIENT_CONNECTION_ERROR: i32 = 1;
+    /// A client connection's handshake succeeded.
+    pub const CLIENT_ESTABLISHED: i32 = 3;
+    /// A piece of a message on a client connection.
+    pub const CLIENT_RECEIVE: i32 = 8;
+    /// A pong on a client connection.
+    pub const CLIENT_RECEIVE_PONG: i32 = 9;
+    /// A client connection can take more output.
+    pub const CLIENT_WRITEABLE: i32 = 10;
+    /// A client connection ended.
+    pub const CLIENT_CLOSED: i32 = 75;
     /// A WebSocket upgrade asks for the protocol; non-zero refuses it.
     pub const FILTER_PROTOCOL_CONNECTION: i32 = 20;
     /// A WebSocket session is open.
@@ -133,6 +145,17 @@ pub struct Fragment {
     pub remaining: u64,
 }
 
+/// A client connection a guest asked for with `lws_client_connect_via_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRequest {
+    /// The `wsi` it was given.
+    pub wsi: i32,
+    /// Where to connect.
+    pub target: crate::config::ClientTarget,
+    /// The protocol that gets its callbacks (`None`: the caller's).
+    pub local_protocol: Option<String>,
+}
+
 /// One connection lent to the guest for the duration of a callback.
 #[derive(Debug)]
 pub struct Call {
@@ -154,6 +177,11 @@ pub struct Call {
     /// Set by `lws_set_timer_usecs`: `Some(None)` cancels, `Some(Some(us))`
     /// fires `TIMER` that many microseconds from now.
     pub timer: Option<Option<u64>>,
+    /// `wsi` values free for new client connections, handed out by
+    /// `lws_client_connect_via_info`.
+    pub free_wsis: Vec<i32>,
+    /// Client connections asked for during the call.
+    pub connects: Vec<ConnectRequest>,
     /// The peer's address, for `lws_get_peer_simple`.
     pub peer: SocketAddr,
     /// Set by `lws_callback_on_writable`.

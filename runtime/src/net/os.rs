@@ -1,7 +1,7 @@
 //! The OS-socket driver: mio TCP listeners and streams, one thread, one loop.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -27,6 +27,8 @@ struct Socket {
     readable: bool,
     /// The peer sent FIN.
     eof: bool,
+    /// An outgoing connection still being made.
+    connecting: bool,
 }
 
 #[derive(Debug)]
@@ -145,11 +147,17 @@ impl OsDriver {
         let now = Instant::now();
         let mut accept_on = Vec::new();
         let mut lingering = Vec::new();
+        let mut connected = Vec::new();
         for event in &self.events {
             match event.token().0 {
                 t if t < SOCKET_BASE => accept_on.push(t),
                 t if t < LINGER_BASE => {
                     if let Some(s) = self.sockets[t - SOCKET_BASE].as_mut() {
+                        if s.connecting
+                            && (event.is_writable() || event.is_error() || event.is_write_closed())
+                        {
+                            connected.push(t - SOCKET_BASE);
+                        }
                         s.readable |=
                             event.is_readable() || event.is_read_closed() || event.is_error();
                     }
@@ -162,6 +170,9 @@ impl OsDriver {
         }
         for listener in accept_on {
             self.accept(ctx, listener, now);
+        }
+        for slot in connected {
+            self.finish_connect(ctx, slot, now);
         }
         for slot in 0..self.sockets.len() {
             if self.sockets[slot].as_ref().is_some_and(|s| s.readable) {
@@ -210,6 +221,7 @@ impl OsDriver {
                         id,
                         readable: true,
                         eof: false,
+                        connecting: false,
                     });
                 }
                 Err(AcceptError::Full | AcceptError::UnknownListener) => {
@@ -255,8 +267,70 @@ impl OsDriver {
         }
     }
 
+    /// Starts the outgoing connections the context asked for.
+    fn start_connects(&mut self, ctx: &mut Context, now: Instant) {
+        for (id, host, port) in ctx.take_connects() {
+            let addr = (host.as_str(), port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addrs| addrs.next());
+            let Some(addr) = addr else {
+                ctx.connect_failed(id, &format!("cannot resolve `{host}`"), now);
+                continue;
+            };
+            let mut stream = match TcpStream::connect(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    ctx.connect_failed(id, &connect_error(&e), now);
+                    continue;
+                }
+            };
+            let slot = id.index();
+            let token = Token(SOCKET_BASE + slot);
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                ctx.connect_failed(id, &e.to_string(), now);
+                continue;
+            }
+            self.sockets[slot] = Some(Socket {
+                stream,
+                id,
+                readable: false,
+                eof: false,
+                connecting: true,
+            });
+        }
+    }
+
+    /// An outgoing connection reported progress: connected, or failed.
+    fn finish_connect(&mut self, ctx: &mut Context, slot: usize, now: Instant) {
+        let Some(sock) = self.sockets[slot].as_mut() else {
+            return;
+        };
+        let failure = match sock.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(connect_error(&e)),
+            Ok(None) => match sock.stream.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                Err(e) => Some(connect_error(&e)),
+            },
+        };
+        sock.connecting = false;
+        match failure {
+            None => ctx.connected(sock.id, now),
+            Some(why) => {
+                sock.eof = true; // nothing to linger for
+                ctx.connect_failed(sock.id, &why, now);
+            }
+        }
+    }
+
     /// Sends what the context queued, and closes what it is done with.
     fn flush(&mut self, ctx: &mut Context, now: Instant) {
+        self.start_connects(ctx, now);
         let mut ids = ctx.take_dirty();
         // Sockets that could not take everything last time.
         ids.extend(
@@ -353,5 +427,14 @@ impl OsDriver {
                 let _ = self.poll.registry().deregister(&mut l.stream);
             }
         }
+    }
+}
+
+/// A failed connect in words, as `CLIENT_CONNECTION_ERROR` reports it.
+fn connect_error(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
     }
 }
