@@ -20,6 +20,9 @@ pub(super) struct ClientState {
     pub target: ClientTarget,
     /// Index into `config.clients`, for reconnecting.
     pub config: Option<usize>,
+    /// Failed attempts before this one (the backoff grows with it; an
+    /// established connection resets it).
+    pub attempt: u32,
     pub phase: Phase,
     pub deadline: Instant,
 }
@@ -105,7 +108,7 @@ impl Context {
             target: c.target,
             local_protocol: Some(c.protocol),
         };
-        if let Err(why) = self.open_client(&request, None, Some(i), now) {
+        if let Err(why) = self.open_client(&request, None, Some((i, attempt)), now) {
             tracing::warn!(client = %c.name, "cannot open the client connection: {why}");
             self.schedule_reconnect(i, attempt, now);
         }
@@ -117,7 +120,7 @@ impl Context {
         &mut self,
         request: &ConnectRequest,
         caller: Option<usize>,
-        config: Option<usize>,
+        config: Option<(usize, u32)>,
         now: Instant,
     ) -> Result<(), String> {
         let id = ConnId(request.wsi as u32);
@@ -138,7 +141,8 @@ impl Context {
         let mut conn = super::Conn::new(id, usize::MAX, peer, self.config.limits.http, now);
         conn.client = Some(ClientState {
             target: request.target.clone(),
-            config,
+            config: config.map(|(i, _)| i),
+            attempt: config.map_or(0, |(_, a)| a),
             phase: Phase::Connecting,
             deadline: now + CONNECT_TIMEOUT,
         });
@@ -253,7 +257,8 @@ impl Context {
         if let Some(i) = client.config
             && self.config.clients[i].reconnect
         {
-            self.schedule_reconnect(i, 0, now);
+            let established = matches!(client.phase, Phase::Open);
+            self.schedule_reconnect(i, if established { 0 } else { client.attempt }, now);
         }
     }
 
