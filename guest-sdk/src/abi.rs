@@ -133,6 +133,10 @@ unsafe extern "C" {
     /// for `wsi` after `usecs`; one timer per connection, setting it again moves
     /// it, and a negative `usecs` ([`LWS_SET_TIMER_USEC_CANCEL`]) cancels it.
     pub safe fn lws_set_timer_usecs(wsi: i32, usecs: i64) -> i32;
+    /// `lws_client_connect_via_info(info)`: the new client connection's `wsi`
+    /// (> 0) or an error. The host reads the 56-byte [`RawClientConnectInfo`]
+    /// at `info` and the strings it points to; it writes nothing.
+    pub safe fn lws_client_connect_via_info(info: i32) -> i32;
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -224,6 +228,9 @@ mod host_stubs {
     pub fn lws_set_timer_usecs(_wsi: i32, _usecs: i64) -> i32 {
         BAD_STATE
     }
+    pub fn lws_client_connect_via_info(_info: i32) -> i32 {
+        BAD_STATE
+    }
 }
 
 /// A guest-memory offset as the ABI passes it (`i32`). Pointers are 32 bits on
@@ -268,6 +275,51 @@ pub(crate) fn get_peer_simple(wsi: i32, dst: &mut [u8]) -> i32 {
     // SAFETY: `dst` is an exclusive borrow for the whole call, and the host writes
     // at most `dst.len()` bytes into it.
     unsafe { lws_get_peer_simple(wsi, offset(dst.as_ptr()), dst.len() as i32) }
+}
+
+/// Calls [`lws_client_connect_via_info`] with `info`, which must point into
+/// this module's memory for the whole call (the host reads it and the strings
+/// it names, nothing after the call returns).
+pub(crate) fn client_connect_via_info(info: &RawClientConnectInfo) -> i32 {
+    lws_client_connect_via_info(offset(core::ptr::from_ref(info)))
+}
+
+/// The 56-byte struct `lws_client_connect_via_info` reads (lws's `struct
+/// lws_client_connect_info`, the fields the ABI keeps). All fields are
+/// little-endian `u32`s; every string is a pointer (an offset into the guest's
+/// memory) and a length in bytes, and a length of 0 means "not given".
+/// [`crate::lws::ClientConnectInfo`] builds one from `&str`s.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RawClientConnectInfo {
+    /// Host name or IP address to connect to.
+    pub address: u32,
+    /// Its length.
+    pub address_len: u32,
+    /// TCP port.
+    pub port: u32,
+    /// Request path (empty: `/`).
+    pub path: u32,
+    /// Its length.
+    pub path_len: u32,
+    /// `Host` header (empty: `address:port`).
+    pub host: u32,
+    /// Its length.
+    pub host_len: u32,
+    /// `Origin` header (empty: none).
+    pub origin: u32,
+    /// Its length.
+    pub origin_len: u32,
+    /// `Sec-WebSocket-Protocol` to ask for (empty: none).
+    pub protocol: u32,
+    /// Its length.
+    pub protocol_len: u32,
+    /// `LCCSCF_*` flags (`LCCSCF_USE_SSL` is refused until TLS lands).
+    pub ssl_connection: u32,
+    /// The device protocol whose guest gets the callbacks (empty: the caller's).
+    pub local_protocol: u32,
+    /// Its length.
+    pub local_protocol_len: u32,
 }
 
 /// The 32-byte protocol descriptor `wasmgate_protocol` points to (lws's
@@ -418,8 +470,9 @@ impl<const N: usize> fmt::Debug for RxBuffer<N> {
 /// The per-session region: `N` slots of `S` (lws's per-session data, `user`),
 /// `per_session_data_size = size_of::<S>()`, `max_sessions = N`.
 ///
-/// The host zeroes a slot when it binds a request or a WebSocket upgrade to it
-/// (`HTTP_BIND_PROTOCOL`, `FILTER_PROTOCOL_CONNECTION`); the dispatch glue then
+/// The host zeroes a slot when it binds a request, a WebSocket upgrade or a
+/// client connection to it (`HTTP_BIND_PROTOCOL`, `FILTER_PROTOCOL_CONNECTION`,
+/// `CLIENT_ESTABLISHED` / `CLIENT_CONNECTION_ERROR`); the dispatch glue then
 /// writes `S::default()` there before any guest code sees it, so `S` need not be
 /// valid as all-zero bytes. `S: Copy` means a slot never needs dropping.
 pub struct Sessions<S, const N: usize> {
@@ -498,13 +551,19 @@ fn slot_index(base: usize, user: usize, size: usize, count: usize) -> Option<usi
     (offset % size == 0 && index < count).then_some(index)
 }
 
-/// Whether the host has just zeroed the event's session slot for a new binding:
-/// an HTTP transaction (`HTTP_BIND_PROTOCOL`) or a WebSocket connection
-/// (`FILTER_PROTOCOL_CONNECTION`), the first event either sees.
+/// Whether the event is the first a new binding's session slot sees, which the
+/// host has zeroed: an HTTP transaction (`HTTP_BIND_PROTOCOL`), a WebSocket
+/// server connection (`FILTER_PROTOCOL_CONNECTION`), or a client connection
+/// (`CLIENT_ESTABLISHED`, or `CLIENT_CONNECTION_ERROR` when it never opened:
+/// the host binds its slot at `lws_client_connect_via_info`, and one of the
+/// two is the first callback it gets).
 const fn brings_fresh_slot(reason: Reason) -> bool {
     matches!(
         reason,
-        Reason::HttpBindProtocol | Reason::FilterProtocolConnection
+        Reason::HttpBindProtocol
+            | Reason::FilterProtocolConnection
+            | Reason::ClientEstablished
+            | Reason::ClientConnectionError
     )
 }
 
@@ -577,7 +636,8 @@ pub fn describe<S: Default + Copy, const RX: usize, const N: usize>(
 /// The body of the `callback` export: turns the host's five `i32`s into a
 /// [`Wsi`], a [`Reason`], the session slot and the receive buffer, resets the
 /// slot to `S::default()` where the host hands out a zeroed one
-/// (`HTTP_BIND_PROTOCOL`, `FILTER_PROTOCOL_CONNECTION`), and calls `f`. A `user` or
+/// (`HTTP_BIND_PROTOCOL`, `FILTER_PROTOCOL_CONNECTION`, `CLIENT_ESTABLISHED`,
+/// `CLIENT_CONNECTION_ERROR`), and calls `f`. A `user` or
 /// `in` range the host should never send makes the callback return -1.
 ///
 /// # Safety
@@ -648,6 +708,25 @@ mod tests {
     }
 
     #[test]
+    fn client_connect_info_is_56_bytes_in_abi_order() {
+        assert_eq!(size_of::<RawClientConnectInfo>(), 56);
+        assert_eq!(offset_of!(RawClientConnectInfo, address), 0);
+        assert_eq!(offset_of!(RawClientConnectInfo, address_len), 4);
+        assert_eq!(offset_of!(RawClientConnectInfo, port), 8);
+        assert_eq!(offset_of!(RawClientConnectInfo, path), 12);
+        assert_eq!(offset_of!(RawClientConnectInfo, path_len), 16);
+        assert_eq!(offset_of!(RawClientConnectInfo, host), 20);
+        assert_eq!(offset_of!(RawClientConnectInfo, host_len), 24);
+        assert_eq!(offset_of!(RawClientConnectInfo, origin), 28);
+        assert_eq!(offset_of!(RawClientConnectInfo, origin_len), 32);
+        assert_eq!(offset_of!(RawClientConnectInfo, protocol), 36);
+        assert_eq!(offset_of!(RawClientConnectInfo, protocol_len), 40);
+        assert_eq!(offset_of!(RawClientConnectInfo, ssl_connection), 44);
+        assert_eq!(offset_of!(RawClientConnectInfo, local_protocol), 48);
+        assert_eq!(offset_of!(RawClientConnectInfo, local_protocol_len), 52);
+    }
+
+    #[test]
     fn slot_index_accepts_only_slot_starts_inside_the_region() {
         assert_eq!(slot_index(1000, 1000, 16, 4), Some(0));
         assert_eq!(slot_index(1000, 1048, 16, 4), Some(3));
@@ -678,15 +757,22 @@ mod tests {
     }
 
     #[test]
-    fn sessions_start_fresh_at_http_bind_and_websocket_filter_only() {
+    fn sessions_start_fresh_at_the_first_event_of_a_binding_only() {
         assert!(brings_fresh_slot(Reason::HttpBindProtocol));
         assert!(brings_fresh_slot(Reason::FilterProtocolConnection));
+        assert!(brings_fresh_slot(Reason::ClientEstablished));
+        assert!(brings_fresh_slot(Reason::ClientConnectionError));
         for later in [
             Reason::Http,
             Reason::Established,
             Reason::Receive,
             Reason::ServerWriteable,
             Reason::Closed,
+            Reason::ClientReceive,
+            Reason::ClientReceivePong,
+            Reason::ClientWriteable,
+            Reason::ClientClosed,
+            Reason::Timer,
         ] {
             assert!(!brings_fresh_slot(later), "{later:?}");
         }

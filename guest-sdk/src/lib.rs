@@ -9,9 +9,10 @@
 //!   C names, for porting libwebsockets code line by line.
 //! - **idiomatic** ([`http`], [`export_http!`]): an [`HttpHandler`] trait with one
 //!   method per event and a [`Request`] with `respond_json`, `respond_html`, and
-//!   streaming helpers; for WebSocket servers ([`ws`], [`export_ws!`]), a
-//!   [`WsHandler`] trait and a [`Ws`] handle with `send_text`, `send`, `close`,
-//!   rx flow control and a timer (`set_timer`, then `on_timer`).
+//!   streaming helpers; for WebSocket servers and clients ([`ws`],
+//!   [`export_ws!`]), a [`WsHandler`] trait and a [`Ws`] handle with
+//!   `send_text`, `send`, `close`, rx flow control, a timer (`set_timer`, then
+//!   `on_timer`) and `Ws::connect` ([`ClientConnectInfo`]) for client connections.
 //!
 //! A whole guest (its `lib.rs` also says `#![no_std]`):
 //!
@@ -49,7 +50,7 @@ pub mod ws;
 pub use abi::GuestCell;
 pub use http::{Flow, HttpHandler, Request};
 pub use log::{FmtBuf, LogLevel, Lossy};
-pub use lws::{Error, Method, Reason, WriteMode, Wsi};
+pub use lws::{ClientConnectInfo, Error, Method, Reason, WriteMode, Wsi};
 pub use ws::{Fragment, MessageKind, Ws, WsHandler};
 
 /// Logs the panic (see [`log`]) and traps: the runtime then answers `500` (or

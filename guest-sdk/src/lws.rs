@@ -302,7 +302,7 @@ fn copied(ret: i32, dst: &[u8]) -> Result<usize, Error> {
 /// # Errors
 ///
 /// [`Error::NoSpace`] when the tx buffer cannot take `buf` now (ask for
-/// `HTTP_WRITEABLE` or `SERVER_WRITEABLE` and try again), [`Error::BadState`]
+/// `HTTP_WRITEABLE`, `SERVER_WRITEABLE` or `CLIENT_WRITEABLE` and try again), [`Error::BadState`]
 /// before the headers are finalized or after the final piece, or with a mode the
 /// connection does not speak, [`Error::Invalid`] past `Content-Length`.
 pub fn lws_write(wsi: Wsi, buf: &[u8], mode: WriteMode) -> Result<usize, Error> {
@@ -623,6 +623,129 @@ pub fn lws_set_timer_usecs(wsi: Wsi, usecs: Option<u64>) -> Result<(), Error> {
     check(abi::lws_set_timer_usecs(wsi.0, usecs)).map(drop)
 }
 
+/// `LCCSCF_USE_SSL`: the [`ClientConnectInfo::ssl_connection`] flag for a
+/// `wss://` connection. The runtime refuses it ([`Error::Invalid`]) until TLS lands.
+pub const LCCSCF_USE_SSL: u32 = 1;
+
+/// Where [`lws_client_connect_via_info`] connects, lws's `struct
+/// lws_client_connect_info` with the fields the ABI keeps. An empty string
+/// means "not given", as a `NULL` does in C; `Default` leaves everything
+/// empty, so fill in what you need:
+///
+/// ```
+/// use wasmgate_guest::lws::ClientConnectInfo;
+///
+/// let info = ClientConnectInfo {
+///     address: "192.168.1.10",
+///     port: 7681,
+///     path: "/",
+///     protocol: "lws-minimal", // Sec-WebSocket-Protocol
+///     ..Default::default()
+/// };
+/// assert_eq!(info.host, ""); // the runtime sends `192.168.1.10:7681`
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ClientConnectInfo<'a> {
+    /// Host name or IP address to connect to (required).
+    pub address: &'a str,
+    /// TCP port (required, not 0).
+    pub port: u16,
+    /// Request path with its query, e.g. `/` or `/runCase?case=1` (empty: `/`).
+    pub path: &'a str,
+    /// `Host` header (empty: `address:port`).
+    pub host: &'a str,
+    /// `Origin` header (empty: none).
+    pub origin: &'a str,
+    /// `Sec-WebSocket-Protocol` to ask the server for (empty: none).
+    pub protocol: &'a str,
+    /// `LCCSCF_*` flags; 0 for a plain `ws://` connection.
+    pub ssl_connection: u32,
+    /// The device protocol whose guest gets the connection's callbacks (lws's
+    /// `local_protocol_name`; empty: the caller's own).
+    pub local_protocol: &'a str,
+}
+
+impl<'a> ClientConnectInfo<'a> {
+    /// A plain connection to `address:port` asking for `path`, every other
+    /// field empty.
+    pub const fn new(address: &'a str, port: u16, path: &'a str) -> Self {
+        Self {
+            address,
+            port,
+            path,
+            host: "",
+            origin: "",
+            protocol: "",
+            ssl_connection: 0,
+            local_protocol: "",
+        }
+    }
+
+    /// The ABI struct, pointing into the strings `self` borrows: valid only
+    /// while they are.
+    fn to_raw(self) -> abi::RawClientConnectInfo {
+        let text = |s: &str| {
+            let (ptr, len) = abi::ptr_len(s.as_bytes());
+            (ptr as u32, len as u32)
+        };
+        let (address, address_len) = text(self.address);
+        let (path, path_len) = text(self.path);
+        let (host, host_len) = text(self.host);
+        let (origin, origin_len) = text(self.origin);
+        let (protocol, protocol_len) = text(self.protocol);
+        let (local_protocol, local_protocol_len) = text(self.local_protocol);
+        abi::RawClientConnectInfo {
+            address,
+            address_len,
+            port: self.port.into(),
+            path,
+            path_len,
+            host,
+            host_len,
+            origin,
+            origin_len,
+            protocol,
+            protocol_len,
+            ssl_connection: self.ssl_connection,
+            local_protocol,
+            local_protocol_len,
+        }
+    }
+}
+
+/// `lws_client_connect_via_info`: opens a WebSocket client connection and
+/// returns its `wsi` at once. The connection then progresses on its own; its
+/// outcome comes as callbacks to the local protocol (the caller's unless
+/// [`ClientConnectInfo::local_protocol`] names another), with a fresh
+/// per-session slot: [`Reason::ClientEstablished`] or
+/// [`Reason::ClientConnectionError`] (its `in` says why) first, then
+/// `CLIENT_RECEIVE`, `CLIENT_WRITEABLE`... and [`Reason::ClientClosed`] last.
+/// Call it from a connection's callback (any one, even the `CLIENT_CLOSED` of
+/// the connection it replaces), not from `PROTOCOL_INIT`.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for a missing address, port 0, a string the runtime
+/// refuses, or [`LCCSCF_USE_SSL`]; [`Error::NotFound`] when no device protocol
+/// is called `local_protocol`; [`Error::NoSpace`] when the device has no free
+/// connection (one callback can open only a couple); [`Error::BadState`]
+/// outside a connection's callback (and always off wasm32).
+pub fn lws_client_connect_via_info(info: &ClientConnectInfo<'_>) -> Result<Wsi, Error> {
+    // `raw` lives on the stack, in linear memory, until the call returns; the
+    // strings it points to are borrowed by `info` for as long.
+    let raw = info.to_raw();
+    connected_wsi(abi::client_connect_via_info(&raw))
+}
+
+/// The `wsi` `lws_client_connect_via_info` returned, or its error. A host that
+/// answers 0 made no connection: that is [`Error::BadState`].
+fn connected_wsi(ret: i32) -> Result<Wsi, Error> {
+    match check(ret)? {
+        0 => Err(Error::BadState),
+        _ => Ok(Wsi(ret)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,6 +769,7 @@ mod tests {
             (Reason::Receive, 6),
             (Reason::ReceivePong, 7),
             (Reason::ClientReceive, 8),
+            (Reason::ClientReceivePong, 9),
             (Reason::ClientWriteable, 10),
             (Reason::ServerWriteable, 11),
             (Reason::Http, 12),
@@ -737,6 +861,65 @@ mod tests {
         );
         assert_eq!(lws_set_timer_usecs(wsi, Some(1_000)), Err(Error::BadState));
         assert_eq!(lws_set_timer_usecs(wsi, None), Err(Error::BadState));
+        assert_eq!(
+            lws_client_connect_via_info(&ClientConnectInfo::new("127.0.0.1", 80, "/")),
+            Err(Error::BadState)
+        );
+    }
+
+    #[test]
+    fn client_connect_info_fills_every_abi_field() {
+        let info = ClientConnectInfo {
+            address: "example.org",
+            port: 7681,
+            path: "/runCase?case=12&agent=x",
+            host: "example.org:7681",
+            origin: "http://me",
+            protocol: "lws-minimal",
+            ssl_connection: LCCSCF_USE_SSL,
+            local_protocol: "other",
+        };
+        let raw = info.to_raw();
+        let at = |s: &str| abi::ptr_len(s.as_bytes()).0 as u32;
+        assert_eq!((raw.address, raw.address_len), (at(info.address), 11));
+        assert_eq!(raw.port, 7681);
+        assert_eq!((raw.path, raw.path_len), (at(info.path), 24));
+        assert_eq!((raw.host, raw.host_len), (at(info.host), 16));
+        assert_eq!((raw.origin, raw.origin_len), (at(info.origin), 9));
+        assert_eq!((raw.protocol, raw.protocol_len), (at(info.protocol), 11));
+        assert_eq!(raw.ssl_connection, 1);
+        assert_eq!(
+            (raw.local_protocol, raw.local_protocol_len),
+            (at(info.local_protocol), 5)
+        );
+    }
+
+    #[test]
+    fn client_connect_info_leaves_what_is_not_given_empty() {
+        let raw = ClientConnectInfo::new("10.0.0.2", 9001, "/getCaseCount").to_raw();
+        assert_eq!(raw.address_len, 8);
+        assert_eq!(raw.port, 9001);
+        assert_eq!(raw.path_len, 13);
+        assert_eq!(
+            [
+                raw.host_len,
+                raw.origin_len,
+                raw.protocol_len,
+                raw.ssl_connection,
+                raw.local_protocol_len
+            ],
+            [0; 5]
+        );
+        assert_eq!(ClientConnectInfo::default().to_raw().port, 0);
+        assert_eq!(ClientConnectInfo::default().to_raw().address_len, 0);
+    }
+
+    #[test]
+    fn a_connect_answer_is_a_wsi_or_an_error() {
+        assert_eq!(connected_wsi(17), Ok(Wsi::from_raw(17)));
+        assert_eq!(connected_wsi(-3), Err(Error::NoSpace));
+        assert_eq!(connected_wsi(-4), Err(Error::NotFound));
+        assert_eq!(connected_wsi(0), Err(Error::BadState), "no connection");
     }
 
     #[test]

@@ -34,7 +34,9 @@
 ///   `per_session_data_size` is `size_of::<S>()`, as `sizeof(struct pss)` in C.
 ///   `user` is `Some` for connection events, `None` for `PROTOCOL_INIT`/`DESTROY`,
 ///   and holds `S::default()` again at every `HTTP_BIND_PROTOCOL` (a new
-///   request) and `FILTER_PROTOCOL_CONNECTION` (a new WebSocket connection).
+///   request), `FILTER_PROTOCOL_CONNECTION` (a new WebSocket connection) and
+///   `CLIENT_ESTABLISHED` / `CLIENT_CONNECTION_ERROR` (the first event of a
+///   client connection).
 /// - `max_sessions`: slots in the session region: requests (or WebSocket
 ///   connections) served at once.
 #[macro_export]
@@ -85,7 +87,8 @@ macro_rules! export_http {
     };
 }
 
-/// Exports a [`WsHandler`](crate::ws::WsHandler), a WebSocket server protocol:
+/// Exports a [`WsHandler`](crate::ws::WsHandler), a WebSocket protocol (server,
+/// client, or both):
 ///
 /// ```
 /// use wasmgate_guest::{Flow, Fragment, Ws, WsHandler};
@@ -106,11 +109,12 @@ macro_rules! export_http {
 /// ```
 ///
 /// `name`, `rx_buffer_size` and `max_sessions` mean what they mean for
-/// [`export_lws_callback!`]: `name` is what listeners list in `websocket = [...]`,
-/// received pieces are at most `rx_buffer_size` bytes, and `max_sessions` is
-/// the number of connections served at once. The session type is the handler's
+/// [`export_lws_callback!`]: `name` is what listeners list in `websocket = [...]`
+/// (and a `[[client]]`'s `protocol`), received pieces are at most
+/// `rx_buffer_size` bytes, and `max_sessions` is the number of connections
+/// served at once, server and client alike. The session type is the handler's
 /// `Session`, stored as is (`per_session_data_size` is its size), fresh at
-/// every `FILTER_PROTOCOL_CONNECTION`.
+/// every `FILTER_PROTOCOL_CONNECTION` and at a client connection's first event.
 #[macro_export]
 macro_rules! export_ws {
     (

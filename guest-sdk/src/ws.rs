@@ -1,11 +1,14 @@
-//! The idiomatic WebSocket (server) layer: a [`WsHandler`] trait with one method
-//! per event, a [`Ws`] handle to send, close and pace the connection, and the
-//! [`Fragment`] a received piece belongs to. Built only on the lws-shaped layer;
-//! allocation-free, and it keeps no state of its own in the session slot.
+//! The idiomatic WebSocket layer, for servers and clients: a [`WsHandler`]
+//! trait with one method per event, a [`Ws`] handle to send, close and pace the
+//! connection, [`Ws::connect`] to open a client connection, and the
+//! [`Fragment`] a received piece belongs to. One handler serves both roles: a
+//! client connection's `CLIENT_*` events reach the same methods as a server
+//! connection's. Built only on the lws-shaped layer; allocation-free, and it
+//! keeps no state of its own in the session slot.
 
 use crate::abi::Rx;
 use crate::http::Flow;
-use crate::lws::{self, Error, Reason, WriteMode, Wsi};
+use crate::lws::{self, ClientConnectInfo, Error, Reason, WriteMode, Wsi};
 
 /// The longest close reason a close frame carries: 125 payload bytes minus the
 /// 2-byte code (RFC 6455, 5.5).
@@ -83,12 +86,22 @@ impl Fragment {
 /// [`Self::Session`] and across connections in [`GuestCell`](crate::GuestCell)
 /// statics. Export it with [`export_ws!`](crate::export_ws).
 ///
-/// Per connection, the events come in this order: `on_filter`, then (if it
-/// accepted) `on_established`, then `on_receive`, `on_pong` and `on_writeable`
-/// as data and room arrive, `on_timer` when a timer set with [`Ws::set_timer`]
-/// is up, `on_peer_close` if the peer starts the close, and always `on_closed`
-/// last. Functions that return [`Flow`] close the connection
-/// with [`Flow::Close`]; [`Ws::close`] says with which code.
+/// Per server connection, the events come in this order: `on_filter`, then (if
+/// it accepted) `on_established`, then `on_receive`, `on_pong` and
+/// `on_writeable` as data and room arrive, `on_timer` when a timer set with
+/// [`Ws::set_timer`] is up, `on_peer_close` if the peer starts the close, and
+/// always `on_closed` last.
+///
+/// A client connection (opened with [`Ws::connect`], or by the device config's
+/// `[[client]]`) gets the same methods for lws's `CLIENT_*` reasons:
+/// `on_established` (`CLIENT_ESTABLISHED`), `on_receive` (`CLIENT_RECEIVE`),
+/// `on_pong` (`CLIENT_RECEIVE_PONG`), `on_writeable` (`CLIENT_WRITEABLE`),
+/// `on_timer`, `on_peer_close`, and `on_closed` (`CLIENT_CLOSED`) last; or,
+/// when it could not be made, only [`WsHandler::on_client_connection_error`].
+/// Its session is fresh at the first of these.
+///
+/// Functions that return [`Flow`] close the connection with [`Flow::Close`];
+/// [`Ws::close`] says with which code.
 pub trait WsHandler {
     /// Per-connection state, lws's per-session data: a fresh `Default` value for
     /// every connection, stored in the slot the host assigns (no allocation),
@@ -111,13 +124,15 @@ pub trait WsHandler {
         true
     }
 
-    /// `ESTABLISHED`: the `101` is queued; the connection is open.
+    /// `ESTABLISHED`: the `101` is queued; the connection is open. On a client
+    /// connection, `CLIENT_ESTABLISHED`: the server accepted the handshake.
     fn on_established(ws: &mut Ws, session: &mut Self::Session) -> Flow {
         let _ = (ws, session);
         Flow::Continue
     }
 
-    /// `RECEIVE`: the next piece of a message, at most `rx_buffer_size` bytes;
+    /// `RECEIVE` (or `CLIENT_RECEIVE`): the next piece of a message, at most
+    /// `rx_buffer_size` bytes;
     /// `fragment` says where it sits in the message. Text arrives as bytes:
     /// a piece may end inside a character, and the runtime checks the whole
     /// message's UTF-8 (closing with 1007 if it is not).
@@ -128,14 +143,15 @@ pub trait WsHandler {
         fragment: Fragment,
     ) -> Flow;
 
-    /// `RECEIVE_PONG`: a pong arrived (the runtime answers pings itself).
+    /// `RECEIVE_PONG` (or `CLIENT_RECEIVE_PONG`): a pong arrived (the runtime
+    /// answers pings itself).
     fn on_pong(ws: &mut Ws, session: &mut Self::Session, payload: &[u8]) -> Flow {
         let _ = (ws, session, payload);
         Flow::Continue
     }
 
-    /// `SERVER_WRITEABLE`: after [`Ws::ask_writeable`] (or
-    /// [`Ws::writeable_all`]), the tx buffer has room.
+    /// `SERVER_WRITEABLE` (`CLIENT_WRITEABLE` on a client connection): after
+    /// [`Ws::ask_writeable`] (or [`Ws::writeable_all`]), the tx buffer has room.
     fn on_writeable(ws: &mut Ws, session: &mut Self::Session) -> Flow {
         let _ = (ws, session);
         Flow::Continue
@@ -155,9 +171,19 @@ pub trait WsHandler {
         let _ = (session, code, reason);
     }
 
-    /// `CLOSED`: the connection ended, however it did; the slot is freed after.
+    /// `CLOSED` (or `CLIENT_CLOSED`): the connection ended, however it did;
+    /// the slot is freed after. A client may [`Ws::connect`] again from here.
     fn on_closed(session: &mut Self::Session) {
         let _ = session;
+    }
+
+    /// `CLIENT_CONNECTION_ERROR`: a client connection could not be made
+    /// (`message` says why: `connection refused`, `timed out`, `handshake
+    /// rejected with status 404`...). It is the connection's only event: no
+    /// `on_closed` follows, and the slot is freed after. A client may
+    /// [`Ws::connect`] again from here.
+    fn on_client_connection_error(session: &mut Self::Session, message: &str) {
+        let _ = (session, message);
     }
 }
 
@@ -170,6 +196,31 @@ pub struct Ws {
 }
 
 impl Ws {
+    /// Opens a WebSocket client connection (`lws_client_connect_via_info`)
+    /// and returns its `wsi` at once; its events then come to the handler of
+    /// `info.local_protocol` (this guest's when empty), as [`WsHandler`] says.
+    /// An associated function, not a method: call it from any callback of a
+    /// connection, including `on_closed` and `on_client_connection_error`
+    /// (to reconnect, or to open the next connection of a sequence).
+    ///
+    /// ```
+    /// use wasmgate_guest::{Ws, lws::ClientConnectInfo};
+    ///
+    /// let info = ClientConnectInfo::new("127.0.0.1", 7681, "/");
+    /// // Off wasm32 there is no host to connect: BAD_STATE.
+    /// assert!(Ws::connect(&info).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`lws::lws_client_connect_via_info`]: [`Error::Invalid`] for a bad
+    /// field or TLS, [`Error::NotFound`] for an unknown `local_protocol`,
+    /// [`Error::NoSpace`] when the device has no free connection,
+    /// [`Error::BadState`] outside a connection's callback.
+    pub fn connect(info: &ClientConnectInfo<'_>) -> Result<Wsi, Error> {
+        lws::lws_client_connect_via_info(info)
+    }
+
     /// The connection, for the lws-shaped calls in [`crate::lws`].
     pub fn wsi(&self) -> Wsi {
         self.wsi
@@ -287,6 +338,18 @@ fn cut_reason(reason: &str) -> &str {
     reason.get(..end).unwrap_or_default()
 }
 
+/// The longest UTF-8 prefix of `bytes`: the host sends text, but a guest
+/// never trusts it to be.
+fn utf8_prefix(bytes: &[u8]) -> &str {
+    match core::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => bytes
+            .get(..e.valid_up_to())
+            .and_then(|valid| core::str::from_utf8(valid).ok())
+            .unwrap_or_default(),
+    }
+}
+
 /// A close frame's payload as (code, reason): [`NO_STATUS`] and no reason
 /// when it has no code (a 1-byte payload is a protocol error the runtime
 /// rejects; it reads as no code here).
@@ -320,7 +383,11 @@ pub fn dispatch<H: WsHandler>(
             | Reason::Receive
             | Reason::ReceivePong
             | Reason::ServerWriteable
-            | Reason::Timer,
+            | Reason::Timer
+            | Reason::ClientEstablished
+            | Reason::ClientReceive
+            | Reason::ClientReceivePong
+            | Reason::ClientWriteable,
             None,
         ) => return -1,
         (_, None) => return 0,
@@ -334,22 +401,26 @@ pub fn dispatch<H: WsHandler>(
             Ok(protocol) if H::on_filter(&mut ws, session, protocol) => Flow::Continue,
             _ => Flow::Close,
         },
-        Reason::Established => H::on_established(&mut ws, session),
-        Reason::Receive => match Fragment::query(wsi) {
+        Reason::Established | Reason::ClientEstablished => H::on_established(&mut ws, session),
+        Reason::Receive | Reason::ClientReceive => match Fragment::query(wsi) {
             Ok(fragment) => H::on_receive(&mut ws, session, rx.input(), fragment),
             // Without knowing where the piece goes, no handler can use it.
             Err(_) => Flow::Close,
         },
-        Reason::ReceivePong => H::on_pong(&mut ws, session, rx.input()),
-        Reason::ServerWriteable => H::on_writeable(&mut ws, session),
+        Reason::ReceivePong | Reason::ClientReceivePong => H::on_pong(&mut ws, session, rx.input()),
+        Reason::ServerWriteable | Reason::ClientWriteable => H::on_writeable(&mut ws, session),
         Reason::Timer => H::on_timer(&mut ws, session),
         Reason::WsPeerInitiatedClose => {
             let (code, why) = parse_close(rx.input());
             H::on_peer_close(session, code, why);
             Flow::Continue
         }
-        Reason::Closed => {
+        Reason::Closed | Reason::ClientClosed => {
             H::on_closed(session);
+            Flow::Continue
+        }
+        Reason::ClientConnectionError => {
+            H::on_client_connection_error(session, utf8_prefix(rx.input()));
             Flow::Continue
         }
         _ => Flow::Continue,
@@ -373,6 +444,9 @@ mod tests {
         timers: usize,
         peer_close: Option<(u16, usize)>,
         closed: bool,
+        writeables: usize,
+        /// The connection error's message: its length, and whether it said "refused".
+        connection_error: Option<(usize, bool)>,
     }
 
     /// Records events; closes on the pong `"bye"`; refuses protocol `"no"`.
@@ -417,8 +491,17 @@ mod tests {
             session.peer_close = Some((code, reason.len()));
         }
 
+        fn on_writeable(_ws: &mut Ws, session: &mut Seen) -> Flow {
+            session.writeables += 1;
+            Flow::Continue
+        }
+
         fn on_closed(session: &mut Seen) {
             session.closed = true;
+        }
+
+        fn on_client_connection_error(session: &mut Seen, message: &str) {
+            session.connection_error = Some((message.len(), message.contains("refused")));
         }
     }
 
@@ -454,8 +537,64 @@ mod tests {
             timers: 0,
             peer_close: Some((1000, 2)),
             closed: true,
+            ..Seen::default()
         };
         assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn client_events_reach_the_same_methods() {
+        let mut s = Seen::default();
+        assert_eq!(call(Reason::ClientEstablished, Some(&mut s), b""), 0);
+        assert_eq!(call(Reason::ClientReceivePong, Some(&mut s), b"p"), 0);
+        assert_eq!(call(Reason::ClientWriteable, Some(&mut s), b""), 0);
+        assert_eq!(
+            call(Reason::WsPeerInitiatedClose, Some(&mut s), b"\x03\xe9"),
+            0
+        );
+        assert_eq!(call(Reason::ClientClosed, Some(&mut s), b""), 0);
+        let expected = Seen {
+            established: true,
+            pongs: 1,
+            writeables: 1,
+            peer_close: Some((1001, 0)),
+            closed: true,
+            ..Seen::default()
+        };
+        assert_eq!(s, expected);
+        // CLIENT_RECEIVE asks the fragment queries, which answer BAD_STATE here.
+        assert_eq!(call(Reason::ClientReceive, Some(&mut s), b"data"), -1);
+        assert_eq!(call(Reason::ClientReceivePong, Some(&mut s), b"bye"), -1);
+    }
+
+    #[test]
+    fn a_client_connection_error_reaches_its_handler_with_the_message() {
+        let mut s = Seen::default();
+        assert_eq!(
+            call(
+                Reason::ClientConnectionError,
+                Some(&mut s),
+                b"connection refused"
+            ),
+            0
+        );
+        assert_eq!(s.connection_error, Some((18, true)));
+        assert!(!s.closed && !s.established);
+        let mut s = Seen::default();
+        assert_eq!(
+            call(Reason::ClientConnectionError, Some(&mut s), b"timed\xffout"),
+            0
+        );
+        assert_eq!(s.connection_error, Some((5, false)), "the UTF-8 prefix");
+        assert_eq!(call(Reason::ClientConnectionError, None, b"x"), 0);
+    }
+
+    #[test]
+    fn utf8_prefixes_stop_at_the_first_bad_byte() {
+        assert_eq!(utf8_prefix(b"connection refused"), "connection refused");
+        assert_eq!(utf8_prefix(b"ok\xc3"), "ok", "a cut character");
+        assert_eq!(utf8_prefix(b"\xff"), "");
+        assert_eq!(utf8_prefix("é".as_bytes()), "é");
     }
 
     #[test]
@@ -503,6 +642,10 @@ mod tests {
         assert_eq!(call(Reason::Receive, None, b""), -1);
         assert_eq!(call(Reason::ServerWriteable, None, b""), -1);
         assert_eq!(call(Reason::Timer, None, b""), -1);
+        assert_eq!(call(Reason::ClientEstablished, None, b""), -1);
+        assert_eq!(call(Reason::ClientReceive, None, b""), -1);
+        assert_eq!(call(Reason::ClientWriteable, None, b""), -1);
+        assert_eq!(call(Reason::ClientClosed, None, b""), 0);
         assert_eq!(call(Reason::ProtocolInit, None, b""), 0);
         assert_eq!(call(Reason::Other(99), None, b""), 0);
     }

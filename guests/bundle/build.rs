@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guest crates to build; each becomes `<name with _>.wasm`.
-const GUESTS: &[&str] = &["hello", "http-post", "faulty", "ws-echo", "readings"];
+const GUESTS: &[&str] = &[
+    "hello",
+    "http-post",
+    "faulty",
+    "ws-echo",
+    "readings",
+    "ws-client",
+    "autobahn-client",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

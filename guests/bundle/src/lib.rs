@@ -21,6 +21,12 @@ pub const WS_ECHO: &[u8] = guest!("ws_echo.wasm");
 /// (protocol `readings`), with the HTML page that shows them: timers and a
 /// broadcast in one lws-shaped callback.
 pub const READINGS: &[u8] = guest!("readings.wasm");
+/// The lws port's WebSocket client (protocol `echo-protocol`): sends
+/// `Hello, server!` once connected and logs every message it receives.
+pub const WS_CLIENT: &[u8] = guest!("ws_client.wasm");
+/// Drives Autobahn's `fuzzingserver` as the client under test (protocol
+/// `autobahn-client`): every case in turn, echoing what the server sends.
+pub const AUTOBAHN_CLIENT: &[u8] = guest!("autobahn_client.wasm");
 
 /// Every embedded guest by crate name, as a device config names them
 /// (`module = "builtin:http-post"`).
@@ -30,6 +36,8 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("faulty", FAULTY),
     ("ws-echo", WS_ECHO),
     ("readings", READINGS),
+    ("ws-client", WS_CLIENT),
+    ("autobahn-client", AUTOBAHN_CLIENT),
 ];
 
 /// The embedded guest called `name`, if there is one.

@@ -137,7 +137,13 @@ impl Context {
             None => caller.ok_or("no protocol to call back")?,
         };
         self.generations[slot] = ((id.0 - 1) >> 16) as u16;
-        let peer = std::net::SocketAddr::from(([0, 0, 0, 0], request.target.port));
+        // The driver resolves names; an address given as an IP is known now.
+        let ip = request
+            .target
+            .address
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let peer = std::net::SocketAddr::new(ip, request.target.port);
         let mut conn = super::Conn::new(id, usize::MAX, peer, self.config.limits.http, now);
         conn.client = Some(ClientState {
             target: request.target.clone(),

@@ -1,0 +1,579 @@
+//! A test guest that puts the runtime's WebSocket *client* through the Autobahn
+//! TestSuite: it drives Autobahn's `fuzzingserver` the way every client under
+//! test does (`shared/peers/autobahn_reference_client.py`), on the idiomatic
+//! layer ([`WsHandler`] for the `CLIENT_*` events, [`Ws::connect`] for the
+//! next connection). Protocol `autobahn-client`:
+//!
+//! 1. the device config opens `/getCaseCount`; its one text message is the
+//!    number of cases, N;
+//! 2. when that connection closes, the guest connects
+//!    `/runCase?case=1&agent=wasmgate`, and echoes every message of the case
+//!    back exactly: each received piece goes out as a piece with the matching
+//!    write mode (`TEXT`/`BINARY` first, `CONTINUATION` after, `NO_FIN` on all
+//!    but the last), through a queue of three pieces in the session with
+//!    `lws_rx_flow_control` when it is full, as `guests/ws-echo` does, so a
+//!    16 MiB message streams through 1 KiB pieces;
+//! 3. when a case's connection ends (`CLIENT_CLOSED`, or
+//!    `CLIENT_CONNECTION_ERROR`), it connects the next case, from inside that
+//!    callback;
+//! 4. after case N it connects `/updateReports?agent=wasmgate`, and when that
+//!    closes logs `autobahn-client: all N cases done`.
+//!
+//! The run's state (phase, N, current case) lives in [`GuestCell`] statics;
+//! the paths are built in a 64-byte stack buffer.
+//!
+//! Run it: start `wstest -m fuzzingserver` with `"url": "ws://127.0.0.1:9001"`
+//! (through `wstest_local.py`), then the simulator with `[[protocol]] name =
+//! "autobahn-client" module = "builtin:autobahn-client"` and
+//!
+//! ```toml
+//! [[client]]
+//! name = "autobahn"
+//! protocol = "autobahn-client"
+//! address = "127.0.0.1"
+//! port = 9001
+//! path = "/getCaseCount"
+//! ```
+//!
+//! `tests/ws_autobahn_client.rs` does this and checks the report.
+//!
+//! Corners cut: the server's address is fixed ([`SERVER_ADDRESS`],
+//! [`SERVER_PORT`]): the device config's `[[client]]` opens only the first
+//! connection, and a guest cannot read that connection's target, so the later
+//! connections (which the guest opens) go to these constants, and the config
+//! must name the same port. A connection that cannot even be asked for
+//! (`lws_client_connect_via_info` failing at once) ends the run with
+//! `autobahn-client: gave up: ...`, as does a case count that never came; if
+//! the guest traps, its instance is replaced and the run's state is lost.
+
+#![no_std]
+// The export (and so the handler) exists only on wasm32; host builds run the tests.
+#![cfg_attr(
+    not(target_arch = "wasm32"),
+    allow(dead_code, reason = "exported only on wasm32")
+)]
+
+#[cfg(target_arch = "wasm32")]
+use wasmgate_guest::WsHandler;
+use wasmgate_guest::lws::ClientConnectInfo;
+use wasmgate_guest::{Error, Flow, Fragment, GuestCell, MessageKind, Ws, lwsl_err, lwsl_user};
+
+/// Where the fuzzingserver listens (Autobahn's usual port for it).
+pub const SERVER_ADDRESS: &str = "127.0.0.1";
+/// Its port; the device config's `[[client]]` must use the same.
+pub const SERVER_PORT: u16 = 9001;
+/// The agent name the results are filed under.
+pub const AGENT: &str = "wasmgate";
+
+/// Largest piece the runtime hands over, and so the size of a queue slot.
+const RX_BUFFER_SIZE: usize = 1024;
+/// Pieces a connection may have waiting for the tx buffer.
+const QUEUE_DEPTH: usize = 3;
+/// The most cases believed: Autobahn has about 520.
+const MAX_CASES: u32 = 100_000;
+
+// The per-session data must fit the device's `max_session_data_size` (4096 bytes
+// by default): three 1 KiB pieces and their lengths and flags do.
+const _: () = assert!(core::mem::size_of::<Echo>() <= 4096);
+
+// ---- the run: which connection comes next ----
+
+/// Where the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The `/getCaseCount` connection (opened by the device config) runs.
+    CaseCount,
+    /// A `/runCase` connection runs.
+    Cases,
+    /// The `/updateReports` connection runs.
+    Reports,
+    /// All done, or given up: nothing more to connect.
+    Over,
+}
+
+/// The run's state, shared by all connections (lws's per-vhost data).
+struct Run {
+    phase: GuestCell<Phase>,
+    /// N, from `/getCaseCount`.
+    count: GuestCell<u32>,
+    /// The case being run, 1..=N.
+    case: GuestCell<u32>,
+}
+
+/// What to do now that a connection has ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Open a connection to this path.
+    Connect(Path),
+    /// The reports are written: the run is complete, with this many cases.
+    Done(u32),
+    /// The run cannot go on, for this reason.
+    GiveUp(&'static str),
+    /// The run is over already; nothing to do.
+    Nothing,
+}
+
+impl Run {
+    const fn new() -> Self {
+        Self {
+            phase: GuestCell::new(Phase::CaseCount),
+            count: GuestCell::new(0),
+            case: GuestCell::new(0),
+        }
+    }
+
+    /// A piece of `/getCaseCount`'s message: its decimal digits make N (the
+    /// rest, such as white space, is skipped).
+    fn take_count_digits(&self, piece: &[u8], first: bool) {
+        if first {
+            self.count.set(0);
+        }
+        for digit in piece.iter().filter(|b| b.is_ascii_digit()) {
+            let n = self.count.get().saturating_mul(10) + u32::from(digit - b'0');
+            self.count.set(n.min(MAX_CASES));
+        }
+    }
+
+    /// The connection of the current phase ended, `failed` when it never
+    /// opened: moves to the next connection.
+    fn advance(&self, failed: bool) -> Next {
+        match self.phase.get() {
+            Phase::CaseCount => {
+                if failed {
+                    return self.give_up("cannot connect to the fuzzingserver");
+                }
+                if self.count.get() == 0 {
+                    return self.give_up("no case count");
+                }
+                self.phase.set(Phase::Cases);
+                self.case.set(1);
+                Next::Connect(Path::run_case(1))
+            }
+            Phase::Cases => {
+                // A case that failed to connect is the server's to judge; go on.
+                let case = self.case.get() + 1;
+                self.case.set(case);
+                if case <= self.count.get() {
+                    Next::Connect(Path::run_case(case))
+                } else {
+                    self.phase.set(Phase::Reports);
+                    Next::Connect(Path::update_reports())
+                }
+            }
+            Phase::Reports if failed => self.give_up("cannot connect to update the reports"),
+            Phase::Reports => {
+                self.phase.set(Phase::Over);
+                Next::Done(self.count.get())
+            }
+            Phase::Over => Next::Nothing,
+        }
+    }
+
+    fn give_up(&self, why: &'static str) -> Next {
+        self.phase.set(Phase::Over);
+        Next::GiveUp(why)
+    }
+}
+
+/// A request path, built on the stack without `core::fmt`.
+#[derive(Clone, PartialEq, Eq)]
+struct Path {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Path {
+    fn new() -> Self {
+        Self {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    /// `/runCase?case=N&agent=wasmgate`.
+    fn run_case(case: u32) -> Self {
+        let mut p = Self::new();
+        p.push("/runCase?case=");
+        p.push_u32(case);
+        p.push("&agent=");
+        p.push(AGENT);
+        p
+    }
+
+    /// `/updateReports?agent=wasmgate`.
+    fn update_reports() -> Self {
+        let mut p = Self::new();
+        p.push("/updateReports?agent=");
+        p.push(AGENT);
+        p
+    }
+
+    /// Appends `s`; every path above fits, so nothing is ever cut (and only
+    /// whole ASCII strings are appended, so the content stays UTF-8).
+    fn push(&mut self, s: &str) {
+        let room = self.buf.get_mut(self.len..).unwrap_or_default();
+        if s.len() <= room.len() {
+            for (dst, src) in room.iter_mut().zip(s.as_bytes()) {
+                *dst = *src;
+            }
+            self.len += s.len();
+        }
+    }
+
+    /// Appends `n` in decimal.
+    fn push_u32(&mut self, n: u32) {
+        let mut digits = [0u8; 10];
+        let mut start = digits.len();
+        let mut rest = n;
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            start -= 1;
+            if rest == 0 {
+                break;
+            }
+        }
+        let digits = digits.get(start..).unwrap_or_default();
+        self.push(core::str::from_utf8(digits).unwrap_or_default());
+    }
+
+    fn as_str(&self) -> &str {
+        let bytes = self.buf.get(..self.len).unwrap_or_default();
+        core::str::from_utf8(bytes).unwrap_or_default()
+    }
+}
+
+impl core::fmt::Debug for Path {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A connection ended (`failed`: it never opened): opens the next one, or
+/// says the run is over.
+fn connection_ended(run: &Run, failed: bool) {
+    match run.advance(failed) {
+        Next::Connect(path) => {
+            if run.phase.get() == Phase::Cases {
+                lwsl_user!(
+                    "autobahn-client: case {} of {}",
+                    run.case.get(),
+                    run.count.get()
+                );
+            }
+            let info = ClientConnectInfo::new(SERVER_ADDRESS, SERVER_PORT, path.as_str());
+            if let Err(e) = Ws::connect(&info) {
+                run.phase.set(Phase::Over);
+                lwsl_err!(
+                    "autobahn-client: gave up: cannot connect {}: {}",
+                    path.as_str(),
+                    e
+                );
+            }
+        }
+        Next::Done(n) => lwsl_user!("autobahn-client: all {} cases done", n),
+        Next::GiveUp(why) => lwsl_err!("autobahn-client: gave up: {}", why),
+        Next::Nothing => {}
+    }
+}
+
+// ---- the echo, per connection (as guests/ws-echo) ----
+
+/// One received piece waiting to be echoed.
+#[derive(Clone, Copy)]
+struct Piece {
+    data: [u8; RX_BUFFER_SIZE],
+    len: u16,
+    first: bool,
+    last: bool,
+    binary: bool,
+}
+
+impl Piece {
+    const EMPTY: Self = Self {
+        data: [0; RX_BUFFER_SIZE],
+        len: 0,
+        first: false,
+        last: false,
+        binary: false,
+    };
+
+    fn bytes(&self) -> &[u8] {
+        self.data.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
+    fn kind(&self) -> MessageKind {
+        if self.binary {
+            MessageKind::Binary
+        } else {
+            MessageKind::Text
+        }
+    }
+}
+
+/// Per-connection state: a ring of pieces not yet written, oldest at `head`.
+#[derive(Clone, Copy)]
+struct Echo {
+    pieces: [Piece; QUEUE_DEPTH],
+    head: u8,
+    len: u8,
+    /// `CLIENT_RECEIVE` is stopped (`lws_rx_flow_control(wsi, 0)`) until the queue drains.
+    throttled: bool,
+}
+
+impl Default for Echo {
+    fn default() -> Self {
+        Self {
+            pieces: [Piece::EMPTY; QUEUE_DEPTH],
+            head: 0,
+            len: 0,
+            throttled: false,
+        }
+    }
+}
+
+impl Echo {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn is_full(&self) -> bool {
+        usize::from(self.len) == QUEUE_DEPTH
+    }
+
+    /// Below half full: time to take input again.
+    fn has_drained(&self) -> bool {
+        usize::from(self.len) * 2 < QUEUE_DEPTH
+    }
+
+    /// Queues a copy of `piece`; `false` (and nothing queued) when the queue is
+    /// full or the piece is longer than a slot.
+    fn push(&mut self, piece: &[u8], fragment: Fragment) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let tail = (usize::from(self.head) + usize::from(self.len)) % QUEUE_DEPTH;
+        let Some(slot) = self.pieces.get_mut(tail) else {
+            return false;
+        };
+        if piece.len() > slot.data.len() {
+            return false;
+        }
+        for (dst, src) in slot.data.iter_mut().zip(piece) {
+            *dst = *src;
+        }
+        slot.len = piece.len() as u16;
+        slot.first = fragment.first;
+        slot.last = fragment.last;
+        slot.binary = fragment.binary;
+        self.len += 1;
+        true
+    }
+
+    fn front(&self) -> Option<&Piece> {
+        self.pieces
+            .get(usize::from(self.head))
+            .filter(|_| !self.is_empty())
+    }
+
+    fn pop(&mut self) {
+        if !self.is_empty() {
+            self.head = ((usize::from(self.head) + 1) % QUEUE_DEPTH) as u8;
+            self.len -= 1;
+        }
+    }
+}
+
+/// `CLIENT_RECEIVE` during a case: sends the piece back as it came, or queues it.
+fn echo_piece(ws: &mut Ws, echo: &mut Echo, piece: &[u8], fragment: Fragment) -> Flow {
+    if echo.is_empty()
+        && ws
+            .send(fragment.kind(), piece, fragment.first, fragment.last)
+            .is_ok()
+    {
+        return Flow::Continue;
+    }
+    if !echo.push(piece, fragment) {
+        return ws.close(1011, "echo queue overflow");
+    }
+    if echo.is_full() && !echo.throttled && ws.rx_flow(false).is_ok() {
+        echo.throttled = true;
+    }
+    match ws.ask_writeable() {
+        Ok(()) => Flow::Continue,
+        Err(_) => Flow::Close,
+    }
+}
+
+/// `CLIENT_WRITEABLE`: sends what the queue holds, resumes input once it drained.
+fn drain(ws: &mut Ws, echo: &mut Echo) -> Flow {
+    while let Some(p) = echo.front() {
+        match ws.send(p.kind(), p.bytes(), p.first, p.last) {
+            Ok(()) => echo.pop(),
+            Err(Error::NoSpace) => break,
+            Err(_) => return Flow::Close,
+        }
+    }
+    if echo.throttled && echo.has_drained() {
+        if ws.rx_flow(true).is_err() {
+            return Flow::Close;
+        }
+        echo.throttled = false;
+    }
+    if !echo.is_empty() && ws.ask_writeable().is_err() {
+        return Flow::Close;
+    }
+    Flow::Continue
+}
+
+// ---- the protocol ----
+
+// A `GuestCell` static is `Sync` only on wasm32; host tests use a local `Run`.
+#[cfg(target_arch = "wasm32")]
+static RUN: Run = Run::new();
+
+struct AutobahnClient;
+
+#[cfg(target_arch = "wasm32")]
+impl WsHandler for AutobahnClient {
+    type Session = Echo;
+
+    fn on_receive(ws: &mut Ws, echo: &mut Echo, piece: &[u8], fragment: Fragment) -> Flow {
+        match RUN.phase.get() {
+            Phase::CaseCount => {
+                RUN.take_count_digits(piece, fragment.first);
+                if fragment.last {
+                    lwsl_user!("autobahn-client: {} cases", RUN.count.get());
+                }
+                Flow::Continue
+            }
+            Phase::Cases => echo_piece(ws, echo, piece, fragment),
+            Phase::Reports | Phase::Over => Flow::Continue,
+        }
+    }
+
+    fn on_writeable(ws: &mut Ws, echo: &mut Echo) -> Flow {
+        drain(ws, echo)
+    }
+
+    fn on_closed(_echo: &mut Echo) {
+        connection_ended(&RUN, false);
+    }
+
+    fn on_client_connection_error(_echo: &mut Echo, message: &str) {
+        lwsl_user!("autobahn-client: connection error: {}", message);
+        connection_ended(&RUN, true);
+    }
+}
+
+wasmgate_guest::export_ws!(
+    AutobahnClient,
+    name = "autobahn-client",
+    rx_buffer_size = RX_BUFFER_SIZE,
+    max_sessions = 2,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frag(first: bool, last: bool, binary: bool) -> Fragment {
+        Fragment {
+            first,
+            last,
+            binary,
+            remaining: 0,
+        }
+    }
+
+    fn connect(path: &str) -> Next {
+        let mut p = Path::new();
+        p.push(path);
+        Next::Connect(p)
+    }
+
+    #[test]
+    fn the_case_count_is_the_digits_of_the_message() {
+        let run = Run::new();
+        run.take_count_digits(b"5", true);
+        run.take_count_digits(b"17\n", false);
+        assert_eq!(run.count.get(), 517);
+        run.take_count_digits(b" 3", true);
+        assert_eq!(run.count.get(), 3, "a new message starts afresh");
+        run.take_count_digits(b"99999999999999", true);
+        assert_eq!(run.count.get(), MAX_CASES, "no overflow");
+    }
+
+    #[test]
+    fn the_run_connects_each_case_then_the_reports() {
+        let run = Run::new();
+        run.take_count_digits(b"3", true);
+        assert_eq!(
+            run.advance(false),
+            connect("/runCase?case=1&agent=wasmgate")
+        );
+        assert_eq!(
+            run.advance(false),
+            connect("/runCase?case=2&agent=wasmgate")
+        );
+        assert_eq!(
+            run.advance(true),
+            connect("/runCase?case=3&agent=wasmgate"),
+            "a case that failed to connect is skipped"
+        );
+        assert_eq!(run.advance(false), connect("/updateReports?agent=wasmgate"));
+        assert_eq!(run.phase.get(), Phase::Reports);
+        assert_eq!(run.advance(false), Next::Done(3));
+        assert_eq!(run.advance(false), Next::Nothing, "over");
+    }
+
+    #[test]
+    fn the_run_gives_up_without_a_server_or_a_count() {
+        let run = Run::new();
+        assert_eq!(
+            run.advance(true),
+            Next::GiveUp("cannot connect to the fuzzingserver")
+        );
+        assert_eq!(run.advance(false), Next::Nothing);
+        let run = Run::new();
+        assert_eq!(run.advance(false), Next::GiveUp("no case count"));
+        let run = Run::new();
+        run.take_count_digits(b"1", true);
+        let _ = run.advance(false);
+        let _ = run.advance(false);
+        assert!(matches!(run.advance(true), Next::GiveUp(_)), "no reports");
+    }
+
+    #[test]
+    fn paths_fit_the_buffer_for_any_case_number() {
+        assert_eq!(
+            Path::run_case(u32::MAX).as_str(),
+            "/runCase?case=4294967295&agent=wasmgate"
+        );
+        assert_eq!(Path::run_case(0).as_str(), "/runCase?case=0&agent=wasmgate");
+        assert_eq!(
+            Path::update_reports().as_str(),
+            "/updateReports?agent=wasmgate"
+        );
+    }
+
+    #[test]
+    fn the_echo_queue_keeps_pieces_in_order_and_wraps() {
+        let mut q = Echo::default();
+        assert!(q.push(b"one", frag(true, false, false)));
+        assert!(q.push(b"two", frag(false, false, false)));
+        assert!(q.push(b"three", frag(false, true, false)));
+        assert!(q.is_full());
+        assert!(!q.push(b"four", frag(true, true, true)), "full");
+        assert_eq!(q.front().unwrap().bytes(), b"one");
+        q.pop();
+        assert!(!q.has_drained(), "2 of 3 is not below half");
+        assert!(q.push(b"four", frag(true, true, true)), "wraps around");
+        for expected in [&b"two"[..], b"three", b"four"] {
+            assert_eq!(q.front().unwrap().bytes(), expected);
+            q.pop();
+        }
+        assert!(q.is_empty() && q.has_drained());
+        assert!(!q.push(&[0; RX_BUFFER_SIZE + 1], frag(true, true, true)));
+    }
+}

@@ -1,0 +1,290 @@
+//! RFC 6455 conformance of the WebSocket *client*, measured the way
+//! libwebsockets measures its own: the Autobahn TestSuite's `fuzzingserver`
+//! runs every case against the `autobahn-client` guest in the real simulator.
+//! The device opens `/getCaseCount` (a `[[client]]` in its config); the guest
+//! then runs each case, echoing what the server sends, and asks for the
+//! reports. Cases 12.* and 13.* need permessage-deflate, which the device does
+//! not offer, and are left out.
+//!
+//! The guest connects its later connections to 127.0.0.1:9001 (it cannot read
+//! the port of the config's connection), so the fuzzingserver listens there,
+//! and the test fails at once, saying so, when something else holds that port.
+//!
+//! Autobahn is Python 2 software; `tests/autobahn/setup.sh` installs it into a
+//! virtualenv (once, cached in `~/.cache/wasmgate-autobahn` or
+//! `$AUTOBAHN_VENV`). Where it cannot be installed the test says `SKIPPED` and
+//! passes. The full report stays in `target/tmp/autobahn-client/` for a browser.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Sim, device_toml};
+
+const SETUP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/autobahn/setup.sh");
+
+/// Where the `autobahn-client` guest connects (its `SERVER_PORT`).
+const PORT: u16 = 9001;
+/// The agent name the guest files its results under.
+const AGENT: &str = "wasmgate";
+/// How long the whole run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long wstest may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Behaviours that pass, for the case itself and for its closing handshake.
+const PASSING: &[&str] = &["OK", "NON-STRICT", "INFORMATIONAL"];
+const PASSING_CLOSE: &[&str] = &["OK", "INFORMATIONAL"];
+
+/// Installs (or finds) Autobahn; its virtualenv's path, or why not.
+fn autobahn_venv() -> Result<PathBuf, String> {
+    let out = Command::new("bash")
+        .arg(SETUP)
+        .output()
+        .map_err(|e| format!("cannot run bash {SETUP}: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let venv = stdout.lines().last().unwrap_or("").trim();
+    let venv = PathBuf::from(venv);
+    if venv.join("bin/wstest_local.py").is_file() {
+        Ok(venv)
+    } else {
+        Err(format!("setup.sh printed no virtualenv: {stdout}"))
+    }
+}
+
+/// The device: the autobahn-client guest, whose first connection the config
+/// opens, with frame and message limits that let case 9's 16 MiB messages through.
+fn client_device(port: u16) -> Sim {
+    let mut toml = device_toml(
+        &[("autobahn-client", "builtin:autobahn-client")],
+        &[],
+        "[limits]\nmax_connections = 4\n\
+         ws_max_frame_bytes = 16777216\nws_max_message_bytes = 16777216\n",
+    );
+    // device_toml writes the listener table last; a new array-of-tables
+    // header after it starts the client's own table.
+    toml.push_str(&format!(
+        "\n[[client]]\nname = \"autobahn\"\nprotocol = \"autobahn-client\"\n\
+         address = \"127.0.0.1\"\nport = {port}\npath = \"/getCaseCount\"\n"
+    ));
+    Sim::start(&toml)
+}
+
+/// The wstest process, killed when dropped.
+struct Wstest(Child);
+
+impl Drop for Wstest {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `addr` accepts connections; `Err` if `wstest` exits first or
+/// `limit` passes.
+fn wait_until_listening(
+    wstest: &mut Wstest,
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = wstest.0.try_wait() {
+            return Err(format!("wstest exited ({status}) before listening"));
+        }
+        if start.elapsed() > limit {
+            return Err(format!("nothing listens on {addr} after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Case ids in the suite's order: "9.10.1" after "9.2.1".
+fn case_order(id: &str) -> Vec<u32> {
+    id.split('.')
+        .map(|n| n.parse().unwrap_or(u32::MAX))
+        .collect()
+}
+
+/// One case's result from `index.json`.
+struct Outcome {
+    behavior: String,
+    behavior_close: String,
+}
+
+/// The results of `agent` in `outdir/index.json`, by case id in suite order.
+fn read_results(outdir: &Path, agent: &str) -> Vec<(String, Outcome)> {
+    let path = outdir.join("index.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no Autobahn results at {}: {e}", path.display()));
+    let index: serde_json::Value = serde_json::from_str(&text).expect("index.json is JSON");
+    let cases = index
+        .get(agent)
+        .and_then(serde_json::Value::as_object)
+        .unwrap_or_else(|| panic!("index.json has no agent {agent}: {text}"));
+    let field = |case: &serde_json::Value, name: &str| {
+        case.get(name)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("MISSING")
+            .to_string()
+    };
+    let mut results: Vec<(String, Outcome)> = cases
+        .iter()
+        .map(|(id, case)| {
+            let outcome = Outcome {
+                behavior: field(case, "behavior"),
+                behavior_close: field(case, "behaviorClose"),
+            };
+            (id.clone(), outcome)
+        })
+        .collect();
+    results.sort_by_key(|(id, _)| case_order(id));
+    results
+}
+
+/// Waits for the guest's `all N cases done` line; N, or why not.
+fn wait_for_the_run(sim: &Sim, wstest: &mut Wstest, limit: Duration) -> Result<u32, String> {
+    let start = Instant::now();
+    loop {
+        let logs = sim.logs();
+        if let Some(n) = logs.lines().find_map(|l| {
+            let rest = l.split("autobahn-client: all ").nth(1)?;
+            rest.split(" cases done").next()?.trim().parse().ok()
+        }) {
+            return Ok(n);
+        }
+        if let Some(line) = logs
+            .lines()
+            .find(|l| l.contains("autobahn-client: gave up"))
+        {
+            return Err(format!("the guest gave up: {line}"));
+        }
+        if let Ok(Some(status)) = wstest.0.try_wait() {
+            return Err(format!("wstest exited ({status}) during the run"));
+        }
+        if start.elapsed() > limit {
+            return Err(format!("the run did not end within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn autobahn_fuzzingserver_cases_pass_against_the_autobahn_client_guest() {
+    let venv = match autobahn_venv() {
+        Ok(venv) => venv,
+        Err(why) => {
+            eprintln!("SKIPPED: Autobahn TestSuite not installable: {why}");
+            return;
+        }
+    };
+    if let Err(e) = TcpListener::bind(("127.0.0.1", PORT)) {
+        panic!(
+            "port {PORT} is not free ({e}); the autobahn-client guest connects there, \
+             so the fuzzingserver must listen on it"
+        );
+    }
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("autobahn-client");
+    let outdir = work.join("report");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&outdir).expect("report dir");
+    let spec = serde_json::json!({
+        "url": format!("ws://127.0.0.1:{PORT}"),
+        "outdir": outdir,
+        "cases": ["*"],
+        "exclude-cases": ["12.*", "13.*"],
+        "exclude-agent-cases": {},
+    });
+    let spec_path = work.join("fuzzingserver.json");
+    std::fs::write(&spec_path, spec.to_string()).expect("write spec");
+    let log_path = work.join("wstest.log");
+    let log = std::fs::File::create(&log_path).expect("wstest log");
+    let wstest_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let mut wstest = Wstest(
+        Command::new(venv.join("bin/python"))
+            .arg(venv.join("bin/wstest_local.py"))
+            .args(["-m", "fuzzingserver", "-s"])
+            .arg(&spec_path)
+            // No embedded web server (it would take port 8080).
+            .args(["--webport", "0"])
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start wstest"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
+    if let Err(why) = wait_until_listening(&mut wstest, addr, START_TIMEOUT) {
+        panic!("wstest fuzzingserver: {why}; its log:\n{}", wstest_log());
+    }
+
+    let sim = client_device(PORT);
+    let count = match wait_for_the_run(&sim, &mut wstest, RUN_TIMEOUT) {
+        Ok(n) => n,
+        Err(why) => panic!(
+            "{why}; wstest log (tail):\n{}\nsimulator log (tail):\n{}",
+            tail(&wstest_log(), 40),
+            tail(&sim.logs(), 80)
+        ),
+    };
+    // The reports are written before the server closes /updateReports.
+    drop(wstest);
+
+    let results = read_results(&outdir, AGENT);
+    assert!(!results.is_empty(), "Autobahn ran no cases");
+    assert_eq!(
+        results.len(),
+        count as usize,
+        "the guest ran {count} cases; the report has {}",
+        results.len()
+    );
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, o) in &results {
+        *counts.entry(o.behavior.as_str()).or_default() += 1;
+    }
+    let failing: Vec<String> = results
+        .iter()
+        .filter(|(_, o)| {
+            !PASSING.contains(&o.behavior.as_str())
+                || !PASSING_CLOSE.contains(&o.behavior_close.as_str())
+        })
+        .map(|(id, o)| format!("  {id}: {} (close: {})", o.behavior, o.behavior_close))
+        .collect();
+    let summary = format!(
+        "Autobahn fuzzingserver (client): {} cases: {} (12.* and 13.* excluded); {} failing; report: {}",
+        results.len(),
+        counts
+            .iter()
+            .map(|(behavior, n)| format!("{n} {behavior}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        failing.len(),
+        outdir.join("index.html").display()
+    );
+    println!("{summary}");
+    std::fs::write(work.join("summary.txt"), format!("{summary}\n")).expect("write summary");
+    assert!(
+        failing.is_empty(),
+        "{summary}\nfailing cases:\n{}\nsimulator log (tail):\n{}",
+        failing.join("\n"),
+        tail(&sim.logs(), 60)
+    );
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
