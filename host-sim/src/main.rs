@@ -197,6 +197,20 @@ fn sim(config: Option<PathBuf>, flash: Option<PathBuf>) -> Result<(), Box<dyn st
         for m in &l.mounts {
             println!("    {:<12} -> protocol \"{}\"", m.prefix, m.protocol);
         }
+        if !l.websocket.is_empty() {
+            let default = l.default_websocket.as_deref().unwrap_or("none");
+            println!(
+                "    WebSocket: {} (upgrades naming none get {default})",
+                l.websocket.join(", ")
+            );
+        }
+    }
+    for c in &cfg.clients {
+        let t = &c.target;
+        println!(
+            "  client \"{}\": ws://{}:{}{} -> protocol \"{}\"",
+            c.name, t.address, t.port, t.path, c.protocol
+        );
     }
     println!("  flash (module store): {}", flash_dir.display());
     if let Some(admin) = &cfg.admin {
