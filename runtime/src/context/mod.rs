@@ -168,6 +168,10 @@ struct Conn {
     drain_by: Option<Instant>,
     /// Set for a WebSocket client connection the device opened.
     client: Option<client::ClientState>,
+    /// The peer sent FIN.
+    peer_fin: bool,
+    /// A client's session ended: wait until then for the server to close TCP.
+    client_linger: Option<Instant>,
     /// Last time the connection moved: a request began, or bytes were queued
     /// by a guest, sent to the peer, or taken from it.
     last_progress: Instant,
@@ -203,6 +207,8 @@ impl Conn {
             timer: None,
             drain_by: None,
             client: None,
+            peer_fin: false,
+            client_linger: None,
             last_progress: now,
             writeable_not_before: now,
             hard_close: false,
@@ -423,6 +429,8 @@ impl Context {
                     client::Phase::Handshake { head, .. } => 4096usize.saturating_sub(head.len()),
                     _ => 0,
                 }
+            } else if c.client_linger.is_some() {
+                4096 // read (and drop) until the server's FIN shows
             } else if c.upgraded {
                 if c.ws_backlog.is_empty() {
                     c.ws.as_ref().map_or(0, |ws| ws.rx_space())
@@ -477,6 +485,7 @@ impl Context {
         }
         let close_timeout = self.config.limits.ws.close_timeout;
         if let Some(conn) = self.conn_mut(id) {
+            conn.peer_fin = true;
             if let Some(ws) = conn.ws.as_mut() {
                 ws.peer_closed(now);
                 if !ws.is_closed() {
@@ -533,7 +542,10 @@ impl Context {
             if c.upgraded {
                 let ws = c.ws.as_ref();
                 let drained = c.preface.is_empty() && ws.is_none_or(|w| w.tx().is_empty());
-                return c.hard_close || (drained && (c.abort || ws.is_some_and(|w| w.is_closed())));
+                // A client waits for the server's FIN (or `client_linger`).
+                let closed = ws.is_some_and(|w| w.is_closed())
+                    && (c.client.is_none() || c.peer_fin || c.client_linger.is_none());
+                return c.hard_close || (drained && (c.abort || closed));
             }
             let http = c.http.as_ref();
             let drained = c.preface.is_empty() && http.is_none_or(|h| h.tx().is_empty());

@@ -10,6 +10,10 @@ use crate::guest::{Fault, Fragment, reason};
 use crate::http::ServerConn;
 use crate::ws::{self, Event, Role, Session};
 
+/// How long a client waits for the server to close TCP after the close
+/// handshake before closing it itself.
+const CLIENT_TCP_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Context {
     /// Answers an upgrade the device will not take, and closes.
     fn refuse_upgrade(&mut self, id: ConnId, status: u16, why: &str, extra: Option<(&str, &str)>) {
@@ -190,7 +194,14 @@ impl Context {
                 }
                 Event::Closed { code } => {
                     tracing::debug!(wsi = id.wsi(), code, "WebSocket closed");
-                    self.ws_deliver_closed(id, now);
+                    let conn = self.conn_mut(id).expect("still open");
+                    if conn.client.is_some() && !conn.peer_fin {
+                        // RFC 6455 7.1.1: the client waits for the server to
+                        // close TCP (briefly); CLIENT_CLOSED comes with it.
+                        conn.client_linger = Some(now + CLIENT_TCP_CLOSE_WAIT);
+                    } else {
+                        self.ws_deliver_closed(id, now);
+                    }
                     continue;
                 }
                 Event::Failed { code, reason } => {
@@ -242,8 +253,19 @@ impl Context {
 
     /// Timers and writeable callbacks of a WebSocket connection. Returns the
     /// deadlines it wants.
-    pub(super) fn ws_service(&mut self, id: ConnId, now: Instant) -> [Option<Instant>; 4] {
-        let mut due = [None; 4];
+    pub(super) fn ws_service(&mut self, id: ConnId, now: Instant) -> [Option<Instant>; 5] {
+        let mut due = [None; 5];
+        if let Some(conn) = self.conn_mut(id)
+            && let Some(by) = conn.client_linger
+        {
+            if now >= by {
+                conn.client_linger = None;
+                conn.hard_close = true;
+                self.mark_dirty(id);
+            } else {
+                due[4] = Some(by);
+            }
+        }
         if let Some(conn) = self.conn_mut(id)
             && let Some(by) = conn.drain_by
         {
