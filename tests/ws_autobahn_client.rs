@@ -17,15 +17,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::autobahn::{assert_all_pass, autobahn_venv, read_results, tail};
 use support::{Sim, device_toml};
-
-const SETUP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/autobahn/setup.sh");
 
 /// Where the `autobahn-client` guest connects (its `SERVER_PORT`).
 const PORT: u16 = 9001;
@@ -35,29 +33,6 @@ const AGENT: &str = "wasmgate";
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long wstest may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Behaviours that pass, for the case itself and for its closing handshake.
-const PASSING: &[&str] = &["OK", "NON-STRICT", "INFORMATIONAL"];
-const PASSING_CLOSE: &[&str] = &["OK", "INFORMATIONAL"];
-
-/// Installs (or finds) Autobahn; its virtualenv's path, or why not.
-fn autobahn_venv() -> Result<PathBuf, String> {
-    let out = Command::new("bash")
-        .arg(SETUP)
-        .output()
-        .map_err(|e| format!("cannot run bash {SETUP}: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let venv = stdout.lines().last().unwrap_or("").trim();
-    let venv = PathBuf::from(venv);
-    if venv.join("bin/wstest_local.py").is_file() {
-        Ok(venv)
-    } else {
-        Err(format!("setup.sh printed no virtualenv: {stdout}"))
-    }
-}
 
 /// The device: the autobahn-client guest, whose first connection the config
 /// opens, with frame and message limits that let case 9's 16 MiB messages through.
@@ -107,49 +82,6 @@ fn wait_until_listening(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Case ids in the suite's order: "9.10.1" after "9.2.1".
-fn case_order(id: &str) -> Vec<u32> {
-    id.split('.')
-        .map(|n| n.parse().unwrap_or(u32::MAX))
-        .collect()
-}
-
-/// One case's result from `index.json`.
-struct Outcome {
-    behavior: String,
-    behavior_close: String,
-}
-
-/// The results of `agent` in `outdir/index.json`, by case id in suite order.
-fn read_results(outdir: &Path, agent: &str) -> Vec<(String, Outcome)> {
-    let path = outdir.join("index.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no Autobahn results at {}: {e}", path.display()));
-    let index: serde_json::Value = serde_json::from_str(&text).expect("index.json is JSON");
-    let cases = index
-        .get(agent)
-        .and_then(serde_json::Value::as_object)
-        .unwrap_or_else(|| panic!("index.json has no agent {agent}: {text}"));
-    let field = |case: &serde_json::Value, name: &str| {
-        case.get(name)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("MISSING")
-            .to_string()
-    };
-    let mut results: Vec<(String, Outcome)> = cases
-        .iter()
-        .map(|(id, case)| {
-            let outcome = Outcome {
-                behavior: field(case, "behavior"),
-                behavior_close: field(case, "behaviorClose"),
-            };
-            (id.clone(), outcome)
-        })
-        .collect();
-    results.sort_by_key(|(id, _)| case_order(id));
-    results
 }
 
 /// Waits for the guest's `all N cases done` line; N, or why not.
@@ -250,41 +182,11 @@ fn autobahn_fuzzingserver_cases_pass_against_the_autobahn_client_guest() {
         "the guest ran {count} cases; the report has {}",
         results.len()
     );
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for (_, o) in &results {
-        *counts.entry(o.behavior.as_str()).or_default() += 1;
-    }
-    let failing: Vec<String> = results
-        .iter()
-        .filter(|(_, o)| {
-            !PASSING.contains(&o.behavior.as_str())
-                || !PASSING_CLOSE.contains(&o.behavior_close.as_str())
-        })
-        .map(|(id, o)| format!("  {id}: {} (close: {})", o.behavior, o.behavior_close))
-        .collect();
-    let summary = format!(
-        "Autobahn fuzzingserver (client): {} cases: {} (12.* and 13.* excluded); {} failing; report: {}",
-        results.len(),
-        counts
-            .iter()
-            .map(|(behavior, n)| format!("{n} {behavior}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        failing.len(),
-        outdir.join("index.html").display()
+    assert_all_pass(
+        "Autobahn fuzzingserver (client)",
+        &results,
+        &work,
+        &outdir,
+        &sim,
     );
-    println!("{summary}");
-    std::fs::write(work.join("summary.txt"), format!("{summary}\n")).expect("write summary");
-    assert!(
-        failing.is_empty(),
-        "{summary}\nfailing cases:\n{}\nsimulator log (tail):\n{}",
-        failing.join("\n"),
-        tail(&sim.logs(), 60)
-    );
-}
-
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -12,7 +12,9 @@
 //!   streaming helpers; for WebSocket servers and clients ([`ws`],
 //!   [`export_ws!`]), a [`WsHandler`] trait and a [`Ws`] handle with
 //!   `send_text`, `send`, `close`, rx flow control, a timer (`set_timer`, then
-//!   `on_timer`) and `Ws::connect` ([`ClientConnectInfo`]) for client connections.
+//!   `on_timer`) and `Ws::connect` ([`ClientConnectInfo`]) for client connections;
+//!   [`EchoQueue`] ([`echo`]) is a session that echoes every message back
+//!   through a bounded queue with rx flow control.
 //!
 //! A whole guest (its `lib.rs` also says `#![no_std]`):
 //!
@@ -41,6 +43,7 @@
 #![no_std]
 
 pub mod abi;
+pub mod echo;
 pub mod http;
 pub mod log;
 pub mod lws;
@@ -48,6 +51,7 @@ mod macros;
 pub mod ws;
 
 pub use abi::GuestCell;
+pub use echo::EchoQueue;
 pub use http::{Flow, HttpHandler, Request};
 pub use log::{FmtBuf, LogLevel, Lossy};
 pub use lws::{ClientConnectInfo, Error, Method, Reason, WriteMode, Wsi};

@@ -3,6 +3,8 @@
 //! curl.
 #![allow(dead_code, reason = "each test file uses a different part")]
 
+pub mod autobahn;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -10,7 +10,8 @@
 //!    `/runCase?case=1&agent=wasmgate`, and echoes every message of the case
 //!    back exactly: each received piece goes out as a piece with the matching
 //!    write mode (`TEXT`/`BINARY` first, `CONTINUATION` after, `NO_FIN` on all
-//!    but the last), through a queue of three pieces in the session with
+//!    but the last), through a queue of three pieces in the session (the
+//!    SDK's `EchoQueue`) with
 //!    `lws_rx_flow_control` when it is full, as `guests/ws-echo` does, so a
 //!    16 MiB message streams through 1 KiB pieces;
 //! 3. when a case's connection ends (`CLIENT_CLOSED`, or
@@ -53,10 +54,10 @@
     allow(dead_code, reason = "exported only on wasm32")
 )]
 
-#[cfg(target_arch = "wasm32")]
-use wasmgate_guest::WsHandler;
 use wasmgate_guest::lws::ClientConnectInfo;
-use wasmgate_guest::{Error, Flow, Fragment, GuestCell, MessageKind, Ws, lwsl_err, lwsl_user};
+use wasmgate_guest::{EchoQueue, GuestCell, Ws, lwsl_err, lwsl_user};
+#[cfg(target_arch = "wasm32")]
+use wasmgate_guest::{Flow, Fragment, WsHandler};
 
 /// Where the fuzzingserver listens (Autobahn's usual port for it).
 pub const SERVER_ADDRESS: &str = "127.0.0.1";
@@ -71,6 +72,9 @@ const RX_BUFFER_SIZE: usize = 1024;
 const QUEUE_DEPTH: usize = 3;
 /// The most cases believed: Autobahn has about 520.
 const MAX_CASES: u32 = 100_000;
+
+/// Per-connection state: the echo's pieces not yet written, and its flow control.
+type Echo = EchoQueue<QUEUE_DEPTH, RX_BUFFER_SIZE>;
 
 // The per-session data must fit the device's `max_session_data_size` (4096 bytes
 // by default): three 1 KiB pieces and their lengths and flags do.
@@ -277,155 +281,6 @@ fn connection_ended(run: &Run, failed: bool) {
     }
 }
 
-// ---- the echo, per connection (as guests/ws-echo) ----
-
-/// One received piece waiting to be echoed.
-#[derive(Clone, Copy)]
-struct Piece {
-    data: [u8; RX_BUFFER_SIZE],
-    len: u16,
-    first: bool,
-    last: bool,
-    binary: bool,
-}
-
-impl Piece {
-    const EMPTY: Self = Self {
-        data: [0; RX_BUFFER_SIZE],
-        len: 0,
-        first: false,
-        last: false,
-        binary: false,
-    };
-
-    fn bytes(&self) -> &[u8] {
-        self.data.get(..usize::from(self.len)).unwrap_or_default()
-    }
-
-    fn kind(&self) -> MessageKind {
-        if self.binary {
-            MessageKind::Binary
-        } else {
-            MessageKind::Text
-        }
-    }
-}
-
-/// Per-connection state: a ring of pieces not yet written, oldest at `head`.
-#[derive(Clone, Copy)]
-struct Echo {
-    pieces: [Piece; QUEUE_DEPTH],
-    head: u8,
-    len: u8,
-    /// `CLIENT_RECEIVE` is stopped (`lws_rx_flow_control(wsi, 0)`) until the queue drains.
-    throttled: bool,
-}
-
-impl Default for Echo {
-    fn default() -> Self {
-        Self {
-            pieces: [Piece::EMPTY; QUEUE_DEPTH],
-            head: 0,
-            len: 0,
-            throttled: false,
-        }
-    }
-}
-
-impl Echo {
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn is_full(&self) -> bool {
-        usize::from(self.len) == QUEUE_DEPTH
-    }
-
-    /// Below half full: time to take input again.
-    fn has_drained(&self) -> bool {
-        usize::from(self.len) * 2 < QUEUE_DEPTH
-    }
-
-    /// Queues a copy of `piece`; `false` (and nothing queued) when the queue is
-    /// full or the piece is longer than a slot.
-    fn push(&mut self, piece: &[u8], fragment: Fragment) -> bool {
-        if self.is_full() {
-            return false;
-        }
-        let tail = (usize::from(self.head) + usize::from(self.len)) % QUEUE_DEPTH;
-        let Some(slot) = self.pieces.get_mut(tail) else {
-            return false;
-        };
-        if piece.len() > slot.data.len() {
-            return false;
-        }
-        for (dst, src) in slot.data.iter_mut().zip(piece) {
-            *dst = *src;
-        }
-        slot.len = piece.len() as u16;
-        slot.first = fragment.first;
-        slot.last = fragment.last;
-        slot.binary = fragment.binary;
-        self.len += 1;
-        true
-    }
-
-    fn front(&self) -> Option<&Piece> {
-        self.pieces
-            .get(usize::from(self.head))
-            .filter(|_| !self.is_empty())
-    }
-
-    fn pop(&mut self) {
-        if !self.is_empty() {
-            self.head = ((usize::from(self.head) + 1) % QUEUE_DEPTH) as u8;
-            self.len -= 1;
-        }
-    }
-}
-
-/// `CLIENT_RECEIVE` during a case: sends the piece back as it came, or queues it.
-fn echo_piece(ws: &mut Ws, echo: &mut Echo, piece: &[u8], fragment: Fragment) -> Flow {
-    if echo.is_empty()
-        && ws
-            .send(fragment.kind(), piece, fragment.first, fragment.last)
-            .is_ok()
-    {
-        return Flow::Continue;
-    }
-    if !echo.push(piece, fragment) {
-        return ws.close(1011, "echo queue overflow");
-    }
-    if echo.is_full() && !echo.throttled && ws.rx_flow(false).is_ok() {
-        echo.throttled = true;
-    }
-    match ws.ask_writeable() {
-        Ok(()) => Flow::Continue,
-        Err(_) => Flow::Close,
-    }
-}
-
-/// `CLIENT_WRITEABLE`: sends what the queue holds, resumes input once it drained.
-fn drain(ws: &mut Ws, echo: &mut Echo) -> Flow {
-    while let Some(p) = echo.front() {
-        match ws.send(p.kind(), p.bytes(), p.first, p.last) {
-            Ok(()) => echo.pop(),
-            Err(Error::NoSpace) => break,
-            Err(_) => return Flow::Close,
-        }
-    }
-    if echo.throttled && echo.has_drained() {
-        if ws.rx_flow(true).is_err() {
-            return Flow::Close;
-        }
-        echo.throttled = false;
-    }
-    if !echo.is_empty() && ws.ask_writeable().is_err() {
-        return Flow::Close;
-    }
-    Flow::Continue
-}
-
 // ---- the protocol ----
 
 // A `GuestCell` static is `Sync` only on wasm32; host tests use a local `Run`.
@@ -447,13 +302,13 @@ impl WsHandler for AutobahnClient {
                 }
                 Flow::Continue
             }
-            Phase::Cases => echo_piece(ws, echo, piece, fragment),
+            Phase::Cases => echo.on_receive(ws, piece, fragment),
             Phase::Reports | Phase::Over => Flow::Continue,
         }
     }
 
     fn on_writeable(ws: &mut Ws, echo: &mut Echo) -> Flow {
-        drain(ws, echo)
+        echo.on_writeable(ws)
     }
 
     fn on_closed(_echo: &mut Echo) {
@@ -476,15 +331,6 @@ wasmgate_guest::export_ws!(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frag(first: bool, last: bool, binary: bool) -> Fragment {
-        Fragment {
-            first,
-            last,
-            binary,
-            remaining: 0,
-        }
-    }
 
     fn connect(path: &str) -> Next {
         let mut p = Path::new();
@@ -555,25 +401,5 @@ mod tests {
             Path::update_reports().as_str(),
             "/updateReports?agent=wasmgate"
         );
-    }
-
-    #[test]
-    fn the_echo_queue_keeps_pieces_in_order_and_wraps() {
-        let mut q = Echo::default();
-        assert!(q.push(b"one", frag(true, false, false)));
-        assert!(q.push(b"two", frag(false, false, false)));
-        assert!(q.push(b"three", frag(false, true, false)));
-        assert!(q.is_full());
-        assert!(!q.push(b"four", frag(true, true, true)), "full");
-        assert_eq!(q.front().unwrap().bytes(), b"one");
-        q.pop();
-        assert!(!q.has_drained(), "2 of 3 is not below half");
-        assert!(q.push(b"four", frag(true, true, true)), "wraps around");
-        for expected in [&b"two"[..], b"three", b"four"] {
-            assert_eq!(q.front().unwrap().bytes(), expected);
-            q.pop();
-        }
-        assert!(q.is_empty() && q.has_drained());
-        assert!(!q.push(&[0; RX_BUFFER_SIZE + 1], frag(true, true, true)));
     }
 }
