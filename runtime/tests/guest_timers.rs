@@ -1,11 +1,12 @@
 //! `lws_set_timer_usecs` and `LWS_CALLBACK_TIMER`: a guest that answers a
 //! request only when its timer fires, driven with an explicit clock.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
-use wasmgate::{Config, Context};
+use wasmgate::Context;
 
 /// On `HTTP` sets a timer of `delay_us` (or, with `cancel`, sets and then
 /// cancels it); on `TIMER` answers 200.
@@ -39,28 +40,7 @@ fn timer_guest(delay_us: i64, cancel: bool) -> Vec<u8> {
 }
 
 fn device(module: Vec<u8>) -> Context {
-    let config = Config {
-        name: "test".into(),
-        listeners: vec![Listener {
-            name: "http".into(),
-            port: 80,
-            mounts: vec![Mount {
-                prefix: "/".into(),
-                protocol: "tick".into(),
-            }],
-            websocket: Vec::new(),
-            default_websocket: None,
-        }],
-        protocols: vec![Protocol {
-            name: "tick".into(),
-            handler: Handler::Wasm(module),
-        }],
-        limits: Limits::DEFAULT,
-        guest: GuestLimits::DEFAULT,
-        admin: None,
-        clients: Vec::new(),
-    };
-    Context::new(config, Instant::now()).expect("device starts")
+    common::device("tick", module)
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Host calls are paid from the callback's fuel, and a guest cannot flood the
 //! log: work a guest asks of the host is bounded like its own instructions.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,8 +10,7 @@ use std::time::Instant;
 
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
-use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
-use wasmgate::{Config, Context};
+use wasmgate::Context;
 
 /// A guest whose `HTTP` callback calls `lws_log` with 512 bytes `$n` times,
 /// then answers 200 with `lws_return_http_status`.
@@ -38,28 +39,7 @@ fn log_loop_guest(n: u32) -> Vec<u8> {
 }
 
 fn device(module: Vec<u8>) -> Context {
-    let config = Config {
-        name: "test".into(),
-        listeners: vec![Listener {
-            name: "http".into(),
-            port: 80,
-            mounts: vec![Mount {
-                prefix: "/".into(),
-                protocol: "logs".into(),
-            }],
-            websocket: Vec::new(),
-            default_websocket: None,
-        }],
-        protocols: vec![Protocol {
-            name: "logs".into(),
-            handler: Handler::Wasm(module),
-        }],
-        limits: Limits::DEFAULT,
-        guest: GuestLimits::DEFAULT,
-        admin: None,
-        clients: Vec::new(),
-    };
-    Context::new(config, Instant::now()).expect("device starts")
+    common::device("logs", module)
 }
 
 /// The status code of the answer to one GET.
