@@ -12,39 +12,6 @@ use crate::ws::{SendError, SendKind};
 const I32: ValType = ValType::I32;
 const I64: ValType = ValType::I64;
 
-/// Every host function: name, parameter types, result types.
-const SIGNATURES: &[(&str, &[ValType], &[ValType])] = &[
-    ("lws_write", &[I32; 4], &[I32]),
-    ("lws_add_http_header_status", &[I32; 2], &[I32]),
-    ("lws_add_http_header_by_name", &[I32; 5], &[I32]),
-    ("lws_add_http_header_content_length", &[I32, I64], &[I32]),
-    (
-        "lws_add_http_common_headers",
-        &[I32, I32, I32, I32, I64],
-        &[I32],
-    ),
-    ("lws_finalize_write_http_header", &[I32], &[I32]),
-    ("lws_return_http_status", &[I32; 4], &[I32]),
-    ("lws_callback_on_writable", &[I32], &[I32]),
-    ("lws_http_transaction_completed", &[I32], &[I32]),
-    ("lws_http_get_uri_and_method", &[I32; 3], &[I32]),
-    ("lws_hdr_custom_length", &[I32; 3], &[I32]),
-    ("lws_hdr_custom_copy", &[I32; 5], &[I32]),
-    ("lws_get_urlarg_by_name_safe", &[I32; 5], &[I32]),
-    ("lws_get_peer_simple", &[I32; 3], &[I32]),
-    ("lws_now_usecs", &[], &[I64]),
-    ("lws_log", &[I32; 3], &[I32]),
-    ("lws_is_first_fragment", &[I32], &[I32]),
-    ("lws_is_final_fragment", &[I32], &[I32]),
-    ("lws_frame_is_binary", &[I32], &[I32]),
-    ("lws_remaining_packet_payload", &[I32], &[I32]),
-    ("lws_close_reason", &[I32; 4], &[I32]),
-    ("lws_rx_flow_control", &[I32; 2], &[I32]),
-    ("lws_callback_on_writable_all_protocol", &[], &[I32]),
-    ("lws_set_timer_usecs", &[I32, I64], &[I32]),
-    ("lws_client_connect_via_info", &[I32], &[I32]),
-];
-
 /// `lws_write` modes (lws 4.3's `enum lws_write_protocol`).
 const LWS_WRITE_TEXT: i32 = 0;
 const LWS_WRITE_BINARY: i32 = 1;
@@ -571,65 +538,53 @@ fn log(mut cx: Cx<'_>, level: i32, msg: i32, len: i32) -> i32 {
     0
 }
 
-/// A linker that defines every host function of ABI v1.
-pub(super) fn linker(engine: &Engine) -> Linker<HostState> {
-    let mut l = Linker::new(engine);
-    let defined = [
-        l.func_wrap("lws", "lws_write", lws_write).is_ok(),
-        l.func_wrap("lws", "lws_add_http_header_status", add_status)
-            .is_ok(),
-        l.func_wrap("lws", "lws_add_http_header_by_name", add_header)
-            .is_ok(),
-        l.func_wrap("lws", "lws_add_http_header_content_length", content_length)
-            .is_ok(),
-        l.func_wrap("lws", "lws_add_http_common_headers", common_headers)
-            .is_ok(),
-        l.func_wrap("lws", "lws_finalize_write_http_header", finalize)
-            .is_ok(),
-        l.func_wrap("lws", "lws_return_http_status", return_status)
-            .is_ok(),
-        l.func_wrap("lws", "lws_callback_on_writable", on_writable)
-            .is_ok(),
-        l.func_wrap(
-            "lws",
-            "lws_http_transaction_completed",
-            transaction_completed,
-        )
-        .is_ok(),
-        l.func_wrap("lws", "lws_http_get_uri_and_method", uri_and_method)
-            .is_ok(),
-        l.func_wrap("lws", "lws_hdr_custom_length", hdr_length)
-            .is_ok(),
-        l.func_wrap("lws", "lws_hdr_custom_copy", hdr_copy).is_ok(),
-        l.func_wrap("lws", "lws_get_urlarg_by_name_safe", urlarg)
-            .is_ok(),
-        l.func_wrap("lws", "lws_get_peer_simple", peer).is_ok(),
-        l.func_wrap("lws", "lws_now_usecs", |cx: Cx<'_>| cx.data().now_us)
-            .is_ok(),
-        l.func_wrap("lws", "lws_log", log).is_ok(),
-        l.func_wrap("lws", "lws_is_first_fragment", is_first_fragment)
-            .is_ok(),
-        l.func_wrap("lws", "lws_is_final_fragment", is_final_fragment)
-            .is_ok(),
-        l.func_wrap("lws", "lws_frame_is_binary", frame_is_binary)
-            .is_ok(),
-        l.func_wrap("lws", "lws_remaining_packet_payload", remaining_payload)
-            .is_ok(),
-        l.func_wrap("lws", "lws_close_reason", close_reason).is_ok(),
-        l.func_wrap("lws", "lws_rx_flow_control", rx_flow_control)
-            .is_ok(),
-        l.func_wrap("lws", "lws_callback_on_writable_all_protocol", writable_all)
-            .is_ok(),
-        l.func_wrap("lws", "lws_set_timer_usecs", set_timer).is_ok(),
-        l.func_wrap("lws", "lws_client_connect_via_info", client_connect)
-            .is_ok(),
-    ];
-    debug_assert!(
-        defined.iter().all(|ok| *ok),
-        "each host function is defined once"
-    );
-    debug_assert_eq!(defined.len(), SIGNATURES.len());
-    l
+/// Every host function of ABI v1, once: its name, the Rust function behind
+/// it, and its wasm type. Both the load-time check (`SIGNATURES`) and the
+/// linker are made from this one list.
+macro_rules! host_functions {
+    ($( $name:literal => $func:expr, [$($param:ident),*] -> [$($result:ident),*]; )*) => {
+        /// Every host function: name, parameter types, result types.
+        const SIGNATURES: &[(&str, &[ValType], &[ValType])] =
+            &[$( ($name, &[$($param),*], &[$($result),*]) ),*];
+
+        /// A linker that defines every host function of ABI v1.
+        pub(super) fn linker(engine: &Engine) -> Linker<HostState> {
+            let mut l = Linker::new(engine);
+            $(
+                let defined = l.func_wrap("lws", $name, $func).is_ok();
+                debug_assert!(defined, "host function {} is defined once", $name);
+            )*
+            l
+        }
+    };
+}
+
+host_functions! {
+    "lws_write" => lws_write, [I32, I32, I32, I32] -> [I32];
+    "lws_add_http_header_status" => add_status, [I32, I32] -> [I32];
+    "lws_add_http_header_by_name" => add_header, [I32, I32, I32, I32, I32] -> [I32];
+    "lws_add_http_header_content_length" => content_length, [I32, I64] -> [I32];
+    "lws_add_http_common_headers" => common_headers, [I32, I32, I32, I32, I64] -> [I32];
+    "lws_finalize_write_http_header" => finalize, [I32] -> [I32];
+    "lws_return_http_status" => return_status, [I32, I32, I32, I32] -> [I32];
+    "lws_callback_on_writable" => on_writable, [I32] -> [I32];
+    "lws_http_transaction_completed" => transaction_completed, [I32] -> [I32];
+    "lws_http_get_uri_and_method" => uri_and_method, [I32, I32, I32] -> [I32];
+    "lws_hdr_custom_length" => hdr_length, [I32, I32, I32] -> [I32];
+    "lws_hdr_custom_copy" => hdr_copy, [I32, I32, I32, I32, I32] -> [I32];
+    "lws_get_urlarg_by_name_safe" => urlarg, [I32, I32, I32, I32, I32] -> [I32];
+    "lws_get_peer_simple" => peer, [I32, I32, I32] -> [I32];
+    "lws_now_usecs" => |cx: Cx<'_>| cx.data().now_us, [] -> [I64];
+    "lws_log" => log, [I32, I32, I32] -> [I32];
+    "lws_is_first_fragment" => is_first_fragment, [I32] -> [I32];
+    "lws_is_final_fragment" => is_final_fragment, [I32] -> [I32];
+    "lws_frame_is_binary" => frame_is_binary, [I32] -> [I32];
+    "lws_remaining_packet_payload" => remaining_payload, [I32] -> [I32];
+    "lws_close_reason" => close_reason, [I32, I32, I32, I32] -> [I32];
+    "lws_rx_flow_control" => rx_flow_control, [I32, I32] -> [I32];
+    "lws_callback_on_writable_all_protocol" => writable_all, [] -> [I32];
+    "lws_set_timer_usecs" => set_timer, [I32, I64] -> [I32];
+    "lws_client_connect_via_info" => client_connect, [I32] -> [I32];
 }
 
 #[cfg(test)]
@@ -657,12 +612,36 @@ mod tests {
     }
 
     #[test]
-    fn every_signature_has_a_host_function() {
+    fn a_module_importing_every_host_function_with_its_listed_type_loads() {
+        // The listed wasm types must be the Rust functions' types: a mismatch
+        // fails the instantiation inside `Guest::load`.
+        let ty = |tys: &[ValType]| {
+            tys.iter()
+                .map(|t| if *t == I64 { "i64" } else { "i32" })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let imports: String = SIGNATURES
+            .iter()
+            .map(|(name, params, results)| {
+                format!(
+                    r#"(import "lws" "{name}" (func (param {}) (result {})))"#,
+                    ty(params),
+                    ty(results)
+                )
+            })
+            .collect();
+        let wat = format!(
+            r#"(module {imports}
+                (memory (export "memory") 1)
+                (data (i32.const 0) "\01\00\00\00\00\01\00\00\00\02\00\00\00\04\00\00\08\00\00\00\04\00\00\00\00\03\00\00\03\00\00\00")
+                (data (i32.const 768) "all")
+                (func (export "wasmgate_protocol") (result i32) (i32.const 0))
+                (func (export "callback") (param i32 i32 i32 i32 i32) (result i32) (i32.const 0)))"#
+        );
+        let wasm = wat::parse_str(wat).expect("test WAT parses");
         let engine = super::super::Guest::engine();
-        let linker = linker(&engine);
-        let _ = linker; // definitions checked by the debug assertions above
-        for (name, _, _) in SIGNATURES {
-            assert!(signature_of(name).is_some());
-        }
+        super::super::Guest::load(&engine, "all", &wasm, crate::config::GuestLimits::DEFAULT)
+            .expect("every listed host function links with its listed type");
     }
 }
