@@ -127,6 +127,10 @@ macro_rules! lwsl_user {
 /// let _ = write!(buf, "{{\"requests\": {}}}", 12);
 /// assert_eq!(buf.as_str(), "{\"requests\": 12}");
 /// ```
+///
+/// Nothing in it can panic (no slice indexing), so a guest that only uses
+/// `push_str`, `push_u32` and `as_bytes` carries no panic or formatting code.
+#[derive(Clone, PartialEq, Eq)]
 pub struct FmtBuf<const N: usize> {
     buf: [u8; N],
     len: usize,
@@ -151,7 +155,7 @@ impl<const N: usize> FmtBuf<N> {
 
     /// The text written so far, as bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.buf.get(..self.len).unwrap_or_default()
     }
 
     /// Whether some text did not fit.
@@ -176,7 +180,10 @@ impl<const N: usize> FmtBuf<N> {
         while !s.is_char_boundary(take) {
             take -= 1;
         }
-        self.buf[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        let room = self.buf.get_mut(self.len..).unwrap_or_default();
+        for (dst, src) in room.iter_mut().zip(s.as_bytes().iter().take(take)) {
+            *dst = *src;
+        }
         self.len += take;
         self.truncated = take < s.len();
         !self.truncated
@@ -199,7 +206,11 @@ impl<const N: usize> FmtBuf<N> {
             return false;
         }
         let mut rest = n;
-        for slot in self.buf[self.len..self.len + digits].iter_mut().rev() {
+        let room = self
+            .buf
+            .get_mut(self.len..self.len + digits)
+            .unwrap_or_default();
+        for slot in room.iter_mut().rev() {
             *slot = b'0' + (rest % 10) as u8;
             rest /= 10;
         }

@@ -55,7 +55,7 @@
 )]
 
 use wasmgate_guest::lws::ClientConnectInfo;
-use wasmgate_guest::{EchoQueue, GuestCell, Ws, lwsl_err, lwsl_user};
+use wasmgate_guest::{EchoQueue, FmtBuf, GuestCell, Ws, lwsl_err, lwsl_user};
 #[cfg(target_arch = "wasm32")]
 use wasmgate_guest::{Flow, Fragment, WsHandler};
 
@@ -151,17 +151,17 @@ impl Run {
                 }
                 self.phase.set(Phase::Cases);
                 self.case.set(1);
-                Next::Connect(Path::run_case(1))
+                Next::Connect(run_case(1))
             }
             Phase::Cases => {
                 // A case that failed to connect is the server's to judge; go on.
                 let case = self.case.get() + 1;
                 self.case.set(case);
                 if case <= self.count.get() {
-                    Next::Connect(Path::run_case(case))
+                    Next::Connect(run_case(case))
                 } else {
                     self.phase.set(Phase::Reports);
-                    Next::Connect(Path::update_reports())
+                    Next::Connect(update_reports())
                 }
             }
             Phase::Reports if failed => self.give_up("cannot connect to update the reports"),
@@ -180,77 +180,24 @@ impl Run {
 }
 
 /// A request path, built on the stack without `core::fmt`.
-#[derive(Clone, PartialEq, Eq)]
-struct Path {
-    buf: [u8; 64],
-    len: usize,
+type Path = FmtBuf<64>;
+
+/// `/runCase?case=N&agent=wasmgate`; every path fits, so nothing is cut.
+fn run_case(case: u32) -> Path {
+    let mut p = Path::new();
+    p.push_str("/runCase?case=");
+    p.push_u32(case);
+    p.push_str("&agent=");
+    p.push_str(AGENT);
+    p
 }
 
-impl Path {
-    fn new() -> Self {
-        Self {
-            buf: [0; 64],
-            len: 0,
-        }
-    }
-
-    /// `/runCase?case=N&agent=wasmgate`.
-    fn run_case(case: u32) -> Self {
-        let mut p = Self::new();
-        p.push("/runCase?case=");
-        p.push_u32(case);
-        p.push("&agent=");
-        p.push(AGENT);
-        p
-    }
-
-    /// `/updateReports?agent=wasmgate`.
-    fn update_reports() -> Self {
-        let mut p = Self::new();
-        p.push("/updateReports?agent=");
-        p.push(AGENT);
-        p
-    }
-
-    /// Appends `s`; every path above fits, so nothing is ever cut (and only
-    /// whole ASCII strings are appended, so the content stays UTF-8).
-    fn push(&mut self, s: &str) {
-        let room = self.buf.get_mut(self.len..).unwrap_or_default();
-        if s.len() <= room.len() {
-            for (dst, src) in room.iter_mut().zip(s.as_bytes()) {
-                *dst = *src;
-            }
-            self.len += s.len();
-        }
-    }
-
-    /// Appends `n` in decimal.
-    fn push_u32(&mut self, n: u32) {
-        let mut digits = [0u8; 10];
-        let mut start = digits.len();
-        let mut rest = n;
-        for slot in digits.iter_mut().rev() {
-            *slot = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            start -= 1;
-            if rest == 0 {
-                break;
-            }
-        }
-        let digits = digits.get(start..).unwrap_or_default();
-        self.push(core::str::from_utf8(digits).unwrap_or_default());
-    }
-
-    fn as_str(&self) -> &str {
-        let bytes = self.buf.get(..self.len).unwrap_or_default();
-        core::str::from_utf8(bytes).unwrap_or_default()
-    }
-}
-
-impl core::fmt::Debug for Path {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// `/updateReports?agent=wasmgate`.
+fn update_reports() -> Path {
+    let mut p = Path::new();
+    p.push_str("/updateReports?agent=");
+    p.push_str(AGENT);
+    p
 }
 
 /// A connection ended (`failed`: it never opened): opens the next one, or
@@ -334,7 +281,7 @@ mod tests {
 
     fn connect(path: &str) -> Next {
         let mut p = Path::new();
-        p.push(path);
+        p.push_str(path);
         Next::Connect(p)
     }
 
@@ -393,13 +340,10 @@ mod tests {
     #[test]
     fn paths_fit_the_buffer_for_any_case_number() {
         assert_eq!(
-            Path::run_case(u32::MAX).as_str(),
+            run_case(u32::MAX).as_str(),
             "/runCase?case=4294967295&agent=wasmgate"
         );
-        assert_eq!(Path::run_case(0).as_str(), "/runCase?case=0&agent=wasmgate");
-        assert_eq!(
-            Path::update_reports().as_str(),
-            "/updateReports?agent=wasmgate"
-        );
+        assert_eq!(run_case(0).as_str(), "/runCase?case=0&agent=wasmgate");
+        assert_eq!(update_reports().as_str(), "/updateReports?agent=wasmgate");
     }
 }

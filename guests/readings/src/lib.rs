@@ -37,13 +37,13 @@
     allow(dead_code, reason = "exported only on wasm32")
 )]
 
-use wasmgate_guest::GuestCell;
 use wasmgate_guest::lws::{
     Error, Method, Reason, WriteMode, Wsi, lws_add_http_common_headers, lws_callback_on_writable,
     lws_callback_on_writable_all_protocol, lws_finalize_write_http_header,
     lws_http_get_uri_and_method, lws_http_transaction_completed, lws_now_usecs,
     lws_return_http_status, lws_set_timer_usecs, lws_write,
 };
+use wasmgate_guest::{FmtBuf, GuestCell};
 
 /// A reading every this many microseconds (while anyone is connected).
 const PERIOD_US: u64 = 1_000_000;
@@ -128,60 +128,19 @@ const fn tenths_celsius(seq: u32) -> u32 {
     210 + seq % 10
 }
 
-/// A reading's text message, formatted on the stack. Not `FmtBuf`: its slice
-/// indexing brings panic code and `core::fmt` along, doubling the module.
-struct Message {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl Message {
-    /// Reading `seq` as JSON: `{"seq": 7, "celsius": 21.7}`.
-    fn reading(seq: u32) -> Self {
-        let tenths = tenths_celsius(seq);
-        let mut msg = Self {
-            buf: [0; 48],
-            len: 0,
-        };
-        msg.push(b"{\"seq\": ");
-        msg.push_u32(seq);
-        msg.push(b", \"celsius\": ");
-        msg.push_u32(tenths / 10);
-        msg.push(b".");
-        msg.push_u32(tenths % 10);
-        msg.push(b"}");
-        msg
-    }
-
-    /// Appends `bytes`; the longest message (a 10-digit `seq`) fits, so
-    /// nothing is ever cut.
-    fn push(&mut self, bytes: &[u8]) {
-        let room = self.buf.get_mut(self.len..).unwrap_or_default();
-        for (dst, src) in room.iter_mut().zip(bytes) {
-            *dst = *src;
-            self.len += 1;
-        }
-    }
-
-    /// Appends `n` in decimal.
-    fn push_u32(&mut self, n: u32) {
-        let mut digits = [0u8; 10];
-        let mut start = digits.len();
-        let mut rest = n;
-        for slot in digits.iter_mut().rev() {
-            *slot = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            start -= 1;
-            if rest == 0 {
-                break;
-            }
-        }
-        self.push(digits.get(start..).unwrap_or_default());
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        self.buf.get(..self.len).unwrap_or_default()
-    }
+/// Reading `seq` as JSON, formatted on the stack: `{"seq": 7, "celsius": 21.7}`.
+/// The longest (a 10-digit `seq`) fits, so nothing is ever cut.
+fn reading(seq: u32) -> FmtBuf<48> {
+    let tenths = tenths_celsius(seq);
+    let mut msg = FmtBuf::new();
+    msg.push_str("{\"seq\": ");
+    msg.push_u32(seq);
+    msg.push_str(", \"celsius\": ");
+    msg.push_u32(tenths / 10);
+    msg.push_str(".");
+    msg.push_u32(tenths % 10);
+    msg.push_str("}");
+    msg
 }
 
 /// `LWS_CALLBACK_HTTP`: the page for `GET` (and `HEAD`) on any path, `405` for
@@ -250,7 +209,7 @@ fn send_latest(latest: &Latest, wsi: Wsi, pss: &mut Pss) -> i32 {
     if pss.sent_seq == seq {
         return 0;
     }
-    match lws_write(wsi, Message::reading(seq).as_bytes(), WriteMode::TEXT) {
+    match lws_write(wsi, reading(seq).as_bytes(), WriteMode::TEXT) {
         Ok(_) => {
             pss.sent_seq = seq;
             0
@@ -309,7 +268,7 @@ mod tests {
 
     #[test]
     fn readings_are_json_with_the_temperature_in_tenths() {
-        let text = |seq| Message::reading(seq).as_bytes().to_vec();
+        let text = |seq| reading(seq).as_bytes().to_vec();
         assert_eq!(text(1), br#"{"seq": 1, "celsius": 21.1}"#);
         assert_eq!(text(10), br#"{"seq": 10, "celsius": 21.0}"#);
         assert_eq!(text(0), br#"{"seq": 0, "celsius": 21.0}"#);
