@@ -352,6 +352,7 @@ impl Device {
                     .collect(),
                 websocket: l.websocket.clone(),
                 default_websocket: l.default_websocket.clone(),
+                tls: None,
             });
             addrs.push(SocketAddr::new(l.address, l.forward.unwrap_or(l.port)));
         }
@@ -424,6 +425,7 @@ impl Device {
                     host: c.host,
                     origin: c.origin,
                     ws_protocol: c.ws_protocol,
+                    tls: None,
                 },
                 reconnect: c.reconnect,
             })
@@ -436,6 +438,7 @@ impl Device {
             guest,
             admin,
             clients,
+            trust: None,
         };
         config
             .validate()

@@ -58,6 +58,7 @@ fn device(handler: Handler) -> Context {
             }],
             websocket: Vec::new(),
             default_websocket: None,
+            tls: None,
         }],
         protocols: vec![Protocol {
             name: "hello".into(),
@@ -67,6 +68,7 @@ fn device(handler: Handler) -> Context {
         guest: GuestLimits::DEFAULT,
         admin: None,
         clients: Vec::new(),
+        trust: None,
     };
     Context::new(config, Instant::now()).expect("bench device starts")
 }

@@ -22,6 +22,10 @@ pub struct Config {
     pub admin: Option<crate::admin::AdminConfig>,
     /// WebSocket client connections the device opens at start.
     pub clients: Vec<Client>,
+    /// The CA certificates TLS client connections trust (lws's
+    /// `client_ssl_ca_mem`); `None` trusts none, so only a self-signed server
+    /// allowed by `allow_self_signed` can pass.
+    pub trust: Option<crate::tls::TrustAnchors>,
 }
 
 /// A WebSocket client connection the device opens at start (and reopens with
@@ -54,6 +58,9 @@ pub struct ClientTarget {
     pub origin: Option<String>,
     /// `Sec-WebSocket-Protocol` to ask for.
     pub ws_protocol: Option<String>,
+    /// Connect with TLS (`wss://`), checking the server's certificate as
+    /// these options say; `None` for a plain `ws://` connection.
+    pub tls: Option<crate::tls::ClientTlsOptions>,
 }
 
 /// A listening port and the protocols mounted on it.
@@ -70,6 +77,8 @@ pub struct Listener {
     pub websocket: Vec<String>,
     /// The protocol of an upgrade that names none (lws's `default` pvo).
     pub default_websocket: Option<String>,
+    /// Serve HTTPS and WSS with these certificates; `None` for plain HTTP.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// A URL path prefix served by a protocol.
@@ -214,6 +223,8 @@ pub enum ConfigError {
     NoConnections,
     /// `max_connections` is more than [`MAX_CONNECTIONS`].
     TooManyConnections(usize),
+    /// A client asks for TLS in a runtime built without it.
+    TlsUnavailable { client: String },
 }
 
 impl std::fmt::Display for ConfigError {
@@ -235,6 +246,10 @@ impl std::fmt::Display for ConfigError {
             Self::TooManyConnections(n) => write!(
                 f,
                 "limits.max_connections is {n}; at most {MAX_CONNECTIONS} are supported"
+            ),
+            Self::TlsUnavailable { client } => write!(
+                f,
+                "client `{client}` asks for TLS, but this runtime was built without it"
             ),
         }
     }
@@ -265,6 +280,11 @@ impl Config {
                 return Err(ConfigError::UnknownProtocol {
                     listener: format!("client {}", c.name),
                     protocol: c.protocol.clone(),
+                });
+            }
+            if c.target.tls.is_some() && !crate::tls::ENABLED {
+                return Err(ConfigError::TlsUnavailable {
+                    client: c.name.clone(),
                 });
             }
         }
@@ -334,6 +354,7 @@ mod tests {
                 .collect(),
             websocket: Vec::new(),
             default_websocket: None,
+            tls: None,
         }
     }
 

@@ -4,8 +4,9 @@
 //! callbacks.
 //!
 //! Layers, bottom to top (see `docs/architecture.md`): [`net`] drivers own the
-//! sockets, [`http`] turns bytes into requests and responses, [`guest`] runs the
-//! modules, and [`Context`] ties them together in one loop.
+//! sockets, [`tls`] encrypts what they carry, [`http`] turns bytes into
+//! requests and responses, [`guest`] runs the modules, and [`Context`] ties
+//! them together in one loop.
 
 pub mod admin;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod guest;
 pub mod http;
 pub mod net;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -47,9 +47,11 @@ fn device() -> Context {
                 host: None,
                 origin: None,
                 ws_protocol: Some("echo-protocol".into()),
+                tls: None,
             },
             reconnect: true,
         }],
+        trust: None,
     };
     Context::new(config, Instant::now()).expect("device starts")
 }

@@ -63,6 +63,39 @@ impl Context {
             return;
         };
         let t = &client.target;
+        if let Some(options) = t.tls {
+            let (address, port) = (t.address.clone(), t.port);
+            let session = self
+                .client_tls
+                .get(self.config.trust.as_ref(), options)
+                .and_then(|config| crate::tls::Session::client(config, &address, now));
+            match session {
+                Ok(session) => {
+                    let relaxed = options.relaxations();
+                    if !relaxed.is_empty() {
+                        tracing::warn!(
+                            wsi = id.wsi(),
+                            "TLS to {address}:{port} with weakened checks: {}",
+                            relaxed.join(", ")
+                        );
+                    }
+                    if let Some(conn) = self.conn_mut(id) {
+                        conn.tls = Some(Box::new(session));
+                    }
+                }
+                Err(why) => {
+                    self.client_failed(id, &why, now);
+                    return;
+                }
+            }
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Some(client) = conn.client.as_mut() else {
+            return;
+        };
+        let t = &client.target;
         let host = t
             .host
             .clone()

@@ -43,6 +43,12 @@ impl ConnId {
 /// The least time between two `HTTP_WRITEABLE` callbacks that write nothing.
 const IDLE_WRITEABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Decrypted bytes moved up to the layers above TLS at once.
+const TLS_PLAIN_CHUNK: usize = 16 * 1024;
+
+/// A TLS session quiet for this long gives back its receive buffer.
+const TLS_TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest body piece given to a native handler at once.
 const NATIVE_RX_BUFFER: usize = 4096;
 
@@ -180,6 +186,12 @@ struct Conn {
     /// The connection stalled: close it even with bytes still queued.
     hard_close: bool,
     dirty: bool,
+    /// The TLS session of an encrypted connection: everything above sees
+    /// its plaintext.
+    tls: Option<Box<crate::tls::Session>>,
+    /// The peer ended its input (FIN or `close_notify`) while decrypted
+    /// bytes still wait to go up.
+    tls_fin: bool,
 }
 
 impl Conn {
@@ -213,7 +225,54 @@ impl Conn {
             writeable_not_before: now,
             hard_close: false,
             dirty: false,
+            tls: None,
+            tls_fin: false,
         }
+    }
+
+    /// Plaintext waiting to be sent to the peer (to be encrypted first on a
+    /// TLS connection).
+    fn plain_tx(&self) -> &[u8] {
+        if !self.preface.is_empty() {
+            &self.preface
+        } else if self.upgraded {
+            self.ws.as_ref().map_or(&[], |ws| ws.tx())
+        } else {
+            self.http.as_ref().map_or(&[], ServerConn::tx)
+        }
+    }
+
+    /// `n` bytes of [`plain_tx`](Self::plain_tx) are gone to the peer (or
+    /// to TLS).
+    fn consume_plain_tx(&mut self, n: usize) {
+        if !self.preface.is_empty() {
+            self.preface.drain(..n.min(self.preface.len()));
+        } else if self.upgraded {
+            if let Some(ws) = self.ws.as_mut() {
+                ws.consume_tx(n);
+            }
+        } else if let Some(http) = self.http.as_mut() {
+            http.consume_tx(n);
+        }
+    }
+
+    /// True when the layers above TLS are done with the connection and have
+    /// nothing left to send.
+    fn plain_done(&self) -> bool {
+        if self.client.is_some() && !self.upgraded {
+            return self.hard_close || self.abort;
+        }
+        if self.upgraded {
+            let ws = self.ws.as_ref();
+            let drained = self.preface.is_empty() && ws.is_none_or(|w| w.tx().is_empty());
+            // A client waits for the server's FIN (or `client_linger`).
+            let closed = ws.is_some_and(|w| w.is_closed())
+                && (self.client.is_none() || self.peer_fin || self.client_linger.is_none());
+            return self.hard_close || (drained && (self.abort || closed));
+        }
+        let http = self.http.as_ref();
+        let drained = self.preface.is_empty() && http.is_none_or(|h| h.tx().is_empty());
+        self.hard_close || (self.abort && drained) || http.is_some_and(ServerConn::is_closed)
     }
 
     /// The reason numbers this connection's role uses: (receive, pong,
@@ -261,6 +320,10 @@ pub struct Context {
     reconnects: Vec<client::Reconnect>,
     epoch: Instant,
     stats: Stats,
+    /// Scratch for decrypted bytes on their way up.
+    tls_plain: Vec<u8>,
+    /// rustls client configs, made when first needed.
+    client_tls: crate::tls::ClientConfigs,
 }
 
 impl Context {
@@ -356,6 +419,8 @@ impl Context {
             reconnects: Vec::new(),
             epoch: now,
             stats: Stats::default(),
+            tls_plain: Vec::new(),
+            client_tls: crate::tls::ClientConfigs::default(),
             config,
         };
         ctx.open_config_clients(now);
@@ -412,7 +477,10 @@ impl Context {
         };
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         let id = ConnId::new(slot, self.generations[slot]);
-        self.conns[slot] = Some(Conn::new(id, listener, peer, self.config.limits.http, now));
+        let mut conn = Conn::new(id, listener, peer, self.config.limits.http, now);
+        conn.tls =
+            crate::tls::Session::for_listener(self.config.listeners[listener].tls.as_ref(), now);
+        self.conns[slot] = Some(conn);
         self.stats.accepted += 1;
         tracing::debug!(%peer, wsi = id.wsi(), "accepted");
         Ok(id)
@@ -421,26 +489,12 @@ impl Context {
     /// How many bytes [`receive`](Self::receive) can take for `id` now; the
     /// driver leaves the rest in the socket (TCP back-pressure).
     pub fn rx_space(&self, id: ConnId) -> usize {
-        self.conn(id).map_or(0, |c| {
-            if c.abort {
-                0
-            } else if let Some(cl) = c.client.as_ref().filter(|_| !c.upgraded) {
-                match &cl.phase {
-                    client::Phase::Handshake { head, .. } => 4096usize.saturating_sub(head.len()),
-                    _ => 0,
-                }
-            } else if c.client_linger.is_some() {
-                4096 // read (and drop) until the server's FIN shows
-            } else if c.upgraded {
-                if c.ws_backlog.is_empty() {
-                    c.ws.as_ref().map_or(0, |ws| ws.rx_space())
-                } else {
-                    0 // the backlog goes first
-                }
-            } else {
-                c.http.as_ref().map_or(0, ServerConn::rx_space)
-            }
-        })
+        match self.conn(id) {
+            Some(c) if c.abort => 0,
+            Some(Conn { tls: Some(tls), .. }) => tls.rx_space(),
+            Some(_) => self.plain_rx_space(id),
+            None => 0,
+        }
     }
 
     /// Bytes from the peer. Returns how many were taken (at most
@@ -449,108 +503,94 @@ impl Context {
         let Some(conn) = self.conn_mut(id) else {
             return 0;
         };
-        if conn.client.is_some() && !conn.upgraded {
-            let taken = self.client_handshake_bytes(id, data, now);
-            if let Some(conn) = self.conn_mut(id) {
-                conn.last_progress = now;
-            }
-            return taken;
-        }
-        let taken = if conn.abort {
-            0
-        } else if conn.upgraded {
-            conn.ws.as_mut().map_or(0, |ws| ws.feed(data, now))
-        } else {
-            conn.http.as_mut().map_or(0, |http| http.feed(data, now))
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return self.receive_plain(id, data, now);
         };
+        let taken = tls.receive(data);
+        let failed = tls.failure().is_some();
+        let peer_closed = tls.peer_closed();
         if taken > 0 {
             conn.last_progress = now;
         }
-        self.pump(id, now);
+        if peer_closed {
+            conn.tls_fin = true;
+        }
+        self.mark_dirty(id); // handshake records, alerts
+        if failed {
+            self.tls_failed(id, now);
+        } else {
+            self.tls_deliver(id, now);
+        }
         taken
     }
 
     /// The peer sent FIN.
     pub fn peer_closed(&mut self, id: ConnId, now: Instant) {
-        if self
-            .conn(id)
-            .is_some_and(|c| c.client.is_some() && !c.upgraded)
-        {
-            self.client_failed(
-                id,
-                "the server closed the connection during the handshake",
-                now,
-            );
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.peer_fin {
             return;
         }
-        let close_timeout = self.config.limits.ws.close_timeout;
-        if let Some(conn) = self.conn_mut(id) {
-            conn.peer_fin = true;
-            if let Some(ws) = conn.ws.as_mut() {
-                ws.peer_closed(now);
-                if !ws.is_closed() {
-                    // Input still waits (paused by the guest): the peer is
-                    // gone, so the session gets a deadline instead of forever.
-                    conn.drain_by = Some(now + close_timeout);
-                }
-            } else if let Some(http) = conn.http.as_mut() {
-                http.peer_closed(now);
+        if let Some(tls) = conn.tls.as_deref_mut() {
+            if tls.failure().is_none() && tls.is_handshaking() {
+                tls.fail("TLS: the peer closed the connection during the handshake".into());
+                self.tls_failed(id, now);
+                return;
             }
+            // Bytes decrypted before the FIN go up first.
+            conn.tls_fin = true;
+            self.tls_deliver(id, now);
+            return;
         }
-        self.pump(id, now);
+        self.plain_peer_closed(id, now);
     }
 
-    /// Bytes waiting to be sent to the peer.
-    pub fn transmit(&self, id: ConnId) -> &[u8] {
-        let Some(c) = self.conn(id) else {
-            return &[];
-        };
-        if !c.preface.is_empty() {
-            &c.preface
-        } else if c.upgraded {
-            c.ws.as_ref().map_or(&[], |ws| ws.tx())
-        } else {
-            c.http.as_ref().map_or(&[], ServerConn::tx)
+    /// Bytes waiting to be sent to the peer (encrypted first on a TLS
+    /// connection).
+    pub fn transmit(&mut self, id: ConnId) -> &[u8] {
+        self.tls_seal(id);
+        match self.conn(id) {
+            Some(Conn { tls: Some(tls), .. }) => tls.tx(),
+            Some(c) => c.plain_tx(),
+            None => &[],
         }
     }
 
     /// The driver sent `n` bytes of [`transmit`](Self::transmit).
     pub fn transmitted(&mut self, id: ConnId, n: usize, now: Instant) {
-        if let Some(conn) = self.conn_mut(id) {
-            if !conn.preface.is_empty() {
-                conn.preface.drain(..n.min(conn.preface.len()));
-            } else if conn.upgraded {
-                if let Some(ws) = conn.ws.as_mut() {
-                    ws.consume_tx(n);
-                }
-            } else if let Some(http) = conn.http.as_mut() {
-                http.consume_tx(n);
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if n > 0 {
+            conn.last_progress = now;
+        }
+        match conn.tls.as_deref_mut() {
+            Some(tls) => {
+                tls.consume_tx(n);
+                // Sending may have made room above for what waits decrypted.
+                self.tls_deliver(id, now);
             }
-            if n > 0 {
-                conn.last_progress = now;
-            }
+            None => conn.consume_plain_tx(n),
         }
     }
 
     /// True when the driver should close the socket: the connection is done and
     /// everything queued has been sent.
     pub fn should_close(&self, id: ConnId) -> bool {
-        self.conn(id).is_none_or(|c| {
-            if c.client.is_some() && !c.upgraded {
-                return c.hard_close || c.abort;
+        self.conn(id).is_none_or(|c| match c.tls.as_deref() {
+            // The alert (or the plain-HTTP answer) goes out first.
+            Some(tls) if tls.failure().is_some() => tls.tx().is_empty(),
+            Some(tls) => {
+                c.hard_close || (c.plain_done() && tls.close_sent() && tls.tx().is_empty())
             }
-            if c.upgraded {
-                let ws = c.ws.as_ref();
-                let drained = c.preface.is_empty() && ws.is_none_or(|w| w.tx().is_empty());
-                // A client waits for the server's FIN (or `client_linger`).
-                let closed = ws.is_some_and(|w| w.is_closed())
-                    && (c.client.is_none() || c.peer_fin || c.client_linger.is_none());
-                return c.hard_close || (drained && (c.abort || closed));
-            }
-            let http = c.http.as_ref();
-            let drained = c.preface.is_empty() && http.is_none_or(|h| h.tx().is_empty());
-            c.hard_close || (c.abort && drained) || http.is_some_and(ServerConn::is_closed)
+            None => c.plain_done(),
         })
+    }
+
+    /// True when `id` is encrypted (HTTPS, WSS or a TLS client connection).
+    pub fn is_tls(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| c.tls.is_some())
     }
 
     /// The socket is gone (closed by us after [`should_close`](Self::should_close),
@@ -599,6 +639,14 @@ impl Context {
                 continue;
             };
             let id = conn.id;
+            if conn.tls.is_some()
+                && let Some(due) = self.tls_service(id, now)
+            {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
             if conn.client.is_some() && !conn.upgraded {
                 continue; // client_service watches the handshake
             }
@@ -623,6 +671,196 @@ impl Context {
             }
         }
         next
+    }
+
+    // ---- below TLS: plaintext ----
+
+    /// How many plaintext bytes [`receive_plain`](Self::receive_plain) takes
+    /// for `id` now.
+    fn plain_rx_space(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| {
+            if c.abort {
+                0
+            } else if let Some(cl) = c.client.as_ref().filter(|_| !c.upgraded) {
+                match &cl.phase {
+                    client::Phase::Handshake { head, .. } => 4096usize.saturating_sub(head.len()),
+                    _ => 0,
+                }
+            } else if c.client_linger.is_some() {
+                4096 // read (and drop) until the server's FIN shows
+            } else if c.upgraded {
+                if c.ws_backlog.is_empty() {
+                    c.ws.as_ref().map_or(0, |ws| ws.rx_space())
+                } else {
+                    0 // the backlog goes first
+                }
+            } else {
+                c.http.as_ref().map_or(0, ServerConn::rx_space)
+            }
+        })
+    }
+
+    /// Plaintext from the peer; takes all of `data` up to
+    /// [`plain_rx_space`](Self::plain_rx_space).
+    fn receive_plain(&mut self, id: ConnId, data: &[u8], now: Instant) -> usize {
+        let Some(conn) = self.conn_mut(id) else {
+            return 0;
+        };
+        if conn.client.is_some() && !conn.upgraded {
+            let taken = self.client_handshake_bytes(id, data, now);
+            if let Some(conn) = self.conn_mut(id) {
+                conn.last_progress = now;
+            }
+            return taken;
+        }
+        let taken = if conn.abort {
+            0
+        } else if conn.upgraded {
+            conn.ws.as_mut().map_or(0, |ws| ws.feed(data, now))
+        } else {
+            conn.http.as_mut().map_or(0, |http| http.feed(data, now))
+        };
+        if taken > 0 {
+            conn.last_progress = now;
+        }
+        self.pump(id, now);
+        taken
+    }
+
+    /// The peer is done sending (FIN, or TLS `close_notify`).
+    fn plain_peer_closed(&mut self, id: ConnId, now: Instant) {
+        if self
+            .conn(id)
+            .is_some_and(|c| c.client.is_some() && !c.upgraded)
+        {
+            self.client_failed(
+                id,
+                "the server closed the connection during the handshake",
+                now,
+            );
+            return;
+        }
+        let close_timeout = self.config.limits.ws.close_timeout;
+        if let Some(conn) = self.conn_mut(id) {
+            conn.peer_fin = true;
+            if let Some(ws) = conn.ws.as_mut() {
+                ws.peer_closed(now);
+                if !ws.is_closed() {
+                    // Input still waits (paused by the guest): the peer is
+                    // gone, so the session gets a deadline instead of forever.
+                    conn.drain_by = Some(now + close_timeout);
+                }
+            } else if let Some(http) = conn.http.as_mut() {
+                http.peer_closed(now);
+            }
+        }
+        self.pump(id, now);
+    }
+
+    // ---- TLS ----
+
+    /// Moves decrypted bytes up while the layers above take them; then,
+    /// once all are up, the peer's end of input (FIN or `close_notify`).
+    fn tls_deliver(&mut self, id: ConnId, now: Instant) {
+        let mut buf = std::mem::take(&mut self.tls_plain);
+        buf.resize(TLS_PLAIN_CHUNK, 0);
+        loop {
+            let space = self.plain_rx_space(id).min(buf.len());
+            let Some(tls) = self.conn_mut(id).and_then(|c| c.tls.as_deref_mut()) else {
+                break;
+            };
+            if space == 0 || tls.plaintext() == 0 {
+                break;
+            }
+            let n = tls.read_plaintext(&mut buf[..space]);
+            if n == 0 {
+                break;
+            }
+            let taken = self.receive_plain(id, &buf[..n], now);
+            debug_assert_eq!(taken, n, "the layers take what their rx space offers");
+        }
+        self.tls_plain = buf;
+        let ended = self.conn(id).is_some_and(|c| {
+            c.tls_fin && !c.peer_fin && c.tls.as_ref().is_some_and(|t| t.plaintext() == 0)
+        });
+        if ended {
+            self.plain_peer_closed(id, now);
+        }
+    }
+
+    /// The TLS session of `id` failed: a client connection reports why to
+    /// its guest; any connection closes once the alert is sent.
+    fn tls_failed(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        let why = conn
+            .tls
+            .as_ref()
+            .and_then(|t| t.failure())
+            .unwrap_or("TLS failure")
+            .to_string();
+        if conn.client.is_some() && !conn.upgraded {
+            self.client_failed(id, &why, now);
+        } else {
+            tracing::info!(wsi = id.wsi(), peer = %conn.peer, "closing: {why}");
+        }
+        self.mark_dirty(id);
+    }
+
+    /// Encrypts what the layers above queued, and `close_notify` once they
+    /// are done.
+    fn tls_seal(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Some(mut tls) = conn.tls.take() else {
+            return;
+        };
+        while tls.wants_plaintext() {
+            let n = tls.write_plaintext(conn.plain_tx());
+            if n == 0 {
+                break;
+            }
+            conn.consume_plain_tx(n);
+        }
+        if conn.plain_done() && conn.plain_tx().is_empty() {
+            tls.close();
+        }
+        conn.tls = Some(tls);
+    }
+
+    /// TLS upkeep: handshake deadlines, decrypted bytes the layers above
+    /// now have room for, buffers of sessions gone quiet. Returns when it
+    /// wants to run next.
+    fn tls_service(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
+        let conn = self.conn_mut(id)?;
+        let last_progress = conn.last_progress;
+        let tls = conn.tls.as_deref_mut()?;
+        if let Some(deadline) = tls.handshake_deadline() {
+            if deadline > now {
+                return Some(deadline);
+            }
+            tls.fail(format!(
+                "TLS: handshake not finished after {} s",
+                crate::tls::HANDSHAKE_TIMEOUT.as_secs()
+            ));
+            self.tls_failed(id, now);
+            return None;
+        }
+        if tls.plaintext() > 0 {
+            self.tls_deliver(id, now);
+            return None;
+        }
+        let quiet_at = last_progress + TLS_TRIM_AFTER;
+        if tls.trimmed() {
+            None
+        } else if quiet_at <= now {
+            tls.trim();
+            None
+        } else {
+            Some(quiet_at)
+        }
     }
 
     // ---- dispatch ----

@@ -268,8 +268,13 @@ fn client_connect(mut cx: Cx<'_>, info: i32) -> i32 {
             .ok()
             .filter(|p| *p != 0)
             .ok_or(INVALID)?;
-        if field(44) & 1 != 0 {
-            return Err(INVALID); // LCCSCF_USE_SSL: no TLS yet
+        let tls = crate::tls::ClientTlsOptions::from_lccscf(field(44)).map_err(|why| {
+            tracing::warn!("lws_client_connect_via_info: {why}");
+            INVALID
+        })?;
+        if tls.is_some() && !crate::tls::ENABLED {
+            tracing::warn!("lws_client_connect_via_info: LCCSCF_USE_SSL, but built without TLS");
+            return Err(INVALID);
         }
         Ok(ConnectRequest {
             wsi: 0,
@@ -280,6 +285,7 @@ fn client_connect(mut cx: Cx<'_>, info: i32) -> i32 {
                 host: text(20)?,
                 origin: text(28)?,
                 ws_protocol: text(36)?,
+                tls,
             },
             local_protocol: text(48)?,
         })

@@ -18,6 +18,7 @@ pub fn device(protocol: &str, module: Vec<u8>) -> Context {
             }],
             websocket: Vec::new(),
             default_websocket: None,
+            tls: None,
         }],
         protocols: vec![Protocol {
             name: protocol.into(),
@@ -27,6 +28,7 @@ pub fn device(protocol: &str, module: Vec<u8>) -> Context {
         guest: GuestLimits::DEFAULT,
         admin: None,
         clients: Vec::new(),
+        trust: None,
     };
     Context::new(config, Instant::now()).expect("device starts")
 }
