@@ -231,3 +231,78 @@ impl ClientConfigs {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn server(chain: &str, key: &str) -> Result<ServerTls, String> {
+        ServerTls::from_pem(&[Identity {
+            chain_pem: chain.as_bytes(),
+            key_pem: key.as_bytes(),
+        }])
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_matching_chain_and_key_load() {
+        let (chain, key) = leaf("device.test");
+        assert_eq!(server(&chain, &key).unwrap().certificates(), 1);
+    }
+
+    #[test]
+    fn bad_certificates_and_keys_are_refused_in_words() {
+        let (chain, key) = leaf("device.test");
+        let (_, other_key) = leaf("other.test");
+        let cases = [
+            (String::new(), key.clone(), "no CERTIFICATE block"),
+            (key.clone(), key.clone(), "no CERTIFICATE block"),
+            (chain.replace("-----END", "-----XXX"), key.clone(), "END"),
+            (chain.clone(), String::new(), "private key"),
+            (
+                chain.clone(),
+                other_key,
+                "does not belong to the certificate",
+            ),
+        ];
+        for (chain, key, expected) in cases {
+            let err = server(&chain, &key).expect_err(expected);
+            assert!(err.contains(expected), "{err:?} should say {expected:?}");
+        }
+        assert!(ServerTls::from_pem(&[]).is_err(), "no certificate at all");
+    }
+
+    #[test]
+    fn several_certificates_name_the_bad_one() {
+        let (chain, key) = leaf("a.test");
+        let identities = [
+            Identity {
+                chain_pem: chain.as_bytes(),
+                key_pem: key.as_bytes(),
+            },
+            Identity {
+                chain_pem: b"",
+                key_pem: key.as_bytes(),
+            },
+        ];
+        let err = ServerTls::from_pem(&identities).unwrap_err().to_string();
+        assert!(err.starts_with("certificate 2: "), "{err}");
+    }
+
+    #[test]
+    fn a_ca_bundle_loads_and_garbage_does_not() {
+        let (chain, _) = leaf("ca.test");
+        assert_eq!(TrustAnchors::from_pem(chain.as_bytes()).unwrap().len(), 1);
+        let err = TrustAnchors::from_pem(b"not pem").unwrap_err().to_string();
+        assert!(err.contains("CA bundle"), "{err}");
+    }
+}
