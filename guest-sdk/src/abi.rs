@@ -111,6 +111,8 @@ unsafe extern "C" {
     ///
     /// As for [`lws_http_get_uri_and_method`]: `dst` must be exclusively owned.
     pub unsafe fn lws_get_peer_simple(wsi: i32, dst: i32, dst_len: i32) -> i32;
+    /// `lws_is_ssl(wsi)`: 1 for a TLS connection, 0 for a plain one.
+    pub safe fn lws_is_ssl(wsi: i32) -> i32;
     /// `lws_now_usecs()`: microseconds of the runtime's clock.
     pub safe fn lws_now_usecs() -> i64;
     /// `lws_log(level, msg, len)`: 0 or an error.
@@ -196,6 +198,9 @@ mod host_stubs {
         BAD_STATE
     }
     pub unsafe fn lws_get_peer_simple(_wsi: i32, _dst: i32, _dst_len: i32) -> i32 {
+        BAD_STATE
+    }
+    pub fn lws_is_ssl(_wsi: i32) -> i32 {
         BAD_STATE
     }
     pub fn lws_now_usecs() -> i64 {
@@ -314,7 +319,8 @@ pub struct RawClientConnectInfo {
     pub protocol: u32,
     /// Its length.
     pub protocol_len: u32,
-    /// `LCCSCF_*` flags (`LCCSCF_USE_SSL` is refused until TLS lands).
+    /// `LCCSCF_*` flags: `LCCSCF_USE_SSL` (1), `LCCSCF_ALLOW_SELFSIGNED` (2),
+    /// `LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK` (4).
     pub ssl_connection: u32,
     /// The device protocol whose guest gets the callbacks (empty: the caller's).
     pub local_protocol: u32,

@@ -486,6 +486,17 @@ pub fn lws_get_peer_simple(wsi: Wsi, dst: &mut [u8]) -> Result<usize, Error> {
     copied(ret, dst)
 }
 
+/// `lws_is_ssl`: true when the connection is encrypted (HTTPS, WSS, or a
+/// client connection made with [`LCCSCF_USE_SSL`]).
+///
+/// # Errors
+///
+/// [`Error::BadState`] outside the connection's own callback (and always off
+/// wasm32).
+pub fn lws_is_ssl(wsi: Wsi) -> Result<bool, Error> {
+    check(abi::lws_is_ssl(wsi.0)).map(|n| n == 1)
+}
+
 /// `lws_now_usecs`: microseconds of the runtime's clock (0 off wasm32).
 pub fn lws_now_usecs() -> i64 {
     abi::lws_now_usecs()
@@ -624,8 +635,17 @@ pub fn lws_set_timer_usecs(wsi: Wsi, usecs: Option<u64>) -> Result<(), Error> {
 }
 
 /// `LCCSCF_USE_SSL`: the [`ClientConnectInfo::ssl_connection`] flag for a
-/// `wss://` connection. The runtime refuses it ([`Error::Invalid`]) until TLS lands.
-pub const LCCSCF_USE_SSL: u32 = 1;
+/// `wss://` connection. The server's certificate is checked against the CA
+/// bundle of the device config (`[tls] ca`).
+pub const LCCSCF_USE_SSL: u32 = 1 << 0;
+/// `LCCSCF_ALLOW_SELFSIGNED`: with [`LCCSCF_USE_SSL`], also accept a server
+/// certificate that signs itself (its dates and name are still checked). The
+/// device logs a warning for each connection that uses it.
+pub const LCCSCF_ALLOW_SELFSIGNED: u32 = 1 << 1;
+/// `LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK`: with [`LCCSCF_USE_SSL`], accept a
+/// certificate issued for another name (the chain is still checked). Logged
+/// as a warning too.
+pub const LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK: u32 = 1 << 2;
 
 /// Where [`lws_client_connect_via_info`] connects, lws's `struct
 /// lws_client_connect_info` with the fields the ABI keeps. An empty string
@@ -726,7 +746,9 @@ impl<'a> ClientConnectInfo<'a> {
 /// # Errors
 ///
 /// [`Error::Invalid`] for a missing address, port 0, a string the runtime
-/// refuses, or [`LCCSCF_USE_SSL`]; [`Error::NotFound`] when no device protocol
+/// refuses, or `ssl_connection` flags other than the three above (or an
+/// escape hatch without [`LCCSCF_USE_SSL`], or TLS on a runtime built
+/// without it); [`Error::NotFound`] when no device protocol
 /// is called `local_protocol`; [`Error::NoSpace`] when the device has no free
 /// connection (one callback can open only a couple); [`Error::BadState`]
 /// outside a connection's callback (and always off wasm32).

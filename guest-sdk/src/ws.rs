@@ -214,7 +214,7 @@ impl Ws {
     /// # Errors
     ///
     /// As [`lws::lws_client_connect_via_info`]: [`Error::Invalid`] for a bad
-    /// field or TLS, [`Error::NotFound`] for an unknown `local_protocol`,
+    /// field or flag, [`Error::NotFound`] for an unknown `local_protocol`,
     /// [`Error::NoSpace`] when the device has no free connection,
     /// [`Error::BadState`] outside a connection's callback.
     pub fn connect(info: &ClientConnectInfo<'_>) -> Result<Wsi, Error> {

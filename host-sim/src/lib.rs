@@ -101,6 +101,7 @@ struct LimitsSection {
     ws_tx_buffer_bytes: usize,
     ws_ping_interval_ms: u64,
     ws_pong_timeout_ms: u64,
+    tls_handshake_timeout_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -123,6 +124,7 @@ impl Default for LimitsSection {
             ws_tx_buffer_bytes: l.ws.tx_buffer_bytes,
             ws_ping_interval_ms: l.ws.ping_interval.map_or(0, |d| d.as_millis() as u64),
             ws_pong_timeout_ms: l.ws.pong_timeout.as_millis() as u64,
+            tls_handshake_timeout_ms: l.tls_handshake_timeout.as_millis() as u64,
         }
     }
 }
@@ -251,6 +253,7 @@ impl Device {
         let limits = Limits {
             max_connections: l.max_connections,
             response_timeout: Duration::from_millis(l.response_timeout_ms),
+            tls_handshake_timeout: Duration::from_millis(l.tls_handshake_timeout_ms),
             http: http::Limits {
                 max_head_bytes: l.max_head_bytes,
                 max_headers: l.max_headers,

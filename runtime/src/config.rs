@@ -140,6 +140,9 @@ pub struct Limits {
     /// Per-connection WebSocket limits (frame and message size, buffers,
     /// keepalive).
     pub ws: crate::ws::Limits,
+    /// Time a TLS handshake may take, from accept (or from the TCP connect
+    /// of a client connection). Default 10 s.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Limits {
@@ -149,6 +152,7 @@ impl Limits {
         response_timeout: Duration::from_secs(30),
         http: http::Limits::DEFAULT,
         ws: crate::ws::Limits::DEFAULT,
+        tls_handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
     };
 }
 

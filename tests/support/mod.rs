@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test file uses a different part")]
 
 pub mod autobahn;
+pub mod certs;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 pub struct Sim {
     child: Child,
     args: Vec<String>,
-    /// Address of each listener, in config order.
-    pub addrs: Vec<SocketAddr>,
+    /// Address of each listener, in config order, and whether it is TLS.
+    pub addrs: Vec<(SocketAddr, bool)>,
     logs: Arc<Mutex<String>>,
     dir: PathBuf,
 }
@@ -85,10 +86,13 @@ impl Sim {
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped");
         std::thread::spawn(move || {
+            // Listener lines hold `http://ADDR/` or `https://ADDR/`.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("http://").nth(1) {
-                    let addr = url.trim_end_matches('/').to_string();
-                    let _ = tx.send(addr);
+                for (scheme, tls) in [("http://", false), ("https://", true)] {
+                    if let Some(url) = line.split(scheme).nth(1) {
+                        let addr = url.split_whitespace().next().unwrap_or("");
+                        let _ = tx.send((addr.trim_end_matches('/').to_string(), tls));
+                    }
                 }
             }
         });
@@ -106,9 +110,11 @@ impl Sim {
                 let logs = logs.lock().expect("logs").clone();
                 panic!("wasmgate did not print a listener address; stderr:\n{logs}")
             });
-        let mut addrs = vec![first.parse().expect("socket address")];
-        while let Ok(more) = rx.recv_timeout(Duration::from_millis(50)) {
-            addrs.push(more.parse().expect("socket address"));
+        let mut addrs = Vec::new();
+        for (addr, tls) in std::iter::once(first).chain(std::iter::from_fn(|| {
+            rx.recv_timeout(Duration::from_millis(50)).ok()
+        })) {
+            addrs.push((addr.parse().expect("socket address"), tls));
         }
         Sim {
             child,
@@ -135,9 +141,22 @@ impl Sim {
         Sim::spawn(&args, dir)
     }
 
-    /// The first listener's address.
+    /// The first plain listener's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addrs[0]
+        self.addrs
+            .iter()
+            .find(|(_, tls)| !tls)
+            .expect("a plain listener")
+            .0
+    }
+
+    /// The first TLS listener's address.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(_, tls)| *tls)
+            .expect("a TLS listener")
+            .0
     }
 
     /// Everything the simulator logged so far (stderr).

@@ -38,6 +38,10 @@
 //!
 //! `tests/ws_autobahn_client.rs` does this and checks the report.
 //!
+//! With `tls = true` on that `[[client]]` (a `wss://` fuzzingserver), the
+//! guest sees `lws_is_ssl` on the first connection and opens the others with
+//! `LCCSCF_USE_SSL` too.
+//!
 //! Corners cut: the server's address is fixed ([`SERVER_ADDRESS`],
 //! [`SERVER_PORT`]): the device config's `[[client]]` opens only the first
 //! connection, and a guest cannot read that connection's target, so the later
@@ -54,7 +58,7 @@
     allow(dead_code, reason = "exported only on wasm32")
 )]
 
-use wasmgate_guest::lws::ClientConnectInfo;
+use wasmgate_guest::lws::{ClientConnectInfo, LCCSCF_USE_SSL};
 use wasmgate_guest::{EchoQueue, FmtBuf, GuestCell, Ws, lwsl_err, lwsl_user};
 #[cfg(target_arch = "wasm32")]
 use wasmgate_guest::{Flow, Fragment, WsHandler};
@@ -102,6 +106,8 @@ struct Run {
     count: GuestCell<u32>,
     /// The case being run, 1..=N.
     case: GuestCell<u32>,
+    /// The first connection was TLS (`wss://`): so are the ones the guest opens.
+    tls: GuestCell<bool>,
 }
 
 /// What to do now that a connection has ended.
@@ -123,6 +129,7 @@ impl Run {
             phase: GuestCell::new(Phase::CaseCount),
             count: GuestCell::new(0),
             case: GuestCell::new(0),
+            tls: GuestCell::new(false),
         }
     }
 
@@ -212,7 +219,10 @@ fn connection_ended(run: &Run, failed: bool) {
                     run.count.get()
                 );
             }
-            let info = ClientConnectInfo::new(SERVER_ADDRESS, SERVER_PORT, path.as_str());
+            let mut info = ClientConnectInfo::new(SERVER_ADDRESS, SERVER_PORT, path.as_str());
+            if run.tls.get() {
+                info.ssl_connection = LCCSCF_USE_SSL;
+            }
             if let Err(e) = Ws::connect(&info) {
                 run.phase.set(Phase::Over);
                 lwsl_err!(
@@ -239,6 +249,15 @@ struct AutobahnClient;
 #[cfg(target_arch = "wasm32")]
 impl WsHandler for AutobahnClient {
     type Session = Echo;
+
+    fn on_established(ws: &mut Ws, _echo: &mut Echo) -> Flow {
+        if RUN.phase.get() == Phase::CaseCount {
+            // The device config opened this one: the run follows its scheme.
+            RUN.tls
+                .set(wasmgate_guest::lws::lws_is_ssl(ws.wsi()).unwrap_or(false));
+        }
+        Flow::Continue
+    }
 
     fn on_receive(ws: &mut Ws, echo: &mut Echo, piece: &[u8], fragment: Fragment) -> Flow {
         match RUN.phase.get() {

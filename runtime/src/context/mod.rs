@@ -834,16 +834,17 @@ impl Context {
     /// now have room for, buffers of sessions gone quiet. Returns when it
     /// wants to run next.
     fn tls_service(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
+        let timeout = self.config.limits.tls_handshake_timeout;
         let conn = self.conn_mut(id)?;
         let last_progress = conn.last_progress;
         let tls = conn.tls.as_deref_mut()?;
-        if let Some(deadline) = tls.handshake_deadline() {
+        if let Some(deadline) = tls.handshake_deadline(timeout) {
             if deadline > now {
                 return Some(deadline);
             }
             tls.fail(format!(
-                "TLS: handshake not finished after {} s",
-                crate::tls::HANDSHAKE_TIMEOUT.as_secs()
+                "TLS: handshake not finished after {} ms",
+                timeout.as_millis()
             ));
             self.tls_failed(id, now);
             return None;
@@ -1310,6 +1311,7 @@ impl Context {
             free_wsis,
             connects: Vec::new(),
             peer: conn.peer,
+            tls: conn.tls.is_some(),
             writable_requested: false,
             completed: None,
         };

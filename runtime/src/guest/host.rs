@@ -512,6 +512,10 @@ fn peer(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32) -> i32 {
     })
 }
 
+fn is_ssl(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    with_call(&mut cx, wsi, 0, |_, call| i32::from(call.tls))
+}
+
 fn log(mut cx: Cx<'_>, level: i32, msg: i32, len: i32) -> i32 {
     let logged = usize::try_from(len).unwrap_or(0).min(MAX_LOG) as u64;
     charge(
@@ -580,6 +584,7 @@ host_functions! {
     "lws_hdr_custom_copy" => hdr_copy, [I32, I32, I32, I32, I32] -> [I32];
     "lws_get_urlarg_by_name_safe" => urlarg, [I32, I32, I32, I32, I32] -> [I32];
     "lws_get_peer_simple" => peer, [I32, I32, I32] -> [I32];
+    "lws_is_ssl" => is_ssl, [I32] -> [I32];
     "lws_now_usecs" => |cx: Cx<'_>| cx.data().now_us, [] -> [I64];
     "lws_log" => log, [I32, I32, I32] -> [I32];
     "lws_is_first_fragment" => is_first_fragment, [I32] -> [I32];

@@ -184,6 +184,8 @@ pub struct Call {
     pub connects: Vec<ConnectRequest>,
     /// The peer's address, for `lws_get_peer_simple`.
     pub peer: SocketAddr,
+    /// The connection is encrypted, for `lws_is_ssl`.
+    pub tls: bool,
     /// Set by `lws_callback_on_writable`.
     pub writable_requested: bool,
     /// Set by `lws_http_transaction_completed` (or `lws_return_http_status`).

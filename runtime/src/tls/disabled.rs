@@ -88,7 +88,7 @@ impl Session {
     pub(crate) fn is_handshaking(&self) -> bool {
         match *self {}
     }
-    pub(crate) fn handshake_deadline(&self) -> Option<Instant> {
+    pub(crate) fn handshake_deadline(&self, _: std::time::Duration) -> Option<Instant> {
         match *self {}
     }
     pub(crate) fn failure(&self) -> Option<&str> {

@@ -33,7 +33,8 @@ use std::time::Duration;
 /// True when the runtime was built with TLS (the `tls` cargo feature).
 pub const ENABLED: bool = cfg!(feature = "tls");
 
-/// Longest a TLS handshake may take before the connection is closed.
+/// Longest a TLS handshake may take before the connection is closed, by
+/// default ([`Limits::tls_handshake_timeout`](crate::config::Limits)).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `LCCSCF_USE_SSL`: connect with TLS (`wss://`).

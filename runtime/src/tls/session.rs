@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustls::{CertificateError, ClientConfig, Connection, Error};
 use rustls_pki_types::ServerName;
@@ -94,10 +94,10 @@ impl Session {
         self.conn.is_handshaking()
     }
 
-    /// When the handshake times out, while it is under way.
-    pub(crate) fn handshake_deadline(&self) -> Option<Instant> {
-        (self.is_handshaking() && self.failure.is_none())
-            .then_some(self.started + super::HANDSHAKE_TIMEOUT)
+    /// When the handshake times out (`timeout` after it began), while it is
+    /// under way.
+    pub(crate) fn handshake_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (self.is_handshaking() && self.failure.is_none()).then_some(self.started + timeout)
     }
 
     /// Why the session failed.
