@@ -1,7 +1,9 @@
 //! RFC 6455 conformance of the WebSocket server, measured the way libwebsockets
 //! measures its own: the Autobahn TestSuite's `fuzzingclient` runs every case
-//! against the `ws-echo` guest in the real simulator. Cases 12.* and 13.* need
-//! permessage-deflate, which the device does not offer, and are left out.
+//! against the `ws-echo` guest in the real simulator, over `ws://` and again
+//! over `wss://` (a TLS listener with a certificate made for the test). Cases
+//! 12.* and 13.* need permessage-deflate, which the device does not offer, and
+//! are left out.
 //!
 //! Autobahn is Python 2 software; `tests/autobahn/setup.sh` installs it into a
 //! virtualenv (once, cached in `~/.cache/wasmgate-autobahn` or
@@ -15,14 +17,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::autobahn::{assert_all_pass, autobahn_venv, read_results, run_with_timeout};
+use support::certs::Ca;
 use support::{Sim, device_toml};
 
 /// How long the whole fuzzingclient run may take (libwebsockets needs ~40 s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The device: ws-echo as the default WebSocket protocol of the listener, with
-/// frame and message limits that let case 9's 16 MiB messages through.
-fn echo_device() -> Sim {
+/// frame and message limits that let case 9's 16 MiB messages through; with
+/// `tls`, the listener serves a certificate Autobahn (which checks none) accepts.
+fn echo_device(tls: bool) -> Sim {
     let mut toml = device_toml(
         &[("echo_server", "builtin:ws-echo")],
         &[],
@@ -31,11 +35,29 @@ fn echo_device() -> Sim {
     );
     // device_toml writes the listener table last: these keys belong to it.
     toml.push_str("websocket = [\"echo_server\"]\ndefault_websocket = \"echo_server\"\n");
+    if tls {
+        let leaf = Ca::new("autobahn wss CA").issue(&["127.0.0.1"]);
+        toml.push_str(&format!(
+            "[[listener.certificate]]\ncert = '''\n{}'''\nkey = '''\n{}'''\n",
+            leaf.chain_pem, leaf.key_pem
+        ));
+    }
     Sim::start(&toml)
 }
 
 #[test]
 fn autobahn_fuzzingclient_cases_pass_against_ws_echo() {
+    fuzzingclient_run(false);
+}
+
+#[test]
+fn autobahn_fuzzingclient_cases_pass_against_ws_echo_over_tls() {
+    fuzzingclient_run(true);
+}
+
+/// Runs every case against the device (over TLS with `tls`) and requires
+/// each to pass.
+fn fuzzingclient_run(tls: bool) {
     let venv = match autobahn_venv() {
         Ok(venv) => venv,
         Err(why) => {
@@ -43,15 +65,20 @@ fn autobahn_fuzzingclient_cases_pass_against_ws_echo() {
             return;
         }
     };
-    let sim = echo_device();
-    let agent = "wasmgate";
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("autobahn");
+    let sim = echo_device(tls);
+    let (agent, scheme, dir) = if tls {
+        ("wasmgate-tls", "wss", "autobahn-tls")
+    } else {
+        ("wasmgate", "ws", "autobahn")
+    };
+    let port = if tls { sim.tls_addr() } else { sim.addr() }.port();
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
     let outdir = work.join("report");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&outdir).expect("report dir");
     let spec = serde_json::json!({
         "outdir": outdir,
-        "servers": [{"agent": agent, "url": format!("ws://127.0.0.1:{}", sim.addr().port())}],
+        "servers": [{"agent": agent, "url": format!("{scheme}://127.0.0.1:{port}")}],
         "cases": ["*"],
         "exclude-cases": ["12.*", "13.*"],
         "exclude-agent-cases": {},
@@ -89,5 +116,6 @@ fn autobahn_fuzzingclient_cases_pass_against_ws_echo() {
 
     let results = read_results(&outdir, agent);
     assert!(!results.is_empty(), "Autobahn ran no cases");
-    assert_all_pass("Autobahn fuzzingclient", &results, &work, &outdir, &sim);
+    let title = format!("Autobahn fuzzingclient over {scheme}://");
+    assert_all_pass(&title, &results, &work, &outdir, &sim);
 }
