@@ -5,13 +5,17 @@ mod support;
 
 use std::net::TcpListener;
 
-use support::{Sim, roundtrip, wasmgate};
+use std::io::Write;
+
+use support::{Sim, certs, roundtrip, wasmgate};
 
 #[test]
 fn printed_default_config_runs_and_serves_http_post_at_root() {
     let (ok, toml, _) = wasmgate(&["sim", "--print-default-config"]);
     assert!(ok);
-    let toml = toml.replace("forward = 8080", "forward = 0");
+    let toml = toml
+        .replace("forward = 8080", "forward = 0")
+        .replace("forward = 8443", "forward = 0");
     let sim = Sim::start(&toml);
     let r = roundtrip(
         &sim,
@@ -19,13 +23,26 @@ fn printed_default_config_runs_and_serves_http_post_at_root() {
     );
     assert_eq!(r.status, 200);
     assert!(r.text().contains("success"));
+
+    // HTTPS with the device certificate the first start made: trusting the
+    // device CA from the flash folder is enough.
+    let ca = std::fs::read_to_string(sim.dir().join(".wasmgate-flash/tls/ca.pem"))
+        .expect("the device CA is in the flash folder");
+    let tls = certs::connect(sim.tls_addr(), &ca, "localhost");
+    let mut r = std::io::BufReader::new(tls);
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(support::read_response(&mut r, false).status, 200);
 }
 
 #[test]
 fn sim_without_arguments_serves_on_8080() {
-    if TcpListener::bind("127.0.0.1:8080").is_err() {
-        eprintln!("SKIPPED: 127.0.0.1:8080 is in use, cannot start the default device there");
-        return;
+    for port in [8080, 8443] {
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            eprintln!("SKIPPED: 127.0.0.1:{port} is in use, cannot start the default device there");
+            return;
+        }
     }
     let dir = support::scratch_dir();
     let flash = dir.join("flash");

@@ -8,19 +8,15 @@
 mod support;
 
 use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
-use rustls::pki_types::pem::PemObject;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use support::certs::{Ca, Leaf};
+use support::certs::{self, Ca, Leaf};
 use support::{Sim, read_response};
 use tungstenite::Message;
-
-type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 /// Handshake timeout of the test device, short so that the stall test is quick.
 const HANDSHAKE_TIMEOUT_MS: u64 = 1500;
@@ -52,38 +48,6 @@ fn tls_device(leaf: &Leaf) -> Sim {
     Sim::start(&toml)
 }
 
-fn rustls_config(ca_pem: &str) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("CA PEM")).expect("CA certificate");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-/// A TLS connection to `addr` as `name`, handshake done.
-fn connect(addr: SocketAddr, ca_pem: &str, name: &str) -> TlsStream {
-    let tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let server = ServerName::try_from(name.to_string()).expect("name");
-    let conn = ClientConnection::new(rustls_config(ca_pem), server).expect("client");
-    let mut stream = StreamOwned::new(conn, tcp);
-    while stream.conn.is_handshaking() {
-        stream
-            .conn
-            .complete_io(&mut stream.sock)
-            .expect("TLS handshake");
-    }
-    stream
-}
-
 /// A fixed pseudo-random body (no dependency, same every run).
 fn body(len: usize) -> Vec<u8> {
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -101,7 +65,7 @@ fn body(len: usize) -> Vec<u8> {
 fn https_keep_alive_get_and_a_1_mib_post_with_a_rustls_client() {
     let ca = Ca::new("https e2e CA");
     let sim = tls_device(&ca.issue(&["localhost", "127.0.0.1"]));
-    let tls = connect(sim.tls_addr(), &ca.pem, "localhost");
+    let tls = certs::connect(sim.tls_addr(), &ca.pem, "localhost");
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     let mut r = BufReader::new(tls);
     r.get_mut()
@@ -126,18 +90,15 @@ fn https_keep_alive_get_and_a_1_mib_post_with_a_rustls_client() {
         "{}",
         ack.text()
     );
-    assert!(
-        sim.logs().contains("1048576 bytes in total"),
-        "the guest saw every body byte:\n{}",
-        sim.logs()
-    );
+    // The guest saw every body byte.
+    sim.wait_for_log("HTTP_BODY_COMPLETION: 1048576 bytes in total");
 }
 
 #[test]
 fn wss_echo_with_tungstenite_over_rustls() {
     let ca = Ca::new("wss e2e CA");
     let sim = tls_device(&ca.issue(&["localhost"]));
-    let tls = connect(sim.tls_addr(), &ca.pem, "localhost");
+    let tls = certs::connect(sim.tls_addr(), &ca.pem, "localhost");
     let url = format!("wss://localhost:{}/", sim.tls_addr().port());
     let (mut ws, response) = tungstenite::client(url.as_str(), tls).expect("WebSocket handshake");
     assert_eq!(response.status(), 101);
@@ -149,7 +110,11 @@ fn wss_echo_with_tungstenite_over_rustls() {
         Message::Binary(echo) => assert!(echo[..] == big[..], "1 MiB echo differs"),
         other => panic!("expected the binary echo, got {other:?}"),
     }
-    ws.close(None).unwrap();
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .unwrap();
     loop {
         match ws.read() {
             Ok(Message::Close(frame)) => {
@@ -291,7 +256,7 @@ fn noise_half_handshakes_and_silence_close_only_their_connections() {
     // Half a ClientHello, then nothing.
     let server = ServerName::try_from("localhost").unwrap();
     let mut hello = Vec::new();
-    ClientConnection::new(rustls_config(&ca.pem), server)
+    ClientConnection::new(certs::client_config(&ca.pem), server)
         .unwrap()
         .write_tls(&mut hello)
         .unwrap();
@@ -300,7 +265,7 @@ fn noise_half_handshakes_and_silence_close_only_their_connections() {
     let mut silent = TcpStream::connect(addr).unwrap();
 
     // Meanwhile a real client is served, over TLS and in plain.
-    let mut r = BufReader::new(connect(addr, &ca.pem, "localhost"));
+    let mut r = BufReader::new(certs::connect(addr, &ca.pem, "localhost"));
     r.get_mut()
         .write_all(b"GET /status HTTP/1.1\r\nHost: device\r\n\r\n")
         .unwrap();

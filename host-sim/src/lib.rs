@@ -3,6 +3,7 @@
 //! command line over this.
 
 pub mod flash;
+pub mod tls;
 pub mod tools;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ struct DeviceFile {
     admin: Option<AdminSection>,
     #[serde(default, rename = "client")]
     clients: Vec<ClientSection>,
+    tls: Option<tls::TlsSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +54,15 @@ struct ClientSection {
     ws_protocol: Option<String>,
     #[serde(default)]
     reconnect: bool,
+    /// Connect with TLS (`wss://`), trusting `[tls] ca`.
+    #[serde(default)]
+    tls: bool,
+    /// With `tls`: accept a self-signed server certificate.
+    #[serde(default)]
+    allow_self_signed: bool,
+    /// With `tls`: accept a certificate for another name.
+    #[serde(default)]
+    skip_hostname_check: bool,
 }
 
 fn root_path() -> String {
@@ -186,6 +197,12 @@ struct ListenerSection {
     websocket: Vec<String>,
     /// Protocol of an upgrade that names none.
     default_websocket: Option<String>,
+    /// `"device"`: HTTPS/WSS with the device's own certificate.
+    tls: Option<String>,
+    /// HTTPS/WSS with these certificates (the first is the default; the
+    /// others are chosen by SNI).
+    #[serde(default, rename = "certificate")]
+    certificates: Vec<tls::CertificateSection>,
 }
 
 fn localhost() -> IpAddr {
@@ -204,6 +221,9 @@ pub struct Device {
     pub sources: Vec<String>,
     /// The device's flash folder.
     pub flash_dir: PathBuf,
+    /// Listeners with `tls = "device"`: they get the device certificate from
+    /// [`load_device_certificate`](Self::load_device_certificate).
+    device_tls: Vec<usize>,
 }
 
 /// A config that cannot be used, with the key at fault.
@@ -341,7 +361,38 @@ impl Device {
 
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
-        for l in &file.listeners {
+        let mut device_tls = Vec::new();
+        for (i, l) in file.listeners.iter().enumerate() {
+            let key = format!("listener `{}`", l.name);
+            let tls = match (l.tls.as_deref(), l.certificates.is_empty()) {
+                (None, true) => None,
+                (Some(tls::DEVICE_CERTIFICATE), true) => {
+                    device_tls.push(i);
+                    None // filled in by load_device_certificate
+                }
+                (Some(other), true) => {
+                    return Err(err(
+                        format!("{key}.tls"),
+                        format!(
+                            "`{other}` is not a TLS setting: use `tls = \"{}\"` for the \
+                             device's own certificate, or [[listener.certificate]] entries",
+                            tls::DEVICE_CERTIFICATE
+                        ),
+                    ));
+                }
+                (Some(_), false) => {
+                    return Err(err(
+                        key,
+                        "give either `tls = \"device\"` or [[listener.certificate]] entries, \
+                         not both"
+                            .into(),
+                    ));
+                }
+                (None, false) => Some(
+                    tls::listener_certificates(&l.certificates, base)
+                        .map_err(|e| err(format!("{key}.certificate"), e))?,
+                ),
+            };
             listeners.push(Listener {
                 name: l.name.clone(),
                 port: l.port,
@@ -355,7 +406,7 @@ impl Device {
                     .collect(),
                 websocket: l.websocket.clone(),
                 default_websocket: l.default_websocket.clone(),
-                tls: None,
+                tls,
             });
             addrs.push(SocketAddr::new(l.address, l.forward.unwrap_or(l.port)));
         }
@@ -415,6 +466,25 @@ impl Device {
                 .flash
                 .unwrap_or_else(|| PathBuf::from(".wasmgate-flash")),
         );
+        let trust = match file.tls.and_then(|t| t.ca) {
+            None => None,
+            Some(ca) => {
+                let pem =
+                    tls::pem_source(&ca, base, "CA bundle").map_err(|e| err("tls.ca".into(), e))?;
+                Some(
+                    wasmgate::tls::TrustAnchors::from_pem(&pem)
+                        .map_err(|e| err("tls.ca".into(), e.to_string()))?,
+                )
+            }
+        };
+        for (i, c) in file.clients.iter().enumerate() {
+            if !c.tls && (c.allow_self_signed || c.skip_hostname_check) {
+                return Err(err(
+                    format!("client[{i}]"),
+                    "allow_self_signed and skip_hostname_check need `tls = true`".into(),
+                ));
+            }
+        }
         let clients = file
             .clients
             .into_iter()
@@ -428,7 +498,10 @@ impl Device {
                     host: c.host,
                     origin: c.origin,
                     ws_protocol: c.ws_protocol,
-                    tls: None,
+                    tls: c.tls.then_some(wasmgate::tls::ClientTlsOptions {
+                        allow_self_signed: c.allow_self_signed,
+                        skip_hostname_check: c.skip_hostname_check,
+                    }),
                 },
                 reconnect: c.reconnect,
             })
@@ -441,7 +514,7 @@ impl Device {
             guest,
             admin,
             clients,
-            trust: None,
+            trust,
         };
         config
             .validate()
@@ -451,7 +524,30 @@ impl Device {
             addrs,
             sources,
             flash_dir,
+            device_tls,
         })
+    }
+
+    /// Gives the listeners with `tls = "device"` the device's own
+    /// certificate from `flash_dir` (made there on first use). Returns it
+    /// (for its CA's path), or `None` when no listener asks for it.
+    ///
+    /// # Errors
+    ///
+    /// As [`DeviceCertificate::load_or_create`](tls::DeviceCertificate::load_or_create).
+    pub fn load_device_certificate(
+        &mut self,
+        flash_dir: &Path,
+    ) -> Result<Option<tls::DeviceCertificate>, ConfigError> {
+        if self.device_tls.is_empty() {
+            return Ok(None);
+        }
+        let cert = tls::DeviceCertificate::load_or_create(flash_dir, &self.config.name)
+            .map_err(ConfigError)?;
+        for &i in &self.device_tls {
+            self.config.listeners[i].tls = Some(cert.server.clone());
+        }
+        Ok(Some(cert))
     }
 }
 
@@ -498,6 +594,139 @@ mod tests {
         let text = "[device]\nname = \"x\"\n[[listener]]\nname = \"l\"\nport = 80\nmounts = { \"/\" = \"ghost\" }\n";
         let e = Device::from_toml(text, "t.toml", Path::new(".")).unwrap_err();
         assert!(e.to_string().contains("ghost"), "{e}");
+    }
+
+    /// A self-signed certificate for `name` and its key, as PEM.
+    fn cert(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn tls_listener(certificates: &[(&str, &str)]) -> String {
+        let mut t = String::from(
+            "[device]\nname = \"x\"\n[[listener]]\nname = \"secure\"\nport = 443\nforward = 0\n",
+        );
+        for (c, k) in certificates {
+            t.push_str(&format!(
+                "[[listener.certificate]]\ncert = '''{c}'''\nkey = '''{k}'''\n"
+            ));
+        }
+        t
+    }
+
+    #[test]
+    fn listener_certificates_load_inline_and_from_files() {
+        let (a, a_key) = cert("a.test");
+        let d =
+            Device::from_toml(&tls_listener(&[(&a, &a_key)]), "t.toml", Path::new(".")).unwrap();
+        assert_eq!(
+            d.config.listeners[0].tls.as_ref().unwrap().certificates(),
+            1
+        );
+
+        let dir = std::env::temp_dir().join(format!("wasmgate-sim-lib-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (b, b_key) = cert("b.test");
+        std::fs::write(dir.join("b.pem"), &b).unwrap();
+        std::fs::write(dir.join("b.key"), &b_key).unwrap();
+        let text = tls_listener(&[(&a, &a_key), ("b.pem", "b.key")]);
+        let d = Device::from_toml(&text, "t.toml", &dir).unwrap();
+        assert_eq!(
+            d.config.listeners[0].tls.as_ref().unwrap().certificates(),
+            2
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_certificates_are_config_errors_naming_the_listener() {
+        let (a, a_key) = cert("a.test");
+        let (_, other_key) = cert("b.test");
+        let cases = [
+            (
+                tls_listener(&[(
+                    "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+                    &a_key,
+                )]),
+                "certificate chain",
+            ),
+            (tls_listener(&[(&a, &other_key)]), "does not belong"),
+            (tls_listener(&[(&a_key, &a_key)]), "no CERTIFICATE block"),
+            (
+                tls_listener(&[("missing.pem", &a_key)]),
+                "cannot read certificate file",
+            ),
+            (
+                tls_listener(&[]).replace("forward = 0\n", "forward = 0\ntls = \"yes\"\n"),
+                "not a TLS setting",
+            ),
+            (
+                tls_listener(&[(&a, &a_key)])
+                    .replace("forward = 0\n", "forward = 0\ntls = \"device\"\n"),
+                "not both",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = Device::from_toml(&text, "t.toml", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("listener `secure`") && e.contains(expected),
+                "{expected}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ca_bundle_and_client_tls_options_are_read() {
+        let (ca, _) = cert("ca.test");
+        let text = format!(
+            "[device]\nname = \"x\"\n[tls]\nca = '''{ca}'''\n\
+             [[protocol]]\nname = \"p\"\nmodule = \"builtin:ws-client\"\n\
+             [[client]]\nname = \"c\"\nprotocol = \"p\"\naddress = \"h\"\nport = 1\n\
+             tls = true\nskip_hostname_check = true\n"
+        );
+        let d = Device::from_toml(&text, "t.toml", Path::new(".")).unwrap();
+        assert_eq!(d.config.trust.as_ref().map(|t| t.len()), Some(1));
+        let options = d.config.clients[0].target.tls.expect("TLS");
+        assert!(options.skip_hostname_check && !options.allow_self_signed);
+
+        let bad_ca = text.replace(&ca, "garbage");
+        let e = Device::from_toml(&bad_ca, "t.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("tls.ca"), "{e}");
+
+        let no_tls = text.replace("tls = true\n", "");
+        let e = Device::from_toml(&no_tls, "t.toml", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("need `tls = true`"), "{e}");
+    }
+
+    #[test]
+    fn the_default_device_serves_https_with_its_own_certificate() {
+        let mut d = Device::default_device().unwrap();
+        let https = d
+            .config
+            .listeners
+            .iter()
+            .position(|l| l.name == "https")
+            .unwrap();
+        assert_eq!(d.addrs[https].port(), 8443);
+        assert!(
+            d.config.listeners[https].tls.is_none(),
+            "not before it is loaded"
+        );
+        let flash =
+            std::env::temp_dir().join(format!("wasmgate-sim-default-{}", std::process::id()));
+        let cert = d
+            .load_device_certificate(&flash)
+            .unwrap()
+            .expect("asked for");
+        assert!(cert.created && cert.ca_path.starts_with(&flash));
+        assert!(d.config.listeners[https].tls.is_some());
+        std::fs::remove_dir_all(&flash).unwrap();
     }
 
     #[test]

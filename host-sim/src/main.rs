@@ -167,11 +167,12 @@ fn report(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
 }
 
 fn sim(config: Option<PathBuf>, flash: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
-    let device = match &config {
+    let mut device = match &config {
         Some(path) => Device::from_file(path)?,
         None => Device::default_device()?,
     };
-    let flash_dir = flash.unwrap_or(device.flash_dir);
+    let flash_dir = flash.unwrap_or_else(|| device.flash_dir.clone());
+    let device_cert = device.load_device_certificate(&flash_dir)?;
     let flash = DirFlash::open(&flash_dir)?;
     let now = Instant::now();
     let mut ctx = wasmgate::Context::with_flash(device.config, Box::new(flash), now)?;
@@ -190,8 +191,9 @@ fn sim(config: Option<PathBuf>, flash: Option<PathBuf>) -> Result<(), Box<dyn st
         println!("  protocol \"{}\": {source}", p.name);
     }
     for (l, addr) in cfg.listeners.iter().zip(&bound) {
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
         println!(
-            "  listener \"{}\" (device port {}): http://{addr}/",
+            "  listener \"{}\" (device port {}): {scheme}://{addr}/",
             l.name, l.port
         );
         for m in &l.mounts {
@@ -207,10 +209,32 @@ fn sim(config: Option<PathBuf>, flash: Option<PathBuf>) -> Result<(), Box<dyn st
     }
     for c in &cfg.clients {
         let t = &c.target;
+        let scheme = if t.tls.is_some() { "wss" } else { "ws" };
         println!(
-            "  client \"{}\": ws://{}:{}{} -> protocol \"{}\"",
+            "  client \"{}\": {scheme}://{}:{}{} -> protocol \"{}\"",
             c.name, t.address, t.port, t.path, c.protocol
         );
+    }
+    if let Some(cert) = &device_cert {
+        let ca = std::path::absolute(&cert.ca_path).unwrap_or_else(|_| cert.ca_path.clone());
+        let made = if cert.created {
+            "made now"
+        } else {
+            "kept in flash"
+        };
+        println!("  device CA ({made}): {}", ca.display());
+        if let Some((_, addr)) = cfg
+            .listeners
+            .iter()
+            .zip(&bound)
+            .find(|(l, _)| l.tls.is_some())
+        {
+            println!(
+                "    trust it: curl --cacert {} https://localhost:{}/ (or import it into a browser)",
+                ca.display(),
+                addr.port()
+            );
+        }
     }
     println!("  flash (module store): {}", flash_dir.display());
     if let Some(admin) = &cfg.admin {

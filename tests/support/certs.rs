@@ -1,5 +1,10 @@
 //! Test certificates made with rcgen: a CA per test, leaves it issues (valid
-//! or expired) and self-signed leaves, each with the names asked for.
+//! or expired) and self-signed leaves, each with the names asked for; and a
+//! rustls client that trusts a given CA.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
@@ -96,4 +101,42 @@ fn leaf_params(names: &[&str], expired: bool) -> CertificateParams {
         params.not_after = now + 30 * day;
     }
     params
+}
+
+/// A rustls client config (ring, TLS 1.2 and 1.3, ALPN `http/1.1`) that
+/// trusts the CA certificates in `ca_pem`.
+pub fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS stream to `addr`.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to `addr` as `name`, trusting `ca_pem`, handshake done.
+pub fn connect(addr: SocketAddr, ca_pem: &str, name: &str) -> TlsStream {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let conn = rustls::ClientConnection::new(client_config(ca_pem), server).expect("client");
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("TLS handshake");
+    }
+    stream
 }

@@ -88,6 +88,9 @@ impl Sim {
         std::thread::spawn(move || {
             // Listener lines hold `http://ADDR/` or `https://ADDR/`.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !line.trim_start().starts_with("listener ") {
+                    continue;
+                }
                 for (scheme, tls) in [("http://", false), ("https://", true)] {
                     if let Some(url) = line.split(scheme).nth(1) {
                         let addr = url.split_whitespace().next().unwrap_or("");
