@@ -28,3 +28,5 @@ fi
 # which the Autobahn test runs itself (the first time takes about a minute).
 
 cargo test --workspace "$@"
+# The runtime built without TLS (`tls` feature off): every connection plain.
+cargo test -p wasmgate --no-default-features "$@"

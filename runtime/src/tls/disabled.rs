@@ -55,9 +55,11 @@ impl TrustAnchors {
     }
 }
 
-/// Stands for the rustls client configs.
+/// Stands for the rustls client configs (made like them, with `default()`).
 #[derive(Debug, Default)]
-pub(crate) struct ClientConfigs;
+pub(crate) struct ClientConfigs {
+    _none: (),
+}
 
 /// No client config exists.
 #[derive(Debug)]
