@@ -221,9 +221,10 @@ pub struct Device {
     pub sources: Vec<String>,
     /// The device's flash folder.
     pub flash_dir: PathBuf,
-    /// Listeners with `tls = "device"`: they get the device certificate from
+    /// Indexes (in `config.listeners`) of the listeners with `tls = "device"`:
+    /// they get the device certificate from
     /// [`load_device_certificate`](Self::load_device_certificate).
-    device_tls: Vec<usize>,
+    pub device_tls: Vec<usize>,
 }
 
 /// A config that cannot be used, with the key at fault.
@@ -363,7 +364,9 @@ impl Device {
         let mut addrs = Vec::new();
         let mut device_tls = Vec::new();
         for (i, l) in file.listeners.iter().enumerate() {
-            let key = format!("listener `{}`", l.name);
+            // Named by name, not index: `listener `https`: certificate: ...`.
+            let listener_err =
+                |msg: String| ConfigError(format!("{origin}: listener `{}`: {msg}", l.name));
             let tls = match (l.tls.as_deref(), l.certificates.is_empty()) {
                 (None, true) => None,
                 (Some(tls::DEVICE_CERTIFICATE), true) => {
@@ -371,27 +374,21 @@ impl Device {
                     None // filled in by load_device_certificate
                 }
                 (Some(other), true) => {
-                    return Err(err(
-                        format!("{key}.tls"),
-                        format!(
-                            "`{other}` is not a TLS setting: use `tls = \"{}\"` for the \
-                             device's own certificate, or [[listener.certificate]] entries",
-                            tls::DEVICE_CERTIFICATE
-                        ),
-                    ));
+                    return Err(listener_err(format!(
+                        "`tls = \"{other}\"` is not a TLS setting: use `tls = \"{}\"` for the \
+                         device's own certificate, or [[listener.certificate]] entries",
+                        tls::DEVICE_CERTIFICATE
+                    )));
                 }
                 (Some(_), false) => {
-                    return Err(err(
-                        key,
-                        "give either `tls = \"device\"` or [[listener.certificate]] entries, \
-                         not both"
-                            .into(),
-                    ));
+                    return Err(listener_err(format!(
+                        "give either `tls = \"{}\"` or [[listener.certificate]] entries, not both",
+                        tls::DEVICE_CERTIFICATE
+                    )));
                 }
-                (None, false) => Some(
-                    tls::listener_certificates(&l.certificates, base)
-                        .map_err(|e| err(format!("{key}.certificate"), e))?,
-                ),
+                (None, false) => {
+                    Some(tls::listener_certificates(&l.certificates, base).map_err(listener_err)?)
+                }
             };
             listeners.push(Listener {
                 name: l.name.clone(),
@@ -652,17 +649,38 @@ mod tests {
                     "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
                     &a_key,
                 )]),
-                "certificate chain",
+                "certificate: certificate chain: ",
             ),
-            (tls_listener(&[(&a, &other_key)]), "does not belong"),
-            (tls_listener(&[(&a_key, &a_key)]), "no CERTIFICATE block"),
+            (
+                tls_listener(&[(&a, &other_key)]),
+                "certificate: the private key does not belong to the certificate",
+            ),
+            (
+                tls_listener(&[(&a, &a_key), (&a, &other_key)]),
+                "certificate 2: the private key does not belong",
+            ),
+            (
+                tls_listener(&[(
+                    &a,
+                    "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n",
+                )]),
+                "certificate: private key: ",
+            ),
+            (
+                tls_listener(&[(&a_key, &a_key)]),
+                "certificate: certificate chain: no CERTIFICATE block",
+            ),
             (
                 tls_listener(&[("missing.pem", &a_key)]),
-                "cannot read certificate file",
+                "cannot read certificate file ./missing.pem: ",
+            ),
+            (
+                tls_listener(&[(&a, "missing.key")]),
+                "cannot read key file ./missing.key: ",
             ),
             (
                 tls_listener(&[]).replace("forward = 0\n", "forward = 0\ntls = \"yes\"\n"),
-                "not a TLS setting",
+                "`tls = \"yes\"` is not a TLS setting: use `tls = \"device\"`",
             ),
             (
                 tls_listener(&[(&a, &a_key)])
@@ -675,7 +693,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.contains("listener `secure`") && e.contains(expected),
+                e.starts_with("t.toml: listener `secure`: ") && e.contains(expected),
                 "{expected}: {e}"
             );
         }
@@ -695,13 +713,70 @@ mod tests {
         let options = d.config.clients[0].target.tls.expect("TLS");
         assert!(options.skip_hostname_check && !options.allow_self_signed);
 
-        let bad_ca = text.replace(&ca, "garbage");
-        let e = Device::from_toml(&bad_ca, "t.toml", Path::new(".")).unwrap_err();
-        assert!(e.to_string().contains("tls.ca"), "{e}");
+        let inline = format!("'''{ca}'''");
+        let dir = std::env::temp_dir().join(format!("wasmgate-sim-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), &ca).unwrap();
+        let from_file = text.replace(&inline, "\"ca.pem\"");
+        let d = Device::from_toml(&from_file, "t.toml", &dir).unwrap();
+        assert_eq!(d.config.trust.as_ref().map(|t| t.len()), Some(1));
+        std::fs::remove_dir_all(&dir).unwrap();
 
-        let no_tls = text.replace("tls = true\n", "");
-        let e = Device::from_toml(&no_tls, "t.toml", Path::new(".")).unwrap_err();
-        assert!(e.to_string().contains("need `tls = true`"), "{e}");
+        for (bad, expected) in [
+            (
+                "'''-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n'''",
+                "t.toml: `tls.ca`: CA bundle: ",
+            ),
+            (
+                "\"missing-ca.pem\"",
+                "t.toml: `tls.ca`: cannot read CA bundle file ./missing-ca.pem: ",
+            ),
+        ] {
+            let text = text.replace(&inline, bad);
+            let e = Device::from_toml(&text, "t.toml", Path::new(".")).unwrap_err();
+            assert!(e.to_string().starts_with(expected), "{e}");
+        }
+    }
+
+    #[test]
+    fn client_tls_flags_map_to_the_options_and_need_tls() {
+        let client = |keys: &str| {
+            let text = format!(
+                "[device]\nname = \"x\"\n\
+                 [[protocol]]\nname = \"p\"\nmodule = \"builtin:ws-client\"\n\
+                 [[client]]\nname = \"c\"\nprotocol = \"p\"\naddress = \"h\"\nport = 1\n{keys}"
+            );
+            Device::from_toml(&text, "t.toml", Path::new("."))
+                .map(|d| d.config.clients[0].target.tls)
+                .map_err(|e| e.to_string())
+        };
+        let options = |allow_self_signed, skip_hostname_check| {
+            Ok(Some(wasmgate::tls::ClientTlsOptions {
+                allow_self_signed,
+                skip_hostname_check,
+            }))
+        };
+        assert_eq!(client(""), Ok(None), "plain ws:// by default");
+        assert_eq!(client("tls = false\n"), Ok(None));
+        assert_eq!(client("tls = true\n"), options(false, false));
+        assert_eq!(
+            client("tls = true\nallow_self_signed = true\n"),
+            options(true, false)
+        );
+        assert_eq!(
+            client("tls = true\nallow_self_signed = true\nskip_hostname_check = true\n"),
+            options(true, true)
+        );
+        for keys in [
+            "allow_self_signed = true\n",
+            "tls = false\nskip_hostname_check = true\n",
+        ] {
+            let e = client(keys).unwrap_err();
+            assert!(
+                e.starts_with("t.toml: `client[0]`: ") && e.contains("need `tls = true`"),
+                "{keys}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -714,19 +789,70 @@ mod tests {
             .position(|l| l.name == "https")
             .unwrap();
         assert_eq!(d.addrs[https].port(), 8443);
+        assert_eq!(d.device_tls, [https]);
         assert!(
             d.config.listeners[https].tls.is_none(),
             "not before it is loaded"
         );
+        let plain = &d.config.listeners[0];
+        let secure = &d.config.listeners[https];
+        assert_eq!(
+            (&plain.mounts, &plain.websocket, &plain.default_websocket),
+            (&secure.mounts, &secure.websocket, &secure.default_websocket),
+            "the same services as the plain listener"
+        );
         let flash =
             std::env::temp_dir().join(format!("wasmgate-sim-default-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&flash); // a leftover of an earlier run
         let cert = d
             .load_device_certificate(&flash)
             .unwrap()
             .expect("asked for");
-        assert!(cert.created && cert.ca_path.starts_with(&flash));
+        assert!(cert.created);
+        assert_eq!(cert.ca_path, flash.join("tls/ca.pem"));
         assert!(d.config.listeners[https].tls.is_some());
         std::fs::remove_dir_all(&flash).unwrap();
+    }
+
+    #[test]
+    fn the_device_certificate_is_made_in_the_configured_flash_on_first_start_only() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-sim-flash-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir); // a leftover of an earlier run
+        let text = "[device]\nname = \"kitchen\"\nflash = \"my-flash\"\n\
+                    [[listener]]\nname = \"a\"\nport = 443\ntls = \"device\"\n\
+                    [[listener]]\nname = \"b\"\nport = 80\n\
+                    [[listener]]\nname = \"c\"\nport = 8443\ntls = \"device\"\n";
+        let start = || {
+            let mut d = Device::from_toml(text, "t.toml", &dir).unwrap();
+            assert_eq!(d.flash_dir, dir.join("my-flash"));
+            let flash = d.flash_dir.clone();
+            let cert = d.load_device_certificate(&flash).unwrap().unwrap();
+            let with_tls: Vec<bool> = d.config.listeners.iter().map(|l| l.tls.is_some()).collect();
+            assert_eq!(with_tls, [true, false, true]);
+            let bytes = ["ca.pem", "ca.key", "server.pem", "server.key"]
+                .map(|f| std::fs::read(flash.join("tls").join(f)).expect("made"));
+            (cert, bytes)
+        };
+        let (first, made) = start();
+        assert!(first.created);
+        let (second, kept) = start();
+        assert!(!second.created, "found, not made again");
+        assert_eq!(second.ca_path, first.ca_path);
+        assert_eq!(kept, made, "the same files");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_device_tls_listeners_no_certificate_is_made() {
+        let mut d = Device::from_toml(
+            "[device]\nname = \"x\"\n[[listener]]\nname = \"l\"\nport = 80\n",
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let flash = std::env::temp_dir().join(format!("wasmgate-sim-none-{}", std::process::id()));
+        assert!(d.load_device_certificate(&flash).unwrap().is_none());
+        assert!(!flash.exists());
     }
 
     #[test]

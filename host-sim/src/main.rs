@@ -172,7 +172,19 @@ fn sim(config: Option<PathBuf>, flash: Option<PathBuf>) -> Result<(), Box<dyn st
         None => Device::default_device()?,
     };
     let flash_dir = flash.unwrap_or_else(|| device.flash_dir.clone());
-    let device_cert = device.load_device_certificate(&flash_dir)?;
+    // The device CA's absolute path (for `curl --cacert`) and whether this
+    // start made it.
+    let device_ca = device.load_device_certificate(&flash_dir)?.map(|cert| {
+        let made = if cert.created {
+            "made now"
+        } else {
+            "kept in flash"
+        };
+        (
+            std::path::absolute(&cert.ca_path).unwrap_or(cert.ca_path),
+            made,
+        )
+    });
     let flash = DirFlash::open(&flash_dir)?;
     let now = Instant::now();
     let mut ctx = wasmgate::Context::with_flash(device.config, Box::new(flash), now)?;
@@ -190,12 +202,32 @@ fn sim(config: Option<PathBuf>, flash: Option<PathBuf>) -> Result<(), Box<dyn st
     for (p, source) in cfg.protocols.iter().zip(&device.sources) {
         println!("  protocol \"{}\": {source}", p.name);
     }
-    for (l, addr) in cfg.listeners.iter().zip(&bound) {
+    for (i, (l, addr)) in cfg.listeners.iter().zip(&bound).enumerate() {
         let scheme = if l.tls.is_some() { "https" } else { "http" };
         println!(
             "  listener \"{}\" (device port {}): {scheme}://{addr}/",
             l.name, l.port
         );
+        match (&l.tls, &device_ca) {
+            (None, _) => {}
+            (Some(_), Some((ca, made))) if device.device_tls.contains(&i) => {
+                // The certificate names localhost, not a wildcard address.
+                let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+                    format!("localhost:{}", addr.port())
+                } else {
+                    addr.to_string()
+                };
+                println!(
+                    "    TLS: the device certificate; trust the device CA ({made}): {}",
+                    ca.display()
+                );
+                println!("      e.g. curl --cacert {} https://{host}/", ca.display());
+            }
+            (Some(tls), _) => match tls.certificates() {
+                1 => println!("    TLS: the certificate from the config"),
+                n => println!("    TLS: {n} certificates from the config, chosen by SNI"),
+            },
+        }
         for m in &l.mounts {
             println!("    {:<12} -> protocol \"{}\"", m.prefix, m.protocol);
         }
@@ -214,27 +246,6 @@ fn sim(config: Option<PathBuf>, flash: Option<PathBuf>) -> Result<(), Box<dyn st
             "  client \"{}\": {scheme}://{}:{}{} -> protocol \"{}\"",
             c.name, t.address, t.port, t.path, c.protocol
         );
-    }
-    if let Some(cert) = &device_cert {
-        let ca = std::path::absolute(&cert.ca_path).unwrap_or_else(|_| cert.ca_path.clone());
-        let made = if cert.created {
-            "made now"
-        } else {
-            "kept in flash"
-        };
-        println!("  device CA ({made}): {}", ca.display());
-        if let Some((_, addr)) = cfg
-            .listeners
-            .iter()
-            .zip(&bound)
-            .find(|(l, _)| l.tls.is_some())
-        {
-            println!(
-                "    trust it: curl --cacert {} https://localhost:{}/ (or import it into a browser)",
-                ca.display(),
-                addr.port()
-            );
-        }
     }
     println!("  flash (module store): {}", flash_dir.display());
     if let Some(admin) = &cfg.admin {

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use serde::Deserialize;
 use wasmgate::tls::{Identity, ServerTls};
@@ -35,6 +35,9 @@ pub(crate) const DEVICE_CERTIFICATE: &str = "device";
 /// The folder of the device certificate, inside the flash folder.
 const DEVICE_TLS_DIR: &str = "tls";
 
+/// The files in [`DEVICE_TLS_DIR`], all made together by [`create`].
+const DEVICE_FILES: [&str; 4] = ["ca.pem", "ca.key", "server.pem", "server.key"];
+
 /// PEM text given inline, or read from a file relative to `base`.
 pub(crate) fn pem_source(value: &str, base: &Path, what: &str) -> Result<Vec<u8>, String> {
     if value.contains("-----BEGIN") {
@@ -45,6 +48,8 @@ pub(crate) fn pem_source(value: &str, base: &Path, what: &str) -> Result<Vec<u8>
 }
 
 /// The listener's certificates from `[[listener.certificate]]` entries.
+/// Errors say which certificate (`certificate: ...` or `certificate 2: ...`)
+/// or which file is at fault.
 pub(crate) fn listener_certificates(
     entries: &[CertificateSection],
     base: &Path,
@@ -65,7 +70,11 @@ pub(crate) fn listener_certificates(
             key_pem: key,
         })
         .collect();
-    ServerTls::from_pem(&identities).map_err(|e| e.to_string())
+    // With several, the runtime's error already says `certificate 2: ...`.
+    ServerTls::from_pem(&identities).map_err(|e| match entries {
+        [_] => format!("certificate: {e}"),
+        _ => e.to_string(),
+    })
 }
 
 /// The device's own certificate in `flash/tls/`: the CA that issued it
@@ -92,35 +101,46 @@ impl DeviceCertificate {
     /// a file that cannot be written.
     pub fn load_or_create(flash_dir: &Path, name: &str) -> Result<Self, String> {
         let dir = flash_dir.join(DEVICE_TLS_DIR);
-        let files = ["ca.pem", "ca.key", "server.pem", "server.key"].map(|f| dir.join(f));
-        let present = files.iter().filter(|f| f.exists()).count();
-        let created = present == 0;
+        let missing: Vec<&str> = DEVICE_FILES
+            .into_iter()
+            .filter(|f| !dir.join(f).exists())
+            .collect();
+        let created = missing.len() == DEVICE_FILES.len();
         if created {
             create(&dir, name)?;
-        } else if present < files.len() {
+        } else if !missing.is_empty() {
             return Err(format!(
-                "the device certificate in {} is incomplete (ca.pem, ca.key, server.pem and \
-                 server.key are needed); delete that folder to make a new one",
-                dir.display()
+                "the device certificate in {} is incomplete: {} missing; delete that folder \
+                 to make a new one",
+                dir.display(),
+                missing.join(", ")
             ));
         }
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        let broken = |files: &str, e: &dyn std::fmt::Display| {
+            format!(
+                "the device certificate in {} does not load ({files}: {e}); delete that folder \
+                 to make a new one",
+                dir.display(),
+            )
         };
-        let (chain, key) = (read(&files[2])?, read(&files[3])?);
+        let read = |file: &str| {
+            let path = dir.join(file);
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        // The CA and its key are never served, but a broken one is better
+        // reported now than when a user tries to trust it.
+        wasmgate::tls::TrustAnchors::from_pem(&read("ca.pem")?)
+            .map_err(|e| broken("ca.pem", &e))?;
+        KeyPair::from_pem(&String::from_utf8_lossy(&read("ca.key")?))
+            .map_err(|e| broken("ca.key", &e))?;
+        let (chain, key) = (read("server.pem")?, read("server.key")?);
         let server = ServerTls::from_pem(&[Identity {
             chain_pem: &chain,
             key_pem: &key,
         }])
-        .map_err(|e| {
-            format!(
-                "the device certificate in {} does not load ({e}); delete that folder to make \
-                 a new one",
-                dir.display()
-            )
-        })?;
+        .map_err(|e| broken("server.pem and server.key", &e))?;
         Ok(DeviceCertificate {
-            ca_path: files[0].clone(),
+            ca_path: dir.join("ca.pem"),
             server,
             created,
         })
@@ -128,7 +148,8 @@ impl DeviceCertificate {
 }
 
 /// Makes the device CA and a server certificate it signs, valid for ten
-/// years, for `localhost`, `<name>.local`, 127.0.0.1 and ::1.
+/// years, for `localhost`, `<name>.local` (the name as a DNS label),
+/// 127.0.0.1 and ::1.
 fn create(dir: &Path, name: &str) -> Result<(), String> {
     let failed = |e: rcgen::Error| format!("cannot make the device certificate: {e}");
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
@@ -148,9 +169,15 @@ fn create(dir: &Path, name: &str) -> Result<(), String> {
         SanType::IpAddress([127, 0, 0, 1].into()),
         SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
     ];
-    if let Ok(local) = format!("{}.local", dns_label(name)).as_str().try_into() {
+    let label = dns_label(name);
+    if !label.is_empty() {
+        let local = format!("{label}.local").try_into().map_err(failed)?;
         server.subject_alt_names.push(SanType::DnsName(local));
     }
+    // macOS and iOS refuse a server certificate without the first, and
+    // Python 3.13 (VERIFY_X509_STRICT by default) one without the second.
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.use_authority_key_identifier_extension = true;
     server.not_before = not_before;
     server.not_after = not_after;
     let server_key = KeyPair::generate().map_err(failed)?;
@@ -233,46 +260,130 @@ mod tests {
         dir
     }
 
+    fn read_all(flash: &Path) -> Vec<Vec<u8>> {
+        DEVICE_FILES
+            .iter()
+            .map(|f| std::fs::read(flash.join("tls").join(f)).unwrap())
+            .collect()
+    }
+
     #[test]
     fn the_device_certificate_is_made_once_then_reused() {
         let flash = scratch("reuse");
         let first = DeviceCertificate::load_or_create(&flash, "My Device #1").unwrap();
         assert!(first.created);
-        let ca = std::fs::read(&first.ca_path).unwrap();
-        let server = std::fs::read(flash.join("tls/server.pem")).unwrap();
+        assert_eq!(first.ca_path, flash.join("tls/ca.pem"));
+        let made = read_all(&flash);
         let second = DeviceCertificate::load_or_create(&flash, "My Device #1").unwrap();
         assert!(!second.created);
-        assert_eq!(std::fs::read(&second.ca_path).unwrap(), ca, "same CA");
-        assert_eq!(
-            std::fs::read(flash.join("tls/server.pem")).unwrap(),
-            server,
-            "same server certificate"
-        );
+        assert_eq!(read_all(&flash), made, "the same four files, untouched");
         #[cfg(unix)]
-        {
+        for key in ["ca.key", "server.key"] {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(flash.join("tls/server.key"))
+            let mode = std::fs::metadata(flash.join("tls").join(key))
                 .unwrap()
                 .permissions()
                 .mode();
-            assert_eq!(mode & 0o777, 0o600, "the key is private");
+            assert_eq!(mode & 0o777, 0o600, "{key} is private");
         }
         std::fs::remove_dir_all(&flash).unwrap();
     }
 
+    /// Checks `name` against the device certificate in `flash` as a client
+    /// that trusts only the device CA would.
+    fn verify(flash: &Path, name: &str) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(flash.join("tls/ca.pem")).unwrap())
+            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots.into(),
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .build()
+        .unwrap();
+        let chain: Vec<_> = CertificateDer::pem_file_iter(flash.join("tls/server.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &ServerName::try_from(name.to_string()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
+    }
+
     #[test]
-    fn a_half_made_device_certificate_is_an_error_saying_what_to_do() {
+    fn the_device_certificate_is_trusted_through_its_ca_for_local_names_only() {
+        let flash = scratch("names");
+        DeviceCertificate::load_or_create(&flash, "Kitchen Sensor").unwrap();
+        for name in ["localhost", "127.0.0.1", "::1", "kitchen-sensor.local"] {
+            verify(&flash, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for name in ["example.com", "other.local", "10.0.0.1"] {
+            assert!(verify(&flash, name).is_err(), "{name} must not match");
+        }
+        // Strict verifiers (Python 3.13, macOS) also want these extensions,
+        // found by their DER-encoded OIDs.
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let server = CertificateDer::from_pem_file(flash.join("tls/server.pem")).unwrap();
+        let has = |oid: &[u8]| server.windows(oid.len()).any(|w| w == oid);
+        assert!(
+            has(&[0x06, 0x03, 0x55, 0x1d, 0x23]),
+            "authority key identifier"
+        );
+        assert!(has(&[0x06, 0x03, 0x55, 0x1d, 0x25]), "extended key usage");
+        std::fs::remove_dir_all(&flash).unwrap();
+    }
+
+    #[test]
+    fn a_device_name_that_is_no_dns_label_only_loses_the_local_name() {
+        let flash = scratch("label");
+        DeviceCertificate::load_or_create(&flash, "###").unwrap();
+        verify(&flash, "localhost").unwrap();
+        std::fs::remove_dir_all(&flash).unwrap();
+    }
+
+    #[test]
+    fn a_half_made_or_broken_device_certificate_is_an_error_saying_what_to_do() {
         let flash = scratch("half");
         DeviceCertificate::load_or_create(&flash, "d").unwrap();
-        std::fs::remove_file(flash.join("tls/server.key")).unwrap();
+        let tls = flash.join("tls");
+        let made = read_all(&flash);
+        std::fs::remove_file(tls.join("server.key")).unwrap();
         let err = DeviceCertificate::load_or_create(&flash, "d").unwrap_err();
         assert!(
-            err.contains("incomplete") && err.contains("delete"),
+            err.contains("incomplete")
+                && err.contains("server.key missing")
+                && err.contains(&tls.display().to_string())
+                && err.contains("delete that folder"),
             "{err}"
         );
-        std::fs::write(flash.join("tls/server.key"), "garbage").unwrap();
-        let err = DeviceCertificate::load_or_create(&flash, "d").unwrap_err();
-        assert!(err.contains("does not load"), "{err}");
+        for (i, file) in DEVICE_FILES.iter().enumerate() {
+            for (j, f) in DEVICE_FILES.iter().enumerate() {
+                let bytes: &[u8] = if i == j { b"garbage" } else { &made[j] };
+                std::fs::write(tls.join(f), bytes).unwrap();
+            }
+            let err = DeviceCertificate::load_or_create(&flash, "d").unwrap_err();
+            assert!(
+                err.contains("does not load")
+                    && err.contains(file)
+                    && err.contains("delete that folder"),
+                "{file}: {err}"
+            );
+            assert_eq!(
+                std::fs::read(tls.join(file)).unwrap(),
+                b"garbage",
+                "{file} is reported, not replaced"
+            );
+        }
         std::fs::remove_dir_all(&flash).unwrap();
     }
 
@@ -284,6 +395,7 @@ mod tests {
         );
         assert_eq!(dns_label("  Kitchen/Sensor  "), "kitchen-sensor");
         assert_eq!(dns_label(&"x".repeat(80)).len(), 63);
+        assert_eq!(dns_label("###"), "");
     }
 
     #[test]
