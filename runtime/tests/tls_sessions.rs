@@ -1,6 +1,7 @@
 //! HTTPS through the context's TLS layer with an explicit clock: a rustls
 //! client in the test exchanges records with the context in memory (no
 //! sockets), so handshakes, versions, SNI, bad input and timeouts are exact.
+#![cfg(feature = "tls")]
 
 #[path = "../../tests/support/certs.rs"]
 #[allow(dead_code, reason = "shared with the end-to-end tests")]
@@ -287,6 +288,37 @@ fn a_large_request_body_and_its_answer_cross_tls_intact() {
     tls.set_buffer_limit(None); // all of it queued before the handshake
     tls.writer().write_all(head.as_bytes()).unwrap();
     tls.writer().write_all(&body).unwrap();
+    let answer = String::from_utf8(exchange(&mut ctx, id, &mut tls, now)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Received your request"), "{answer}");
+}
+
+#[test]
+fn records_of_mixed_sizes_never_overflow_the_decrypted_buffer() {
+    // A large record cut by the driver's chunk, then small records: one
+    // chunk then completes more than 16 KiB of plaintext at once, past what
+    // rustls holds decrypted. Nothing may be lost or fail.
+    let ca = certs::Ca::new("mixed records CA");
+    let mut ctx = device(&[&ca.issue(&["device.test"])]);
+    let now = Instant::now();
+    let id = ctx.accept(0, peer(), now).unwrap();
+    let name = ServerName::try_from("device.test").unwrap();
+    let mut tls = ClientConnection::new(client(&ca.pem, rustls::DEFAULT_VERSIONS), name).unwrap();
+    // One 16,000-byte record, then 70 of 200 bytes, twenty times: the big
+    // record's start drifts across the 16 KiB chunks, so some chunk begins
+    // with most of it read already and completes it plus ~15 KiB of small ones.
+    let pieces: Vec<usize> = (0..20)
+        .flat_map(|_| std::iter::once(16_000).chain(std::iter::repeat_n(200, 70)))
+        .collect();
+    let total: usize = pieces.iter().sum();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: device\r\nContent-Length: {total}\r\n\r\n");
+    tls.set_buffer_limit(None);
+    tls.writer().write_all(head.as_bytes()).unwrap();
+    for (i, len) in pieces.iter().enumerate() {
+        tls.writer()
+            .write_all(&vec![b'a' + (i % 26) as u8; *len])
+            .unwrap();
+    }
     let answer = String::from_utf8(exchange(&mut ctx, id, &mut tls, now)).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("Received your request"), "{answer}");

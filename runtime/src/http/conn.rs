@@ -8,10 +8,15 @@ use std::time::Instant;
 use super::body::{BodyDecoder, Chunked, Step};
 use super::head::{HeadScanner, Request};
 use super::response::{Context, Response, TxBuf};
-use super::{Completion, Event, Limits, Rejection, ResponseError};
+use super::{Completion, Event, Limits, Rejection, ResponseError, reserve_within};
 
 /// The interim response to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Bytes each buffer may keep while the connection is idle (see
+/// [`ServerConn::give_back`]): enough for a small request and its answer, so a
+/// busy keep-alive connection of small requests does not reallocate per request.
+pub(super) const IDLE_KEEP: usize = 512;
 
 /// What the receive side is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,14 +40,35 @@ enum Continue {
     Pending,
 }
 
+/// Bytes held by each of a connection's buffers (for tests).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Capacities {
+    pub(super) rx: usize,
+    pub(super) tx: usize,
+    /// The staged response head.
+    pub(super) head: usize,
+    /// The request's copy of its head, and its header table.
+    pub(super) request: usize,
+}
+
+#[cfg(test)]
+impl Capacities {
+    pub(super) const fn total(self) -> usize {
+        self.rx + self.tx + self.head + self.request
+    }
+}
+
 /// One HTTP/1.1 server connection, sans I/O: feed it the bytes read from the
 /// socket, take [`Event`]s, answer through the response methods, send
 /// [`ServerConn::tx`] and call [`ServerConn::poll_timeout`] by the deadline it
 /// gives.
 ///
-/// Its memory is fixed by [`Limits`]: a receive buffer of `max_head_bytes`, a copy
-/// of the current head, a staged response head and the output buffer. All are
-/// reused from one request to the next.
+/// Its memory is bounded by [`Limits`]: a receive buffer of at most
+/// `max_head_bytes`, a copy of the current head, a staged response head and the
+/// output buffer. Each is allocated as bytes arrive or are queued, reused through
+/// a transaction and the next pipelined one, and given back (down to 512 bytes)
+/// once the connection goes idle. After an upgrade only the request is kept.
 pub struct ServerConn {
     limits: Limits,
     rx: Vec<u8>,
@@ -72,6 +98,8 @@ pub struct ServerConn {
     head_started: Option<Instant>,
     /// When the body last made progress.
     body_progress: Instant,
+    /// [`Self::take_for_upgrade`] ran: HTTP is over on this connection.
+    upgraded: bool,
 }
 
 impl fmt::Debug for ServerConn {
@@ -95,7 +123,7 @@ impl ServerConn {
         let tx_limit = limits.tx_buffer_bytes.max(limits.max_response_head_bytes);
         Self {
             limits,
-            rx: Vec::with_capacity(limits.max_head_bytes),
+            rx: Vec::new(),
             rx_start: 0,
             state: Rx::Head,
             scanner: HeadScanner::new(),
@@ -113,6 +141,7 @@ impl ServerConn {
             idle_since: now,
             head_started: None,
             body_progress: now,
+            upgraded: false,
         }
     }
 
@@ -120,7 +149,8 @@ impl ServerConn {
 
     /// Hands the connection over to another protocol after the `Event::Head` of
     /// an upgrade request (WebSocket): returns the bytes received after the
-    /// head, releases the receive buffer, and parses nothing more. The request
+    /// head, releases the receive buffer and the staged head (the output buffer
+    /// once [`Self::tx`] is drained), and parses nothing more. The request
     /// stays readable through [`Self::request`] for the new protocol's
     /// handshake callbacks.
     pub fn take_for_upgrade(&mut self) -> Vec<u8> {
@@ -129,6 +159,8 @@ impl ServerConn {
         self.rx_start = 0;
         self.state = Rx::Done;
         self.body = BodyDecoder::Length(0);
+        self.upgraded = true;
+        self.give_back();
         rest
     }
 
@@ -161,10 +193,12 @@ impl ServerConn {
         if self.rx_start == self.rx.len() {
             self.rx.clear();
             self.rx_start = 0;
-        } else if self.rx.len() + n > self.limits.max_head_bytes {
+        } else if self.rx_start > 0 && self.rx.len() + n > self.rx.capacity() {
             self.rx.drain(..self.rx_start);
             self.rx_start = 0;
         }
+        // `rx_space` is what the limit allows, whatever the capacity now.
+        reserve_within(&mut self.rx, n, self.limits.max_head_bytes);
         self.rx.extend_from_slice(&data[..n]);
         match self.state {
             Rx::Head => {
@@ -395,6 +429,7 @@ impl ServerConn {
         }
         self.state = Rx::Head;
         self.restart_timers = true;
+        self.give_back();
         Completion::KeepAlive
     }
 
@@ -449,6 +484,7 @@ impl ServerConn {
     /// `n` bytes of [`Self::tx`] were sent.
     pub fn consume_tx(&mut self, n: usize) {
         self.tx.consume(n);
+        self.give_back();
     }
 
     // ---- lifecycle ----
@@ -563,6 +599,40 @@ impl ServerConn {
                 }
                 Ok((_, Step::Need)) | Err(_) => return false,
             }
+        }
+    }
+
+    /// Gives memory back while nothing is in progress. Idle means between
+    /// transactions with no pipelined bytes buffered: then each buffer (the
+    /// output buffer once drained) keeps at most [`IDLE_KEEP`] bytes, and the
+    /// next request grows them again as its bytes come. A transaction in
+    /// progress keeps them whole, so a body or a streamed response does not
+    /// reallocate piece by piece. After an upgrade nothing is kept but the
+    /// request, which stays readable.
+    fn give_back(&mut self) {
+        if self.upgraded {
+            self.tx.give_back(0);
+            self.response.give_back(0);
+        } else if self.state == Rx::Head && self.rx_len() == 0 {
+            self.rx.clear();
+            self.rx_start = 0;
+            if self.rx.capacity() > IDLE_KEEP {
+                self.rx = Vec::new();
+            }
+            self.tx.give_back(IDLE_KEEP);
+            self.response.give_back(IDLE_KEEP);
+            self.request.give_back(IDLE_KEEP);
+        }
+    }
+
+    /// Bytes held by each buffer.
+    #[cfg(test)]
+    pub(super) fn capacities(&self) -> Capacities {
+        Capacities {
+            rx: self.rx.capacity(),
+            tx: self.tx.capacity(),
+            head: self.response.capacity(),
+            request: self.request.capacity(),
         }
     }
 

@@ -148,7 +148,8 @@ impl fmt::Display for QueryArgError {
 impl std::error::Error for QueryArgError {}
 
 /// A parsed request head. It owns a copy of the head's bytes (at most
-/// `max_head_bytes`); its buffers are reused from one request to the next.
+/// `max_head_bytes`); its buffers are reused from one request to the next, and
+/// given back by the connection once it goes idle.
 pub struct Request {
     buf: Vec<u8>,
     method: Span,
@@ -190,6 +191,24 @@ impl Request {
             keep_alive: true,
             expect_continue: false,
         }
+    }
+
+    /// Forgets the request and gives its memory back if its buffers hold more
+    /// than `keep` bytes; for a connection between requests (the request is no
+    /// longer readable then).
+    pub(super) fn give_back(&mut self, keep: usize) {
+        if self.buf.capacity() > keep || self.headers_bytes() > keep {
+            *self = Self::new();
+        }
+    }
+
+    fn headers_bytes(&self) -> usize {
+        self.headers.capacity() * size_of::<(Span, Span)>()
+    }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.buf.capacity() + self.headers_bytes()
     }
 
     /// The method, e.g. `GET`.

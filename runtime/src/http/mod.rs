@@ -153,6 +153,18 @@ impl fmt::Display for ResponseError {
 
 impl std::error::Error for ResponseError {}
 
+/// Makes room in `buf` for `additional` more bytes, doubling as `Vec` does but
+/// never past `bound` unless the bytes themselves need more. The connections'
+/// buffers use it so that their memory follows what they hold, up to their limit,
+/// instead of being reserved whole at the start (the WebSocket session too).
+pub(crate) fn reserve_within(buf: &mut Vec<u8>, additional: usize, bound: usize) {
+    let needed = buf.len().saturating_add(additional);
+    if needed > buf.capacity() {
+        let target = buf.capacity().saturating_mul(2).min(bound).max(needed);
+        buf.reserve_exact(target - buf.len());
+    }
+}
+
 /// A `tchar` of RFC 9110 (method and header-name characters).
 const fn is_tchar(b: u8) -> bool {
     matches!(b,

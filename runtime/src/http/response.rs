@@ -1,7 +1,7 @@
 //! Responses: the bounded output buffer, staging and checking a response head, and
 //! framing its body (`Content-Length`, chunked, or close-delimited).
 
-use super::{ResponseError, is_tchar};
+use super::{ResponseError, is_tchar, reserve_within};
 
 /// Worst case of what [`Response::finalize`] appends to a staged head:
 /// `Content-Length: <20 digits>\r\n` + `Connection: keep-alive\r\n` + `\r\n`.
@@ -16,7 +16,9 @@ fn chunk_overhead(n: usize) -> usize {
 }
 
 /// The output buffer: bytes queued for the peer, bounded by `limit` for the
-/// guest's writes.
+/// guest's writes. It allocates as bytes are queued, never more than `limit`
+/// (or what a past-the-limit push needs), and keeps its memory when it drains:
+/// the connection gives it back with [`Self::give_back`] once it goes idle.
 #[derive(Debug)]
 pub(super) struct TxBuf {
     buf: Vec<u8>,
@@ -27,7 +29,7 @@ pub(super) struct TxBuf {
 impl TxBuf {
     pub(super) fn new(limit: usize) -> Self {
         Self {
-            buf: Vec::with_capacity(limit),
+            buf: Vec::new(),
             start: 0,
             limit,
         }
@@ -60,7 +62,25 @@ impl TxBuf {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        reserve_within(&mut self.buf, data.len(), self.limit);
         self.buf.extend_from_slice(data);
+    }
+
+    /// If nothing is queued, gives the memory back when it is more than `keep`
+    /// bytes.
+    pub(super) fn give_back(&mut self, keep: usize) {
+        if self.is_empty() {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > keep {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     fn push_chunk(&mut self, data: &[u8]) {
@@ -114,7 +134,9 @@ pub(super) struct Context {
 pub(super) struct Response {
     phase: Phase,
     status: u16,
-    /// The staged head: status line and the guest's headers.
+    /// The staged head: status line and the guest's headers. It grows as they
+    /// are added, never past `max_head`, and the connection gives its memory back
+    /// with [`Self::give_back`] once it goes idle.
     head: Vec<u8>,
     max_head: usize,
     length: Option<u64>,
@@ -139,12 +161,26 @@ impl Response {
         }
     }
 
-    /// Back to no response, for the next request (buffers kept).
+    /// Back to no response, for the next request (buffers kept: see
+    /// [`Self::give_back`]).
     pub(super) fn reset(&mut self) {
         self.phase = Phase::Idle;
         self.head.clear();
         self.length = None;
         self.close = false;
+    }
+
+    /// While no response is staged, gives the staged head's memory back when it
+    /// is more than `keep` bytes.
+    pub(super) fn give_back(&mut self, keep: usize) {
+        if self.phase == Phase::Idle && self.head.capacity() > keep {
+            self.head = Vec::new();
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.head.capacity()
     }
 
     /// Whether its head has been queued (or a canned response).
@@ -165,7 +201,6 @@ impl Response {
             return Err(ResponseError::Invalid);
         }
         self.head.clear();
-        self.head.reserve_exact(self.max_head);
         push_status_line(&mut self.head, version, status);
         if self.head.len() + FRAMING_RESERVE > self.max_head {
             self.head.clear();
@@ -193,9 +228,11 @@ impl Response {
         {
             return Err(ResponseError::Invalid);
         }
-        if self.head.len() + name.len() + value.len() + 4 + FRAMING_RESERVE > self.max_head {
+        let line = name.len() + value.len() + 4;
+        if self.head.len() + line + FRAMING_RESERVE > self.max_head {
             return Err(ResponseError::NoSpace);
         }
+        reserve_within(&mut self.head, line, self.max_head);
         self.head.extend_from_slice(name);
         self.head.extend_from_slice(b": ");
         self.head.extend_from_slice(value);
@@ -217,6 +254,7 @@ impl Response {
             return Err(ResponseError::BadState);
         }
         let staged = self.head.len();
+        reserve_within(&mut self.head, FRAMING_RESERVE, self.max_head);
         let mut close = cx.close;
         let framing = if is_bodyless(self.status) {
             Framing::Empty

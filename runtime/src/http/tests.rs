@@ -1308,3 +1308,190 @@ fn errors_are_small_and_say_what_went_wrong() {
         "400 bare LF in request head"
     );
 }
+
+// ---- memory ----
+
+use super::conn::{Capacities, IDLE_KEEP};
+
+/// A request with a head of about `len` bytes (a padding header).
+fn padded_get(path: &str, len: usize) -> Vec<u8> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: dev\r\nX-Pad: ").into_bytes();
+    req.resize(len.saturating_sub(4).max(req.len()), b'p');
+    req.extend_from_slice(b"\r\n\r\n");
+    req
+}
+
+/// Every buffer of an idle connection keeps at most [`IDLE_KEEP`] bytes.
+fn assert_idle(c: &ServerConn) {
+    let caps = c.capacities();
+    assert!(
+        caps.rx <= IDLE_KEEP
+            && caps.tx <= IDLE_KEEP
+            && caps.head <= IDLE_KEEP
+            && caps.request <= IDLE_KEEP,
+        "an idle connection holds {caps:?}"
+    );
+}
+
+#[test]
+fn a_new_connection_holds_no_buffers_yet_offers_its_whole_limit() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    assert_eq!(c.capacities().total(), 0);
+    assert_eq!(c.rx_space(), Limits::DEFAULT.max_head_bytes);
+    assert_eq!(c.tx_space(), Limits::DEFAULT.tx_buffer_bytes);
+    // All of what `rx_space` offers is taken at once, from no capacity.
+    let partial = padded_get("/a", 10_000);
+    assert_eq!(c.feed(&partial, t0), Limits::DEFAULT.max_head_bytes);
+    assert!(c.capacities().rx <= Limits::DEFAULT.max_head_bytes);
+}
+
+#[test]
+fn idle_keep_alive_connection_gives_its_buffers_back() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    let body = vec![b'b'; 6000];
+    // The output drains before the transaction ends, and after it.
+    for drain_first in [true, false] {
+        feed_all(&mut c, &padded_get("/big", 3000), t0);
+        assert_eq!(events(&mut c, t0, 64)[0], Ev::Head("/big".into()));
+        c.begin_head(200).unwrap();
+        c.add_header(b"X-Long", &[b'v'; 700]).unwrap();
+        c.set_content_length(Some(body.len() as u64)).unwrap();
+        c.finalize_head().unwrap();
+        c.write_body(&body, true).unwrap();
+        let caps = c.capacities();
+        assert!(
+            caps.rx >= 3000 && caps.tx >= 6000 && caps.head >= 700,
+            "{caps:?}"
+        );
+        let response = if drain_first {
+            let response = take_tx(&mut c);
+            assert_eq!(c.finish_response(), Completion::KeepAlive);
+            response
+        } else {
+            assert_eq!(c.finish_response(), Completion::KeepAlive);
+            take_tx(&mut c)
+        };
+        assert!(response.ends_with(std::str::from_utf8(&body).unwrap()));
+        assert_idle(&c);
+    }
+    // The next request grows them again as its bytes come.
+    feed_all(&mut c, GET, t0);
+    assert_eq!(events(&mut c, t0, 64)[0], Ev::Head("/a".into()));
+    respond(&mut c, 200, b"again");
+    assert_eq!(c.finish_response(), Completion::KeepAlive);
+    assert!(take_tx(&mut c).ends_with("\r\n\r\nagain"));
+    assert_idle(&c);
+}
+
+#[test]
+fn small_keep_alive_requests_reuse_their_buffers() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        feed_all(&mut c, GET, t0);
+        events(&mut c, t0, 64);
+        respond(&mut c, 200, b"small");
+        assert_eq!(c.finish_response(), Completion::KeepAlive);
+        take_tx(&mut c);
+        kept.push(c.capacities());
+    }
+    assert!(kept[0].rx > 0 && kept[0].tx > 0 && kept[0].head > 0);
+    assert!(kept.iter().all(|&k| k == kept[0]), "{kept:?}");
+}
+
+#[test]
+fn buffers_are_kept_while_a_transaction_is_in_progress() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    // A pipelined request is waiting: not idle.
+    let mut two = padded_get("/1", 1500);
+    two.extend_from_slice(GET);
+    feed_all(&mut c, &two, t0);
+    events(&mut c, t0, 64);
+    c.begin_head(200).unwrap();
+    c.set_content_length(None).unwrap();
+    c.finalize_head().unwrap();
+    // A streamed response keeps its output buffer between pieces.
+    for _ in 0..3 {
+        c.write_body(&[b'x'; 3000], false).unwrap();
+        take_tx(&mut c);
+        assert!(c.capacities().tx >= 3000);
+    }
+    c.write_body(b"", true).unwrap();
+    assert_eq!(c.finish_response(), Completion::KeepAlive);
+    take_tx(&mut c);
+    assert!(
+        c.capacities().rx >= 1500,
+        "the pipelined request is still buffered"
+    );
+    assert_eq!(events(&mut c, t0, 64)[0], Ev::Head("/a".into()));
+    respond(&mut c, 204, b"");
+    assert_eq!(c.finish_response(), Completion::KeepAlive);
+    take_tx(&mut c);
+    assert_idle(&c);
+}
+
+#[test]
+fn buffers_never_grow_past_their_limits() {
+    let t0 = Instant::now();
+    let mut c = with_limits(t0, |l| {
+        l.max_head_bytes = 1000;
+        l.tx_buffer_bytes = 3000;
+    });
+    let mut req = b"POST /up HTTP/1.1\r\nHost: dev\r\nContent-Length: 20000\r\n\r\n".to_vec();
+    req.extend((0..20_000).map(|i| (i % 251) as u8));
+    let mut rest = &req[..];
+    let mut step = 1;
+    while !rest.is_empty() {
+        let n = c.feed(&rest[..rest.len().min(step)], t0);
+        rest = &rest[n..];
+        step = step * 3 % 997 + 1;
+        events(&mut c, t0, 300);
+        assert!(c.capacities().rx <= 1000, "{:?}", c.capacities());
+    }
+    c.begin_head(200).unwrap();
+    c.finalize_head().unwrap();
+    for i in 0..200 {
+        let n = c.body_space().min(i * 37 % 2000 + 1);
+        c.write_body(&vec![b'y'; n], false).unwrap();
+        assert!(c.capacities().tx <= 3000, "{:?}", c.capacities());
+        // The peer reads part of it.
+        c.consume_tx(c.tx().len().min(i * 53 % 2500));
+    }
+    assert!(c.capacities().head <= Limits::DEFAULT.max_response_head_bytes);
+}
+
+#[test]
+fn upgrade_gives_the_http_buffers_back_but_keeps_the_request() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    // An earlier transaction left its buffers.
+    feed_all(&mut c, GET, t0);
+    events(&mut c, t0, 64);
+    respond(&mut c, 200, b"first");
+    assert_eq!(c.finish_response(), Completion::KeepAlive);
+    take_tx(&mut c);
+    let mut upgrade = b"GET /ws HTTP/1.1\r\nHost: dev\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    upgrade.extend_from_slice(b"frames");
+    feed_all(&mut c, &upgrade, t0);
+    assert_eq!(events(&mut c, t0, 64)[0], Ev::Head("/ws".into()));
+    assert_eq!(c.take_for_upgrade(), b"frames");
+    c.consume_tx(0);
+    let caps = c.capacities();
+    assert_eq!(
+        Capacities { request: 0, ..caps },
+        Capacities {
+            rx: 0,
+            tx: 0,
+            head: 0,
+            request: 0
+        }
+    );
+    assert_eq!(c.request().map(Request::path), Some("/ws"));
+}

@@ -15,11 +15,10 @@ use super::ServerTls;
 const OUT_HIGH_WATER: usize = 16 * 1024 + 256;
 /// Plaintext encrypted at once: one record.
 const PLAIN_CHUNK: usize = 16 * 1024;
-/// Ciphertext taken from the driver at once. Its plaintext (never more than
-/// the ciphertext) always fits rustls' 16 KiB received-plaintext buffer.
+/// Ciphertext taken from the driver at once.
 const RX_CHUNK: usize = 16 * 1024;
-/// An emptied buffer larger than this is given back to the allocator.
-const KEEP_CAPACITY: usize = 4096;
+/// Decrypted bytes rustls holds at most (its received-plaintext limit).
+const PLAINTEXT_LIMIT: usize = 16 * 1024;
 
 /// What a plain-HTTP request on a TLS port gets, before the connection closes.
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
@@ -30,7 +29,8 @@ const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 #[derive(Debug)]
 pub(crate) struct Session {
     conn: Connection,
-    /// Ciphertext for the driver.
+    /// Ciphertext for the driver. Dropped whenever it drains (see
+    /// [`consume_tx`](Self::consume_tx)): an idle session holds none.
     out: Vec<u8>,
     /// Set once the layer above is done and `close_notify` is queued.
     close_sent: bool,
@@ -46,6 +46,8 @@ pub(crate) struct Session {
     peer_closed: bool,
     /// [`trim`](Self::trim) ran and nothing arrived since.
     trimmed: bool,
+    /// Ciphertext taken from the driver that rustls had no room for yet.
+    held: Vec<u8>,
 }
 
 impl Session {
@@ -84,6 +86,7 @@ impl Session {
             plaintext: 0,
             peer_closed: false,
             trimmed: false,
+            held: Vec::new(),
         };
         session.flush(); // a client's hello
         session
@@ -125,18 +128,22 @@ impl Session {
     /// How much ciphertext [`receive`](Self::receive) takes now: nothing
     /// while decrypted bytes wait for the layer above (back-pressure).
     pub(crate) fn rx_space(&self) -> usize {
-        if self.failure.is_some() || self.plaintext > 0 || !self.conn.wants_read() {
+        if self.failure.is_some()
+            || self.plaintext > 0
+            || !self.held.is_empty()
+            || !self.conn.wants_read()
+        {
             0
         } else {
             RX_CHUNK
         }
     }
 
-    /// Takes ciphertext (at most [`rx_space`](Self::rx_space)) and decrypts
-    /// what it completes. Returns how much was taken; on a failure the
-    /// session records why (see [`failure`](Self::failure)) and queues the
-    /// alert for the peer.
-    pub(crate) fn receive(&mut self, mut data: &[u8]) -> usize {
+    /// Takes ciphertext (all of it, up to [`rx_space`](Self::rx_space)) and
+    /// decrypts what it completes. Returns how much was taken; on a failure
+    /// the session records why (see [`failure`](Self::failure)) and queues
+    /// the alert for the peer.
+    pub(crate) fn receive(&mut self, data: &[u8]) -> usize {
         if self.failure.is_some() {
             return 0;
         }
@@ -154,11 +161,25 @@ impl Session {
                 return data.len();
             }
         }
-        let total = data.len();
+        let rest = self.decrypt(data);
+        // rustls holds at most 16 KiB of decrypted bytes: what would go past
+        // that (a record completed by bytes read before, plus this chunk's)
+        // waits here, taken, until the layer above has read some.
+        self.held.extend_from_slice(&data[data.len() - rest..]);
+        data.len()
+    }
+
+    /// Feeds `data` to rustls while it takes it; returns how many bytes it
+    /// left (its decrypted-bytes buffer is full).
+    fn decrypt(&mut self, mut data: &[u8]) -> usize {
         while !data.is_empty() && self.failure.is_none() {
+            if self.plaintext >= PLAINTEXT_LIMIT {
+                break;
+            }
             match self.conn.read_tls(&mut data) {
                 Ok(0) => break, // close_notify seen: the rest is ignored
                 Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Other => break, // full
                 Err(e) => {
                     self.fail(format!("TLS: {e}"));
                     break;
@@ -175,14 +196,22 @@ impl Session {
             }
         }
         self.flush();
-        total - data.len()
+        data.len()
     }
 
-    /// Moves up to `buf.len()` decrypted bytes into `buf`.
+    /// Moves up to `buf.len()` decrypted bytes into `buf`; then decrypts
+    /// ciphertext held back for lack of room.
     pub(crate) fn read_plaintext(&mut self, buf: &mut [u8]) -> usize {
         // An error is "nothing waiting", or a peer gone without close_notify.
         let n = self.conn.reader().read(buf).unwrap_or_default();
         self.plaintext = self.plaintext.saturating_sub(n);
+        if !self.held.is_empty() && self.plaintext < PLAINTEXT_LIMIT {
+            let held = std::mem::take(&mut self.held);
+            let rest = self.decrypt(&held);
+            if rest > 0 {
+                self.held = held[held.len() - rest..].to_vec();
+            }
+        }
         n
     }
 
@@ -233,7 +262,9 @@ impl Session {
         self.out.drain(..n.min(self.out.len()));
         if self.out.is_empty() {
             self.flush();
-            if self.out.is_empty() && self.out.capacity() > KEEP_CAPACITY {
+            // Drained: give the memory back, whatever its size. Encrypting the
+            // next record costs far more than allocating its buffer again.
+            if self.out.is_empty() {
                 self.out = Vec::new();
             }
         }

@@ -34,8 +34,9 @@ pub struct Limits {
     /// session with 1009 as soon as a frame header announces it. Messages stream
     /// through in pieces, so this costs no memory. Default 16 MiB (`16_777_216`).
     pub max_message_bytes: u64,
-    /// Bytes of the receive buffer (frame headers and payload awaiting delivery);
-    /// it is allocated once and never grows. At least [`MIN_RX_BUFFER_BYTES`].
+    /// Most bytes of the receive buffer (frame headers and payload awaiting
+    /// delivery): it grows as bytes arrive, never past this, and gives its
+    /// room back when idle. At least [`MIN_RX_BUFFER_BYTES`].
     /// Default 4096.
     pub rx_buffer_bytes: usize,
     /// Bytes of the output buffer, frame headers included; a frame that does not

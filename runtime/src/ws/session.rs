@@ -1,5 +1,5 @@
 //! [`Session`]: one WebSocket connection's frames as a state machine. Incoming
-//! payload is unmasked in place in a fixed receive buffer and handed out in
+//! payload is unmasked in place in a bounded receive buffer and handed out in
 //! pieces; outgoing frames go into a bounded output buffer whole or not at all.
 
 use std::fmt;
@@ -12,12 +12,18 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::utf8::Utf8;
 use super::{Event, Limits, MIN_RX_BUFFER_BYTES, Role, SendError, SendKind, close_code_allowed};
+use crate::http::reserve_within;
 
 /// Payload bytes a control frame may carry (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Reason bytes a close frame may carry: the payload less the 2-byte code.
 const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
+
+/// Bytes each buffer may keep once it drains with nothing in progress: enough
+/// for small messages and control frames, so a session trading small messages
+/// does not reallocate per message.
+pub(super) const IDLE_KEEP: usize = 512;
 
 /// What the frame being received is, once its header has been read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +120,9 @@ enum Step {
 
 /// The bounded output buffer. Only the session's own small control frames (a
 /// close, a keepalive ping) may take it past `limit`, by at most one frame each.
+/// It allocates as frames are queued, never more than `limit` (or what a
+/// past-the-limit frame needs); the session gives its memory back with
+/// [`Self::give_back`].
 #[derive(Debug)]
 struct TxBuf {
     buf: Vec<u8>,
@@ -133,13 +142,23 @@ impl TxBuf {
     fn consume(&mut self, n: usize) {
         self.start = (self.start + n).min(self.buf.len());
         if self.start == self.buf.len() {
-            self.clear();
+            self.buf.clear();
+            self.start = 0;
         }
     }
 
+    /// Drops what is queued, and the memory.
     fn clear(&mut self) {
-        self.buf.clear();
+        self.buf = Vec::new();
         self.start = 0;
+    }
+
+    /// If nothing is queued, gives the memory back when it is more than `keep`
+    /// bytes.
+    fn give_back(&mut self, keep: usize) {
+        if self.start == self.buf.len() && self.buf.capacity() > keep {
+            self.clear();
+        }
     }
 
     /// Appends one frame; the caller has checked [`Self::space`] when it must.
@@ -154,10 +173,11 @@ impl TxBuf {
         };
         let len = payload.len() as u64;
         let total = header.len(len) + payload.len();
-        if self.start > 0 && self.buf.len() + total > self.limit {
+        if self.start > 0 && self.buf.len() + total > self.buf.capacity() {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        reserve_within(&mut self.buf, total, self.limit);
         // Writing into a Vec cannot fail.
         let _ = header.format(len, &mut self.buf);
         let at = self.buf.len();
@@ -250,9 +270,14 @@ fn after(t: Instant, d: Duration) -> Option<Instant> {
 /// take [`Event`]s, queue frames with [`Session::send`], send [`Session::tx`] and
 /// call [`Session::poll_timeout`] by the deadline it gives.
 ///
-/// Its memory is fixed by [`Limits`]: a receive buffer of `rx_buffer_bytes`
-/// (allocated once), an output buffer of `tx_buffer_bytes` (plus at most one of
-/// its own control frames) and one pending pong. Messages are never held whole.
+/// Its memory is bounded by [`Limits`]: a receive buffer of at most
+/// `rx_buffer_bytes`, an output buffer of at most `tx_buffer_bytes` (plus at most
+/// one of its own control frames) and one pending pong. Messages are never held
+/// whole. The buffers are allocated as bytes arrive or are queued and give their
+/// memory back (down to 512 bytes) when they drain with nothing in progress: the
+/// receive buffer with no frame nor message partly read, the output buffer with
+/// no message partly sent. A large message streaming through keeps them
+/// meanwhile, so it does not reallocate piece by piece.
 ///
 /// Choices RFC 6455 leaves open:
 /// - Incoming pings are answered in order with a pong carrying their payload; when
@@ -315,7 +340,7 @@ impl Session {
         Self {
             role,
             limits,
-            rx: Vec::with_capacity(rx_cap),
+            rx: Vec::new(),
             rx_start: 0,
             rx_cap,
             frame: None,
@@ -344,10 +369,11 @@ impl Session {
     // ---- input ----
 
     /// How many bytes [`Self::feed`] takes now; the driver reads no more than this
-    /// from the socket. It is the free room of the receive buffer, but 0 while
-    /// receiving is paused and the buffer holds bytes not processed yet, once the
-    /// peer's close frame or FIN has come (what follows is ignored), and once the
-    /// session has ended.
+    /// from the socket. It is the room `rx_buffer_bytes` leaves beside the bytes
+    /// buffered (whatever the buffer's capacity now: it grows to take them), but
+    /// 0 while receiving is paused and the buffer holds bytes not processed yet,
+    /// once the peer's close frame or FIN has come (what follows is ignored), and
+    /// once the session has ended.
     #[must_use]
     pub fn rx_space(&self) -> usize {
         match self.state {
@@ -369,10 +395,12 @@ impl Session {
         if self.rx_start == self.rx.len() {
             self.rx.clear();
             self.rx_start = 0;
-        } else if self.rx.len() + n > self.rx_cap {
+        } else if self.rx_start > 0 && self.rx.len() + n > self.rx.capacity() {
             self.rx.drain(..self.rx_start);
             self.rx_start = 0;
         }
+        // `rx_space` is what `rx_cap` allows, whatever the capacity now.
+        reserve_within(&mut self.rx, n, self.rx_cap);
         self.rx.extend_from_slice(&data[..n]);
         self.last_rx = now;
         self.ping_sent = None;
@@ -403,7 +431,11 @@ impl Session {
             }
         };
         Some(match step {
-            Step::Again | Step::Idle => return None,
+            Step::Again | Step::Idle => {
+                // No event borrows the buffer now: it may give its memory back.
+                self.give_back_rx();
+                return None;
+            }
             Step::Data {
                 range,
                 first,
@@ -505,6 +537,10 @@ impl Session {
     pub fn consume_tx(&mut self, n: usize) {
         self.tx.consume(n);
         self.flush_pong();
+        // Drained with no message partly sent: nothing is in progress.
+        if !self.sending {
+            self.tx.give_back(IDLE_KEEP);
+        }
     }
 
     /// Room left in the output buffer, frame headers included: a frame of `n`
@@ -569,6 +605,24 @@ impl Session {
 
     fn rx_len(&self) -> usize {
         self.rx.len() - self.rx_start
+    }
+
+    /// Drained with no frame nor message partly read: nothing is in progress,
+    /// so the receive buffer keeps at most [`IDLE_KEEP`] bytes.
+    fn give_back_rx(&mut self) {
+        if self.rx_len() == 0 && self.frame.is_none() && self.message.is_none() {
+            self.rx.clear();
+            self.rx_start = 0;
+            if self.rx.capacity() > IDLE_KEEP {
+                self.rx = Vec::new();
+            }
+        }
+    }
+
+    /// Bytes held by the receive and output buffers.
+    #[cfg(test)]
+    pub(super) fn buffer_capacity(&self) -> (usize, usize) {
+        (self.rx.capacity(), self.tx.buf.capacity())
     }
 
     /// Starts, at the first `now` seen, the timers begun without a clock.

@@ -916,3 +916,140 @@ fn client_masks_differ_from_frame_to_frame() {
     assert_ne!(tx[2..6], tx[12..16]);
     assert_ne!(tx[6..10], tx[16..20]);
 }
+
+// ---- memory ----
+
+use super::session::IDLE_KEEP;
+
+/// Both buffers of an idle session keep at most [`IDLE_KEEP`] bytes.
+fn assert_idle(s: &Session) {
+    let (rx, tx) = s.buffer_capacity();
+    assert!(
+        rx <= IDLE_KEEP && tx <= IDLE_KEEP,
+        "an idle session holds rx {rx}, tx {tx}"
+    );
+}
+
+#[test]
+fn a_new_session_holds_no_buffers_yet_offers_its_whole_limit() {
+    let t = Instant::now();
+    let mut s = server(t);
+    assert_eq!(s.buffer_capacity(), (0, 0));
+    assert_eq!(s.rx_space(), Limits::DEFAULT.rx_buffer_bytes);
+    assert_eq!(s.tx_space(), Limits::DEFAULT.tx_buffer_bytes);
+    // All of what `rx_space` offers is taken at once, from no capacity.
+    let frame = masked(BINARY, true, &[7; 10_000]);
+    assert_eq!(s.feed(&frame, t), Limits::DEFAULT.rx_buffer_bytes);
+}
+
+#[test]
+fn buffers_are_given_back_after_a_16_kib_message() {
+    let t = Instant::now();
+    let mut s = server(t);
+    let message: Vec<u8> = (0..16 * 1024).map(|i| (i % 251) as u8).collect();
+    let evs = feed_all(&mut s, &masked(BINARY, true, &message), t, 4096);
+    assert_eq!(message_of(&evs), (message.clone(), true));
+    assert_idle(&s);
+    // The echo, as big a frame as the output buffer takes.
+    let echo = &message[..Limits::DEFAULT.tx_buffer_bytes - 4];
+    s.send(SendKind::Binary, echo, true).unwrap();
+    assert!(s.buffer_capacity().1 >= echo.len());
+    // The peer reads it in two goes.
+    s.consume_tx(1000);
+    assert!(
+        s.buffer_capacity().1 >= echo.len() - 1000,
+        "kept while bytes wait"
+    );
+    s.consume_tx(s.tx().len());
+    assert_idle(&s);
+    // And the session goes on as before.
+    let evs = feed_all(&mut s, &masked(TEXT, true, b"hi"), t, 4096);
+    assert_eq!(evs, [data(b"hi", true, true, false, 0)]);
+    s.send(SendKind::Text, b"hi", true).unwrap();
+    assert_eq!(take_tx(&mut s), [out(TEXT, b"hi")]);
+}
+
+#[test]
+fn small_messages_reuse_the_buffers() {
+    let t = Instant::now();
+    let mut s = server(t);
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        let evs = feed_all(&mut s, &masked(TEXT, true, b"reading: 21.5"), t, 4096);
+        assert_eq!(message_of(&evs).0, b"reading: 21.5");
+        s.send(SendKind::Text, b"ok", true).unwrap();
+        take_tx(&mut s);
+        kept.push(s.buffer_capacity());
+    }
+    assert!(kept[0].0 > 0 && kept[0].1 > 0);
+    assert!(kept.iter().all(|&k| k == kept[0]), "{kept:?}");
+}
+
+#[test]
+fn buffers_are_kept_while_a_message_is_in_progress() {
+    let t = Instant::now();
+    let mut s = server(t);
+    // Received: a frame that has not fully arrived, then a message whose
+    // next frame has not.
+    let frame = masked(BINARY, false, &[1; 3000]);
+    feed_all(&mut s, &frame[..2000], t, 4096);
+    assert!(s.buffer_capacity().0 >= 2000);
+    feed_all(&mut s, &frame[2000..], t, 4096);
+    assert!(s.buffer_capacity().0 >= 1000, "the message is still open");
+    feed_all(&mut s, &masked(CONT, true, &[2; 10]), t, 4096);
+    assert_idle(&s);
+    // Sent: a message in fragments keeps its buffer until its last frame.
+    s.send(SendKind::Binary, &[3; 3000], false).unwrap();
+    take_tx(&mut s);
+    assert!(s.buffer_capacity().1 >= 3000);
+    s.send(SendKind::Continuation, &[4; 3000], true).unwrap();
+    take_tx(&mut s);
+    assert_idle(&s);
+}
+
+#[test]
+fn buffers_never_grow_past_their_limits() {
+    let t = Instant::now();
+    let mut limits = Limits::DEFAULT;
+    limits.rx_buffer_bytes = 1000;
+    limits.tx_buffer_bytes = 3000;
+    let mut s = server_with(limits, t);
+    let message: Vec<u8> = (0..50_000).map(|i| (i % 251) as u8).collect();
+    let wire = masked(BINARY, true, &message);
+    let (mut rest, mut step, mut got) = (&wire[..], 1, Vec::new());
+    while !rest.is_empty() {
+        let n = s.feed(&rest[..rest.len().min(step)], t);
+        rest = &rest[n..];
+        step = step * 3 % 997 + 1;
+        for ev in events(&mut s, t, 300) {
+            if let Ev::Data { data, .. } = ev {
+                got.extend(data);
+            }
+        }
+        assert!(s.buffer_capacity().0 <= 1000, "{:?}", s.buffer_capacity());
+    }
+    assert_eq!(got, message);
+    for i in 0..200 {
+        let n = (s.tx_space().saturating_sub(4)).min(i * 37 % 2000 + 1);
+        let kind = if i == 0 {
+            SendKind::Binary
+        } else {
+            SendKind::Continuation
+        };
+        s.send(kind, &vec![b'y'; n], false).unwrap();
+        assert!(s.buffer_capacity().1 <= 3000, "{:?}", s.buffer_capacity());
+        // The peer reads part of it.
+        s.consume_tx(s.tx().len().min(i * 53 % 2500));
+    }
+}
+
+#[test]
+fn an_aborted_session_drops_its_output() {
+    let t = Instant::now();
+    let mut s = server(t);
+    s.send(SendKind::Binary, &[5; 5000], true).unwrap();
+    s.peer_closed(t);
+    assert_eq!(events(&mut s, t, 4096), [Ev::Closed(1006)]);
+    assert!(s.tx().is_empty());
+    assert_eq!(s.buffer_capacity(), (0, 0));
+}
