@@ -129,6 +129,16 @@ fn a_certificate_from_the_trusted_ca_works() {
 }
 
 #[test]
+fn the_host_names_the_server_when_given() {
+    // As lws: the certificate is checked against `host` (its port dropped),
+    // not against the address connected to.
+    let ca = Ca::new("wss host CA");
+    let (port, server) = wss_server(&ca.issue(&["sensor.example"]));
+    let sim = client_device(&ca.pem, port, &["host = \"sensor.example:443\""]);
+    expect_success(&sim, &server);
+}
+
+#[test]
 fn a_wrong_name_fails_and_passes_only_with_skip_hostname_check() {
     let ca = Ca::new("wss name CA");
     let (port, _server) = wss_server(&ca.issue(&["device.example"]));

@@ -184,6 +184,11 @@ fn plain_http_to_the_tls_port_gets_a_readable_400_and_a_close() {
     let answer = String::from_utf8(ctx.transmit(id).to_vec()).unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("https://"), "{answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(&format!("Content-Length: {}", body.len())),
+        "the length matches the body: {answer:?}"
+    );
     assert!(!ctx.should_close(id), "the answer goes out first");
     let n = answer.len();
     ctx.transmitted(id, n, now);
@@ -322,4 +327,39 @@ fn records_of_mixed_sizes_never_overflow_the_decrypted_buffer() {
     let answer = String::from_utf8(exchange(&mut ctx, id, &mut tls, now)).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("Received your request"), "{answer}");
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_after_the_response_timeout() {
+    // The whole answer fits the session's ciphertext buffer: the HTTP layer
+    // is done and idle, only encrypted bytes wait on the peer.
+    let ca = certs::Ca::new("stalled reader CA");
+    let mut ctx = device(&[&ca.issue(&["device.test"])]);
+    let start = Instant::now();
+    let id = ctx.accept(0, peer(), start).unwrap();
+    let name = ServerName::try_from("device.test").unwrap();
+    let mut tls = ClientConnection::new(client(&ca.pem, rustls::DEFAULT_VERSIONS), name).unwrap();
+    tls.writer().write_all(GET).unwrap();
+    exchange(&mut ctx, id, &mut tls, start);
+    tls.writer()
+        .write_all(b"GET /stream?kib=8 HTTP/1.1\r\nHost: device\r\n\r\n")
+        .unwrap();
+    let mut records = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut records).unwrap();
+    }
+    ctx.receive(id, &records, start);
+    let timeout = wasmgate::config::Limits::DEFAULT.response_timeout;
+    let mut closed_at = None;
+    for s in 0..=3 * timeout.as_secs() {
+        let now = start + Duration::from_secs(s);
+        ctx.service(now);
+        assert!(!ctx.transmit(id).is_empty(), "the answer waits, encrypted");
+        if ctx.should_close(id) {
+            closed_at = Some(s);
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("dropped, not kept forever");
+    assert!(closed_at >= timeout.as_secs(), "not before the timeout");
 }

@@ -65,10 +65,17 @@ impl Context {
         let t = &client.target;
         if let Some(options) = t.tls {
             let (address, port) = (t.address.clone(), t.port);
+            // As lws: the certificate is checked against (and SNI names) the
+            // `Host` when one is given, without its port; else the address.
+            let name = t
+                .host
+                .as_deref()
+                .map_or(address.as_str(), strip_port)
+                .to_string();
             let session = self
                 .client_tls
                 .get(self.config.trust.as_ref(), options)
-                .and_then(|config| crate::tls::Session::client(config, &address, now));
+                .and_then(|config| crate::tls::Session::client(config, &name, now));
             match session {
                 Ok(session) => {
                     let relaxed = options.relaxations();
@@ -116,9 +123,11 @@ impl Context {
         self.mark_dirty(id);
     }
 
-    /// The driver could not connect `id`; `why` says how, in words.
+    /// The driver could not connect `id`; `why` says how, in words. The
+    /// connection is gone afterwards: the driver need not `close` it.
     pub fn connect_failed(&mut self, id: ConnId, why: &str, now: Instant) {
         self.client_failed(id, why, now);
+        self.close(id, now);
     }
 
     /// Opens the config's client connections (at start).
@@ -356,6 +365,17 @@ impl Context {
     }
 }
 
+/// `host` without a trailing `:port` (`[v6]:port` keeps its address).
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.parse::<u16>().is_ok() => name,
+        _ => host,
+    }
+}
+
 /// 16 pseudo-random bytes from `seed` (xorshift64*): a WebSocket key only
 /// needs to differ between connections.
 fn xorshift_key(seed: u64) -> [u8; 16] {
@@ -368,4 +388,17 @@ fn xorshift_key(seed: u64) -> [u8; 16] {
         chunk.copy_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn the_port_comes_off_a_host_header() {
+        assert_eq!(strip_port("sensor.local:8443"), "sensor.local");
+        assert_eq!(strip_port("sensor.local"), "sensor.local");
+        assert_eq!(strip_port("[fd00::15]:443"), "fd00::15");
+        assert_eq!(strip_port("fd00::15"), "fd00::15");
+    }
 }

@@ -500,13 +500,20 @@ impl Context {
     /// Bytes from the peer. Returns how many were taken (at most
     /// [`rx_space`](Self::rx_space)).
     pub fn receive(&mut self, id: ConnId, data: &[u8], now: Instant) -> usize {
+        let http_limits = self.config.limits.http;
         let Some(conn) = self.conn_mut(id) else {
             return 0;
         };
         let Some(tls) = conn.tls.as_deref_mut() else {
             return self.receive_plain(id, data, now);
         };
+        let was_handshaking = tls.is_handshaking();
         let taken = tls.receive(data);
+        if was_handshaking && !tls.is_handshaking() && conn.client.is_none() {
+            // The request head's timer starts now, not at accept: the
+            // handshake has its own (`tls_handshake_timeout`).
+            conn.http = Some(ServerConn::new(http_limits, now));
+        }
         let failed = tls.failure().is_some();
         let peer_closed = tls.peer_closed();
         if taken > 0 {
@@ -580,7 +587,7 @@ impl Context {
     pub fn should_close(&self, id: ConnId) -> bool {
         self.conn(id).is_none_or(|c| match c.tls.as_deref() {
             // The alert (or the plain-HTTP answer) goes out first.
-            Some(tls) if tls.failure().is_some() => tls.tx().is_empty(),
+            Some(tls) if tls.failure().is_some() => c.hard_close || tls.tx().is_empty(),
             Some(tls) => {
                 c.hard_close || (c.plain_done() && tls.close_sent() && tls.tx().is_empty())
             }
@@ -668,6 +675,19 @@ impl Context {
             let stall_due = self.check_stall(id, now);
             for due in [parser_due, writeable_due, stall_due].into_iter().flatten() {
                 next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        // Callbacks above may have made room (`lws_rx_flow_control`) for
+        // bytes a TLS session decrypted earlier in this pass.
+        for slot in 0..self.conns.len() {
+            let waiting = self.conns[slot]
+                .as_ref()
+                .is_some_and(|c| c.tls.as_ref().is_some_and(|t| t.plaintext() > 0));
+            if waiting {
+                let id = self.conns[slot].as_ref().map(|c| c.id).expect("checked");
+                if self.plain_rx_space(id) > 0 {
+                    self.tls_deliver(id, now);
+                }
             }
         }
         next
@@ -782,6 +802,15 @@ impl Context {
             self.receive_plain(id, &buf[..n], now);
         }
         self.tls_plain = buf;
+        // Ciphertext held back for lack of room was decrypted on the way.
+        if self
+            .conn(id)
+            .and_then(|c| c.tls.as_ref())
+            .is_some_and(|t| t.failure().is_some())
+        {
+            self.tls_failed(id, now);
+            return;
+        }
         let ended = self.conn(id).is_some_and(|c| {
             c.tls_fin && !c.peer_fin && c.tls.as_ref().is_some_and(|t| t.plaintext() == 0)
         });
@@ -986,8 +1015,11 @@ impl Context {
         let timeout = self.config.limits.response_timeout;
         let conn = self.conn_mut(id)?;
         let ws_queued = conn.ws.as_ref().is_some_and(|w| !w.tx().is_empty());
+        // Bytes already encrypted wait on the peer as much as plaintext does.
+        let tls_queued = conn.tls.as_ref().is_some_and(|t| !t.tx().is_empty());
         let http = conn.http.as_mut()?;
-        let waiting_on_peer = !http.tx().is_empty() || !conn.preface.is_empty() || ws_queued;
+        let waiting_on_peer =
+            !http.tx().is_empty() || !conn.preface.is_empty() || ws_queued || tls_queued;
         let waiting_on_guest = conn.binding.is_some() && !conn.abort && !conn.upgraded;
         if conn.hard_close || !(waiting_on_peer || waiting_on_guest) {
             return None;

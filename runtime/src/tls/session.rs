@@ -22,7 +22,7 @@ const PLAINTEXT_LIMIT: usize = 16 * 1024;
 
 /// What a plain-HTTP request on a TLS port gets, before the connection closes.
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
-    Content-Type: text/plain\r\nContent-Length: 47\r\nConnection: close\r\n\r\n\
+    Content-Type: text/plain\r\nContent-Length: 49\r\nConnection: close\r\n\r\n\
     This port speaks HTTPS: use https:// to reach it\n";
 
 /// A connection's TLS session.
