@@ -1,0 +1,697 @@
+//! The smoltcp driver end to end: a device (`SmolDriver` + a `Context` with
+//! guests) and a plain smoltcp "peer" interface, joined by an in-memory
+//! Ethernet link. Time is an explicit clock that jumps to the next deadline
+//! when the link is idle; nothing sleeps.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv4Cidr,
+};
+
+use wasmgate::config::{
+    Client, ClientTarget, GuestLimits, Handler, Limits, Listener, Mount, Protocol,
+};
+use wasmgate::context::NativeProtocol;
+use wasmgate::guest::{Call, reason};
+use wasmgate::net::smol::{Ipv4Setup, NetConfig, SmolDriver};
+use wasmgate::{Config, Context};
+
+const DEVICE_V4: Ipv4Address = Ipv4Address::new(192, 168, 69, 1);
+const PEER_V4: Ipv4Address = Ipv4Address::new(192, 168, 69, 2);
+const DEVICE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+// ---- the link ----
+
+type Queue = VecDeque<Vec<u8>>;
+
+/// One end of the link: frames in from `rx`, out to `tx`.
+struct End<'q> {
+    rx: &'q mut Queue,
+    tx: &'q mut Queue,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'q>(&'q mut Queue);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let r = f(&mut frame);
+        self.0.push_back(frame);
+        r
+    }
+}
+
+impl Device for End<'_> {
+    type RxToken<'a>
+        = Rx
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = Tx<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((Rx(frame), Tx(self.tx)))
+    }
+
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
+        Some(Tx(self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+// ---- the device and its peer ----
+
+struct Net {
+    to_device: Queue,
+    to_peer: Queue,
+    ctx: Context,
+    driver: SmolDriver,
+    peer: Interface,
+    sockets: SocketSet<'static>,
+    start: Instant,
+    now: Instant,
+    next_port: u16,
+}
+
+impl Net {
+    fn new(config: Config, tweak: impl FnOnce(&mut NetConfig)) -> Net {
+        let start = Instant::now();
+        let ctx = Context::new(config, start).expect("device starts");
+        let mut net = NetConfig::small_soc(
+            DEVICE_MAC,
+            Ipv4Setup::Static {
+                address: Ipv4Cidr::new(DEVICE_V4, 24),
+                gateway: None,
+            },
+        );
+        tweak(&mut net);
+        let (mut to_device, mut to_peer) = (Queue::new(), Queue::new());
+        let driver = SmolDriver::new(
+            &ctx,
+            net,
+            &mut End {
+                rx: &mut to_device,
+                tx: &mut to_peer,
+            },
+            start,
+        );
+        let mut config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(PEER_MAC)));
+        config.random_seed = 7;
+        let mut peer = Interface::new(
+            config,
+            &mut End {
+                rx: &mut to_peer,
+                tx: &mut to_device,
+            },
+            smoltcp::time::Instant::ZERO,
+        );
+        peer.update_ip_addrs(|addrs| {
+            addrs.push(IpCidr::new(PEER_V4.into(), 24)).unwrap();
+            #[cfg(feature = "ipv6")]
+            addrs.push(IpCidr::new(PEER_V6.into(), 64)).unwrap();
+        });
+        Net {
+            to_device,
+            to_peer,
+            ctx,
+            driver,
+            peer,
+            sockets: SocketSet::new(Vec::new()),
+            start,
+            now: start,
+            next_port: 40000,
+        }
+    }
+
+    fn smol_now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros((self.now - self.start).as_micros() as i64)
+    }
+
+    /// One poll of each end. Returns when either wants to run next.
+    fn turn(&mut self) -> Option<Instant> {
+        let mut device = End {
+            rx: &mut self.to_device,
+            tx: &mut self.to_peer,
+        };
+        let device_due = self.driver.poll(&mut self.ctx, &mut device, self.now);
+        let (in_use, capacity) = self.driver.sockets_in_use();
+        assert!(in_use <= capacity, "{in_use} sockets of {capacity}");
+        let timestamp = self.smol_now();
+        let mut peer = End {
+            rx: &mut self.to_peer,
+            tx: &mut self.to_device,
+        };
+        self.peer.poll(timestamp, &mut peer, &mut self.sockets);
+        let peer_due = self
+            .peer
+            .poll_at(timestamp, &self.sockets)
+            .map(|t| self.start + Duration::from_micros(t.total_micros() as u64));
+        [device_due, peer_due].into_iter().flatten().min()
+    }
+
+    /// Runs both ends until `done` holds. While the link is idle the clock
+    /// jumps to the next deadline (at least 1 ms, at most 1 s).
+    fn run_until(&mut self, what: &str, mut done: impl FnMut(&mut Net) -> bool) {
+        for _ in 0..200_000 {
+            let due = self.turn();
+            if done(self) {
+                return;
+            }
+            if self.to_device.is_empty() && self.to_peer.is_empty() {
+                let due = due.unwrap_or(self.now + Duration::from_secs(1));
+                self.now = due.clamp(
+                    self.now + Duration::from_millis(1),
+                    self.now + Duration::from_secs(1),
+                );
+            }
+        }
+        panic!("{what}: not reached");
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until("time passes", |net| net.now >= until);
+    }
+
+    fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket<'static>>(h)
+    }
+
+    /// A peer TCP socket connecting to `remote`.
+    fn connect(&mut self, remote: impl Into<IpEndpoint>) -> SocketHandle {
+        let buf = || tcp::SocketBuffer::new(vec![0; 128 * 1024]);
+        let mut socket = tcp::Socket::new(buf(), buf());
+        let port = self.next_port;
+        self.next_port += 1;
+        socket
+            .connect(self.peer.context(), remote.into(), port)
+            .expect("peer connects");
+        self.sockets.add(socket)
+    }
+
+    /// Sends `request` on `h` and reads until the device closes (or resets)
+    /// the connection. Returns what came back.
+    fn exchange(&mut self, h: SocketHandle, request: &[u8]) -> Vec<u8> {
+        let mut sent = 0;
+        let mut response = Vec::new();
+        self.run_until("the response", |net| {
+            let socket = net.tcp(h);
+            if sent < request.len() && socket.can_send() {
+                sent += socket.send_slice(&request[sent..]).unwrap();
+            }
+            read_into(socket, &mut response);
+            finished(socket)
+        });
+        self.tcp(h).close();
+        response
+    }
+
+    fn request(&mut self, remote: impl Into<IpEndpoint>, request: &[u8]) -> Vec<u8> {
+        let h = self.connect(remote);
+        self.exchange(h, request)
+    }
+}
+
+/// Takes what `socket` received.
+fn read_into(socket: &mut tcp::Socket<'_>, out: &mut Vec<u8>) {
+    while socket.can_recv() {
+        socket
+            .recv(|b| {
+                out.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+    }
+}
+
+/// The device closed (FIN, read to the end) or reset the connection.
+fn finished(socket: &tcp::Socket<'_>) -> bool {
+    !socket.may_recv()
+        && !matches!(
+            socket.state(),
+            tcp::State::SynSent | tcp::State::SynReceived
+        )
+}
+
+fn status(response: &[u8]) -> String {
+    let text = String::from_utf8_lossy(response);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+fn listener(port: u16) -> Listener {
+    Listener {
+        name: format!("http{port}"),
+        port,
+        mounts: vec![Mount {
+            prefix: "/".into(),
+            protocol: "http".into(),
+        }],
+        websocket: Vec::new(),
+        default_websocket: None,
+        tls: None,
+    }
+}
+
+/// The `http-post` guest at `/` on each of `ports`.
+fn http_device(ports: &[u16], max_connections: usize) -> Config {
+    Config {
+        name: "smol".into(),
+        listeners: ports.iter().map(|p| listener(*p)).collect(),
+        protocols: vec![Protocol {
+            name: "http".into(),
+            handler: Handler::Wasm(wasmgate_guests::HTTP_POST.to_vec()),
+        }],
+        limits: Limits {
+            max_connections,
+            ..Limits::DEFAULT
+        },
+        guest: GuestLimits::DEFAULT,
+        admin: None,
+        clients: Vec::new(),
+        trust: None,
+    }
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: device\r\nConnection: close\r\n\r\n";
+const ACK: &str = r#"{"status": "success", "message": "Received your request."}"#;
+
+// ---- HTTP server ----
+
+#[test]
+fn a_get_and_a_64_kib_post_are_answered_by_the_guest() {
+    let mut net = Net::new(http_device(&[80], 8), |_| {});
+    let response = net.request((DEVICE_V4, 80), GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    assert!(String::from_utf8_lossy(&response).contains("wasmgate simulated device"));
+
+    let body: Vec<u8> = (0..64 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nHost: device\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let response = net.request((DEVICE_V4, 80), &request);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    assert!(String::from_utf8_lossy(&response).ends_with(ACK));
+    // Both connections are closed and their sockets given back.
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.ctx.connections(), 0);
+    assert_eq!(net.driver.sockets_in_use().0, 2, "only the listening pool");
+}
+
+#[test]
+fn two_listening_ports_are_both_served() {
+    let mut net = Net::new(http_device(&[80, 8080], 8), |_| {});
+    assert_eq!(net.driver.sockets_in_use(), (4, 8 + 2 * 2 + 1));
+    for port in [80, 8080, 80] {
+        let response = net.request((DEVICE_V4, port), GET);
+        assert_eq!(status(&response), "HTTP/1.1 200 OK", "port {port}");
+    }
+    // Nothing listens on 81: the SYN is refused.
+    let h = net.connect((DEVICE_V4, 81));
+    net.run_until("the reset", |net| finished(net.tcp(h)));
+    assert_eq!(net.tcp(h).state(), tcp::State::Closed);
+}
+
+#[test]
+fn connections_over_the_limit_get_503_or_a_reset_and_the_device_recovers() {
+    // 2 connections, 1 listener with 2 listening sockets, 1 reserve: 5 sockets.
+    let mut net = Net::new(http_device(&[80], 2), |_| {});
+    assert_eq!(net.driver.sockets_in_use(), (2, 5));
+    // Two clients take the two connections and keep them (no request yet).
+    let admitted: Vec<SocketHandle> = (0..2)
+        .map(|_| {
+            let h = net.connect((DEVICE_V4, 80));
+            net.run_until("established", |net| {
+                net.tcp(h).state() == tcp::State::Established && net.ctx.connections() >= 1
+            });
+            h
+        })
+        .collect();
+    net.run_until("both accepted", |net| net.ctx.connections() == 2);
+
+    // Four more at once: two reach a listening socket and read the 503, the
+    // SYNs of the others find none and are reset.
+    let over: Vec<SocketHandle> = (0..4).map(|_| net.connect((DEVICE_V4, 80))).collect();
+    let mut answers = vec![Vec::new(); over.len()];
+    net.run_until("every extra client answered", |net| {
+        over.iter().zip(answers.iter_mut()).all(|(h, out)| {
+            let socket = net.tcp(*h);
+            read_into(socket, out);
+            finished(socket)
+        })
+    });
+    let mut busy = 0;
+    let mut reset = 0;
+    for out in &answers {
+        if out.is_empty() {
+            reset += 1;
+        } else {
+            let text = String::from_utf8_lossy(out);
+            assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+            assert!(text.contains("Retry-After: 1\r\n"), "{text}");
+            busy += 1;
+        }
+    }
+    assert!(
+        busy >= 1 && reset >= 1,
+        "{busy} got 503, {reset} were reset"
+    );
+    assert!(net.ctx.stats().refused >= busy as u64);
+    for h in &over {
+        net.tcp(*h).close();
+    }
+
+    // The admitted connections were not disturbed.
+    for h in admitted {
+        let response = net.exchange(h, GET);
+        assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    }
+    // And once they are gone, a new client is served as usual.
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.ctx.connections(), 0);
+    let response = net.request((DEVICE_V4, 80), GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn staggered_clients_over_the_limit_all_read_503() {
+    // With the clients one after the other, the reserve socket (and the
+    // slots of finished 503s) always leaves a listening socket.
+    let mut net = Net::new(http_device(&[80], 1), |net| net.reserve_sockets = 1);
+    let held = net.connect((DEVICE_V4, 80));
+    net.run_until("accepted", |net| net.ctx.connections() == 1);
+    for _ in 0..5 {
+        let response = net.request((DEVICE_V4, 80), GET);
+        assert_eq!(status(&response), "HTTP/1.1 503 Service Unavailable");
+    }
+    let response = net.exchange(held, GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+}
+
+#[cfg(feature = "ipv6")]
+const DEVICE_V6: smoltcp::wire::Ipv6Address =
+    smoltcp::wire::Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+#[cfg(feature = "ipv6")]
+const PEER_V6: smoltcp::wire::Ipv6Address =
+    smoltcp::wire::Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+#[cfg(feature = "ipv6")]
+#[test]
+fn a_get_over_ipv6_is_answered() {
+    let mut net = Net::new(http_device(&[80], 8), |net| {
+        net.ipv6 = Some((smoltcp::wire::Ipv6Cidr::new(DEVICE_V6, 64), None));
+    });
+    let response = net.request((IpAddress::Ipv6(DEVICE_V6), 80), GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    // The same device still answers on IPv4.
+    let response = net.request((DEVICE_V4, 80), GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+}
+
+// ---- client connections ----
+
+fn client_device(protocol: Protocol, clients: Vec<Client>) -> Config {
+    Config {
+        name: "smol-client".into(),
+        listeners: Vec::new(),
+        protocols: vec![protocol],
+        limits: Limits::DEFAULT,
+        guest: GuestLimits::DEFAULT,
+        admin: None,
+        clients,
+        trust: None,
+    }
+}
+
+fn client(name: &str, protocol: &str, address: &str, port: u16) -> Client {
+    Client {
+        name: name.into(),
+        protocol: protocol.into(),
+        target: ClientTarget {
+            address: address.into(),
+            port,
+            path: "/feed".into(),
+            host: None,
+            origin: None,
+            ws_protocol: Some("echo-protocol".into()),
+            tls: None,
+        },
+        reconnect: false,
+    }
+}
+
+/// Answers one DNS query for an A record with `PEER_V4`.
+fn dns_answer(query: &[u8]) -> Vec<u8> {
+    // Header (12 bytes), then the question: the name, type and class.
+    let mut end = 12;
+    while query[end] != 0 {
+        end += 1 + query[end] as usize;
+    }
+    end += 1 + 4;
+    let mut answer = query[..end].to_vec();
+    answer[2] = 0x81; // a response, recursion desired
+    answer[3] = 0x80; // recursion available, no error
+    answer[6..8].copy_from_slice(&1u16.to_be_bytes()); // one answer
+    answer.extend_from_slice(&[0xc0, 12]); // the question's name
+    answer.extend_from_slice(&[0, 1, 0, 1]); // A, IN
+    answer.extend_from_slice(&60u32.to_be_bytes());
+    answer.extend_from_slice(&4u16.to_be_bytes());
+    answer.extend_from_slice(&PEER_V4.octets());
+    answer
+}
+
+#[test]
+fn the_ws_client_guest_connects_by_name_and_greets_the_server() {
+    let config = client_device(
+        Protocol {
+            name: "echo-protocol".into(),
+            handler: Handler::Wasm(wasmgate_guests::WS_CLIENT.to_vec()),
+        },
+        vec![client("echo", "echo-protocol", "echo.test", 7681)],
+    );
+    let mut net = Net::new(config, |net| {
+        net.dns_servers = vec![IpAddress::Ipv4(PEER_V4)];
+    });
+    // The peer: a DNS server on port 53 and a WebSocket server on 7681.
+    let udp_buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 2048]);
+    let mut dns = udp::Socket::new(udp_buf(), udp_buf());
+    dns.bind(53).unwrap();
+    let dns = net.sockets.add(dns);
+    let buf = || tcp::SocketBuffer::new(vec![0; 8192]);
+    let mut server = tcp::Socket::new(buf(), buf());
+    server.listen(7681).unwrap();
+    let server = net.sockets.add(server);
+
+    let mut request = Vec::new();
+    net.run_until("the handshake request", |net| {
+        let socket = net.sockets.get_mut::<udp::Socket<'static>>(dns);
+        if let Ok((query, meta)) = socket.recv() {
+            let answer = dns_answer(query);
+            socket.send_slice(&answer, meta.endpoint).unwrap();
+        }
+        read_into(net.tcp(server), &mut request);
+        request.ends_with(b"\r\n\r\n")
+    });
+    let request = String::from_utf8(request).unwrap();
+    assert!(request.starts_with("GET /feed HTTP/1.1\r\n"), "{request}");
+    let key = request
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .expect("a key");
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: echo-protocol\r\n\r\n"
+    );
+    net.tcp(server).send_slice(response.as_bytes()).unwrap();
+
+    let greeting = b"Hello, server!";
+    let mut frame = Vec::new();
+    net.run_until("the greeting", |net| {
+        read_into(net.tcp(server), &mut frame);
+        frame.len() >= 6 + greeting.len()
+    });
+    assert_eq!(frame[0], 0x81, "a final text frame");
+    assert_eq!(frame[1], 0x80 | greeting.len() as u8, "masked");
+    let mask = &frame[2..6];
+    let text: Vec<u8> = frame[6..]
+        .iter()
+        .zip(mask.iter().cycle())
+        .map(|(b, m)| b ^ m)
+        .collect();
+    assert_eq!(text, greeting);
+    assert_eq!(net.ctx.connections(), 1);
+}
+
+/// `CLIENT_CONNECTION_ERROR` texts seen by [`Recorder`].
+static CONNECT_ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[derive(Debug)]
+struct Recorder;
+
+impl NativeProtocol for Recorder {
+    fn callback(&mut self, _call: &mut Call, why: i32, input: &[u8]) -> i32 {
+        if why == reason::CLIENT_CONNECTION_ERROR {
+            let text = String::from_utf8_lossy(input).into_owned();
+            CONNECT_ERRORS.lock().unwrap().push(text);
+        }
+        0
+    }
+}
+
+#[test]
+fn refused_and_unresolvable_connects_are_reported_and_free_their_sockets() {
+    let config = client_device(
+        Protocol {
+            name: "rec".into(),
+            handler: Handler::Native(|| Box::new(Recorder)),
+        },
+        vec![
+            // Nothing listens there: the peer answers the SYN with a reset.
+            client("refused", "rec", "192.168.69.2", 7682),
+            // No DNS server configured.
+            client("nameless", "rec", "nosuch.example", 80),
+            // Nobody has that address: no ARP answer, no SYN-ACK.
+            client("silent", "rec", "192.168.69.99", 80),
+        ],
+    );
+    let mut net = Net::new(config, |_| {});
+    net.run_until("every failure", |_| {
+        CONNECT_ERRORS.lock().unwrap().len() == 3
+    });
+    let mut errors = CONNECT_ERRORS.lock().unwrap().clone();
+    errors.sort();
+    assert_eq!(errors[0], "cannot resolve `nosuch.example`: no DNS server");
+    assert_eq!(errors[1], "connection refused");
+    assert_eq!(errors[2], "timed out");
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.ctx.connections(), 0);
+    assert_eq!(net.driver.sockets_in_use().0, 0);
+}
+
+// ---- closing and addresses ----
+
+#[test]
+fn a_peer_that_never_closes_does_not_keep_its_socket() {
+    let mut net = Net::new(http_device(&[80], 8), |_| {});
+    let h = net.connect((DEVICE_V4, 80));
+    let mut response = Vec::new();
+    let mut sent = false;
+    net.run_until("the device's FIN", |net| {
+        let socket = net.tcp(h);
+        if !sent && socket.can_send() {
+            socket.send_slice(GET).unwrap();
+            sent = true;
+        }
+        read_into(socket, &mut response);
+        finished(socket)
+    });
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    // The peer never sends its FIN: after the linger the device aborts.
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.driver.sockets_in_use().0, 2, "only the listening pool");
+    assert_eq!(
+        net.tcp(h).state(),
+        tcp::State::Closed,
+        "reset by the device"
+    );
+}
+
+const LEASED: Ipv4Address = Ipv4Address::new(192, 168, 69, 50);
+
+/// A one-address DHCP server: OFFER for DISCOVER, ACK for REQUEST.
+fn dhcp_reply(request: &[u8]) -> Option<Vec<u8>> {
+    use smoltcp::wire::{DhcpMessageType, DhcpPacket, DhcpRepr};
+    let packet = DhcpPacket::new_checked(request).ok()?;
+    let asked = DhcpRepr::parse(&packet).ok()?;
+    let message_type = match asked.message_type {
+        DhcpMessageType::Discover => DhcpMessageType::Offer,
+        DhcpMessageType::Request => DhcpMessageType::Ack,
+        _ => return None,
+    };
+    let reply = DhcpRepr {
+        message_type,
+        transaction_id: asked.transaction_id,
+        secs: 0,
+        client_hardware_address: asked.client_hardware_address,
+        client_ip: Ipv4Address::UNSPECIFIED,
+        your_ip: LEASED,
+        server_ip: PEER_V4,
+        router: Some(PEER_V4),
+        subnet_mask: Some(Ipv4Address::new(255, 255, 255, 0)),
+        relay_agent_ip: Ipv4Address::UNSPECIFIED,
+        broadcast: false,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: Some(PEER_V4),
+        parameter_request_list: None,
+        dns_servers: None,
+        max_size: None,
+        lease_duration: Some(3600),
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut out = vec![0; reply.buffer_len()];
+    reply
+        .emit(&mut DhcpPacket::new_unchecked(&mut out[..]))
+        .ok()?;
+    Some(out)
+}
+
+#[test]
+fn dhcp_gives_the_device_its_address_and_it_serves_there() {
+    let mut net = Net::new(http_device(&[80], 8), |net| net.ipv4 = Ipv4Setup::Dhcp);
+    assert_eq!(net.driver.ipv4(), None);
+    let udp_buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
+    let mut server = udp::Socket::new(udp_buf(), udp_buf());
+    server.bind(67).unwrap();
+    let server = net.sockets.add(server);
+    net.run_until("a lease", |net| {
+        let socket = net.sockets.get_mut::<udp::Socket<'static>>(server);
+        if let Ok((request, _)) = socket.recv() {
+            let request = request.to_vec();
+            if let Some(reply) = dhcp_reply(&request) {
+                let to = IpEndpoint::new(Ipv4Address::BROADCAST.into(), 68);
+                socket.send_slice(&reply, to).unwrap();
+            }
+        }
+        net.driver.ipv4().is_some()
+    });
+    assert_eq!(net.driver.ipv4(), Some(Ipv4Cidr::new(LEASED, 24)));
+    let response = net.request((LEASED, 80), GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn a_multicast_mac_is_made_unicast_instead_of_panicking() {
+    let mut net = Net::new(http_device(&[80], 8), |net| net.mac[0] |= 1);
+    let response = net.request((DEVICE_V4, 80), GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+}
