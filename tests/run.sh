@@ -27,6 +27,11 @@ fi
 # The Autobahn TestSuite (Python 2) is installed by tests/autobahn/setup.sh,
 # which the Autobahn test runs itself (the first time takes about a minute).
 
+# The end-to-end tests run the simulator's default network first: the
+# device's own smoltcp stack behind the user-mode gateway...
 cargo test --workspace "$@"
+# ...then the same tests over the host's sockets (the OS driver).
+echo "tests/run.sh: the end-to-end tests again with WASMGATE_NET=host (the OS-socket driver)"
+WASMGATE_NET=host cargo test -p wasmgate-sim --tests "$@"
 # The runtime built without TLS (`tls` feature off): every connection plain.
 cargo test -p wasmgate --no-default-features "$@"

@@ -48,19 +48,6 @@ fn tls_device(leaf: &Leaf) -> Sim {
     Sim::start(&toml)
 }
 
-/// A fixed pseudo-random body (no dependency, same every run).
-fn body(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn https_keep_alive_get_and_a_1_mib_post_with_a_rustls_client() {
     let ca = Ca::new("https e2e CA");
@@ -75,7 +62,7 @@ fn https_keep_alive_get_and_a_1_mib_post_with_a_rustls_client() {
     assert_eq!(status.status, 200, "{status:?}");
     assert!(status.text().contains("\"requests\""), "{}", status.text());
 
-    let payload = body(1 << 20);
+    let payload = support::pseudo_random(1 << 20);
     let head = format!(
         "POST /upload HTTP/1.1\r\nHost: device\r\nContent-Length: {}\r\n\r\n",
         payload.len()
@@ -104,7 +91,7 @@ fn wss_echo_with_tungstenite_over_rustls() {
     assert_eq!(response.status(), 101);
     ws.send(Message::text("hello over TLS")).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text("hello over TLS"));
-    let big = body(1 << 20);
+    let big = support::pseudo_random(1 << 20);
     ws.send(Message::binary(big.clone())).unwrap();
     match ws.read().unwrap() {
         Message::Binary(echo) => assert!(echo[..] == big[..], "1 MiB echo differs"),
@@ -251,7 +238,7 @@ fn noise_half_handshakes_and_silence_close_only_their_connections() {
     let addr = sim.tls_addr();
 
     let mut noisy = TcpStream::connect(addr).unwrap();
-    noisy.write_all(&body(3000)).unwrap();
+    noisy.write_all(&support::pseudo_random(3000)).unwrap();
 
     // Half a ClientHello, then nothing.
     let server = ServerName::try_from("localhost").unwrap();

@@ -3,6 +3,7 @@
 //! command line over this.
 
 pub mod flash;
+pub mod net;
 pub mod tls;
 pub mod tools;
 
@@ -36,6 +37,98 @@ struct DeviceFile {
     #[serde(default, rename = "client")]
     clients: Vec<ClientSection>,
     tls: Option<tls::TlsSection>,
+    #[serde(default)]
+    network: NetworkSection,
+}
+
+/// `[network]`: the simulated network (`--net smoltcp`; the host-socket
+/// mode ignores it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NetworkSection {
+    /// The device takes its address by DHCP from the gateway.
+    dhcp: bool,
+    /// The device has an IPv6 address too.
+    ipv6: bool,
+    /// Device port on the gateway -> host address (`8080 = "127.0.0.1:8080"`).
+    relay: BTreeMap<String, String>,
+    /// Unmapped gateway ports go to the host's loopback.
+    host_loopback: bool,
+    /// Extra DNS names: `"gateway"` or an IP address.
+    dns: BTreeMap<String, String>,
+    /// Link faults, as `--link` takes them.
+    link: Option<String>,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        let d = net::NetworkSettings::default();
+        NetworkSection {
+            dhcp: d.dhcp,
+            ipv6: d.ipv6,
+            relay: BTreeMap::new(),
+            host_loopback: d.host_loopback,
+            dns: BTreeMap::new(),
+            link: None,
+        }
+    }
+}
+
+impl NetworkSection {
+    /// The settings, or the key at fault and why.
+    fn settings(self) -> Result<net::NetworkSettings, (String, String)> {
+        let mut relay = BTreeMap::new();
+        for (port, target) in self.relay {
+            let key = format!("network.relay.{port}");
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| (key.clone(), "the key is a port, 1 to 65535".to_string()))?;
+            let target: SocketAddr = target.parse().map_err(|_| {
+                (
+                    key.clone(),
+                    format!("`{target}` is not a host address and port such as \"127.0.0.1:8080\""),
+                )
+            })?;
+            relay.insert(port, target);
+        }
+        let mut dns = net::default_dns();
+        for (name, value) in self.dns {
+            let key = format!("network.dns.\"{name}\"");
+            let clean = name.trim_end_matches('.').to_ascii_lowercase();
+            if clean.is_empty()
+                || clean.split('.').any(|l| l.is_empty() || l.len() > 63)
+                || clean.len() > 253
+            {
+                return Err((key, "not a DNS name".into()));
+            }
+            let addrs = match value.as_str() {
+                "gateway" => vec![IpAddr::V4(net::GATEWAY_V4), IpAddr::V6(net::GATEWAY_V6)],
+                other => vec![other.parse::<IpAddr>().map_err(|_| {
+                    (
+                        key.clone(),
+                        format!("`{other}` is neither \"gateway\" nor an IP address"),
+                    )
+                })?],
+            };
+            dns.insert(clean, addrs);
+        }
+        let link = match self.link {
+            None => net::LinkFaults::NONE,
+            Some(spec) => spec.parse().map_err(|e: net::link::LinkSpecError| {
+                ("network.link".to_string(), e.to_string())
+            })?,
+        };
+        Ok(net::NetworkSettings {
+            dhcp: self.dhcp,
+            ipv6: self.ipv6,
+            relay,
+            host_loopback: self.host_loopback,
+            dns,
+            link,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +318,8 @@ pub struct Device {
     /// they get the device certificate from
     /// [`load_device_certificate`](Self::load_device_certificate).
     pub device_tls: Vec<usize>,
+    /// The simulated network (`[network]`).
+    pub network: net::NetworkSettings,
 }
 
 /// A config that cannot be used, with the key at fault.
@@ -516,12 +611,17 @@ impl Device {
         config
             .validate()
             .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        let network = file
+            .network
+            .settings()
+            .map_err(|(key, msg)| err(key, msg))?;
         Ok(Device {
             config,
             addrs,
             sources,
             flash_dir,
             device_tls,
+            network,
         })
     }
 
@@ -853,6 +953,64 @@ mod tests {
         let flash = std::env::temp_dir().join(format!("wasmgate-sim-none-{}", std::process::id()));
         assert!(d.load_device_certificate(&flash).unwrap().is_none());
         assert!(!flash.exists());
+    }
+
+    #[test]
+    fn the_network_section_is_read_with_defaults() {
+        let d = Device::default_device().unwrap();
+        let n = &d.network;
+        assert!(!n.dhcp && n.ipv6 && n.host_loopback && n.relay.is_empty());
+        assert_eq!(n.link, net::LinkFaults::NONE);
+        assert!(n.dns.contains_key("gateway") && n.dns.contains_key("localhost"));
+
+        let text = "[device]\nname = \"x\"\n[network]\ndhcp = true\nipv6 = false\n\
+                    host_loopback = false\nrelay = { 8080 = \"127.0.0.1:9000\" }\n\
+                    dns = { \"Echo.Local.\" = \"gateway\", \"box\" = \"10.0.2.7\" }\n\
+                    link = \"loss=5%,seed=3\"\n";
+        let n = Device::from_toml(text, "t.toml", Path::new("."))
+            .unwrap()
+            .network;
+        assert!(n.dhcp && !n.ipv6 && !n.host_loopback);
+        assert_eq!(n.relay[&8080], "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            n.dns["echo.local"],
+            [IpAddr::V4(net::GATEWAY_V4), IpAddr::V6(net::GATEWAY_V6)]
+        );
+        assert_eq!(n.dns["box"], [IpAddr::V4(Ipv4Addr::new(10, 0, 2, 7))]);
+        assert_eq!((n.link.loss, n.link.seed), (0.05, 3));
+    }
+
+    #[test]
+    fn bad_network_keys_are_named() {
+        for (keys, expected) in [
+            (
+                "relay = { x = \"127.0.0.1:1\" }",
+                "`network.relay.x`: the key is a port",
+            ),
+            (
+                "relay = { 80 = \"nowhere\" }",
+                "`network.relay.80`: `nowhere` is not a host address",
+            ),
+            (
+                "dns = { \"a..b\" = \"gateway\" }",
+                "`network.dns.\"a..b\"`: not a DNS name",
+            ),
+            (
+                "dns = { \"a\" = \"home\" }",
+                "`home` is neither \"gateway\" nor an IP address",
+            ),
+            ("link = \"loss=2\"", "`network.link`: --link item `loss=2`"),
+            ("colour = 1", "unknown field `colour`"),
+        ] {
+            let text = format!("[device]\nname = \"x\"\n[network]\n{keys}\n");
+            let e = Device::from_toml(&text, "t.toml", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("t.toml: ") && e.contains(expected),
+                "{keys}: {e}"
+            );
+        }
     }
 
     #[test]

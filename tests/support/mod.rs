@@ -62,13 +62,26 @@ pub fn scratch_dir() -> PathBuf {
 impl Sim {
     /// Starts `wasmgate sim --config` with `toml` and waits until it listens.
     pub fn start(toml: &str) -> Sim {
+        Self::start_with(toml, &[])
+    }
+
+    /// Like [`start`](Self::start), with more `wasmgate sim` arguments
+    /// (`--link ...`, `--net ...`).
+    pub fn start_with(toml: &str, args: &[&str]) -> Sim {
         let dir = scratch_dir();
         let config = dir.join("device.toml");
         std::fs::write(&config, toml).expect("write config");
-        Self::spawn(
-            &["sim", "--config", config.to_str().expect("utf-8 path")],
-            dir,
-        )
+        let mut all = vec!["sim", "--config", config.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|a| a.to_string()).collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        Self::spawn(&all, dir)
+    }
+
+    /// The network the simulator runs, as the tests ask for it:
+    /// `WASMGATE_NET` (`smoltcp`, the default, or `host`).
+    pub fn net() -> String {
+        std::env::var("WASMGATE_NET").unwrap_or_else(|_| "smoltcp".into())
     }
 
     /// Starts `wasmgate` with `args` and waits for the listener banner. `dir` is
@@ -340,4 +353,17 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// `len` pseudo-random bytes (xorshift, the same every run): test payloads.
+pub fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

@@ -3,7 +3,8 @@
 //!
 //! - every request logs `HTTP: <path>`;
 //! - `POST` (any path, as in the lws example) logs each body piece (`HTTP_BODY: N bytes: <text>`, cut to one log
-//!   line) and, once the body is complete, the total, then answers `200
+//!   line) and, once the body is complete, the total and its FNV-1a hash (to
+//!   check the body arrived intact), then answers `200
 //!   application/json` `{"status": "success", "message": "Received your request."}`;
 //! - `GET /` (or `HEAD`) answers a small HTML page naming the device and these
 //!   endpoints; `GET /status` answers JSON with the requests seen and the uptime;
@@ -45,12 +46,25 @@ static REQUESTS: GuestCell<u32> = GuestCell::new(0);
 /// `lws_now_usecs` at `PROTOCOL_INIT`.
 static STARTED_US: GuestCell<i64> = GuestCell::new(0);
 
-/// Per request: body bytes received so far, KiB still to stream.
+/// Per request: body bytes received so far (and their FNV-1a hash), KiB
+/// still to stream.
 #[derive(Clone, Copy, Default)]
 struct Session {
     received: usize,
+    fnv: u32,
     to_stream: u32,
     streamed: u32,
+}
+
+const FNV_OFFSET: u32 = 0x811c_9dc5;
+
+/// FNV-1a (32 bits) of `bytes`, continuing from `hash`: lets a client check
+/// that the body arrived intact.
+fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
+    for &b in bytes {
+        hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    hash
 }
 
 /// One KiB of the `/stream` answer: `block NNNNNN ` then dots, then a newline.
@@ -141,15 +155,22 @@ impl HttpHandler for HttpPost {
     }
 
     fn on_body(req: &mut Request<'_, Session>, chunk: &[u8]) -> Flow {
-        req.session().received += chunk.len();
+        let session = req.session();
+        if session.received == 0 {
+            session.fnv = FNV_OFFSET;
+        }
+        session.received += chunk.len();
+        session.fnv = fnv1a(session.fnv, chunk);
         lwsl_user!("HTTP_BODY: {} bytes: {}", chunk.len(), Lossy(chunk));
         Flow::Continue
     }
 
     fn on_body_complete(req: &mut Request<'_, Session>) -> Flow {
+        let Session { received, fnv, .. } = *req.session();
         lwsl_user!(
-            "HTTP_BODY_COMPLETION: {} bytes in total",
-            req.session().received
+            "HTTP_BODY_COMPLETION: {} bytes in total, fnv1a {:08x}",
+            received,
+            fnv
         );
         req.respond_json(200, ACK)
     }
