@@ -322,6 +322,8 @@ pub struct Context {
     stats: Stats,
     /// Scratch for decrypted bytes on their way up.
     tls_plain: Vec<u8>,
+    /// Work came up since the last `service` (see [`Context::wants_service`]).
+    wake: bool,
     /// rustls client configs, made when first needed.
     client_tls: crate::tls::ClientConfigs,
 }
@@ -420,6 +422,7 @@ impl Context {
             epoch: now,
             stats: Stats::default(),
             tls_plain: Vec::new(),
+            wake: false,
             client_tls: crate::tls::ClientConfigs::default(),
             config,
         };
@@ -595,6 +598,13 @@ impl Context {
         })
     }
 
+    /// True when guest callbacks ran since the last [`service`](Self::service)
+    /// outside it (decrypted bytes delivered from `transmitted`): the driver
+    /// should call `service` again without waiting.
+    pub fn wants_service(&self) -> bool {
+        self.wake
+    }
+
     /// True when `id` is encrypted (HTTPS, WSS or a TLS client connection).
     pub fn is_tls(&self, id: ConnId) -> bool {
         self.conn(id).is_some_and(|c| c.tls.is_some())
@@ -637,6 +647,7 @@ impl Context {
     /// Runs what is due at `now`: timeouts and `HTTP_WRITEABLE` callbacks.
     /// Returns when it wants to run next (`None`: only when input arrives).
     pub fn service(&mut self, now: Instant) -> Option<Instant> {
+        self.wake = false;
         let mut next: Option<Instant> = self.fire_timers(now);
         if let Some(due) = self.client_service(now) {
             next = Some(next.map_or(due, |n| n.min(due)));
@@ -800,6 +811,9 @@ impl Context {
             // then did not take (a client lingering for the server's FIN
             // reads and drops) is gone.
             self.receive_plain(id, &buf[..n], now);
+            // Callbacks ran outside `service` (from `transmitted`, say):
+            // what they asked for (WRITEABLE...) wants a turn soon.
+            self.wake = true;
         }
         self.tls_plain = buf;
         // Ciphertext held back for lack of room was decrypted on the way.

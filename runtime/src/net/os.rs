@@ -136,7 +136,7 @@ impl OsDriver {
             let until_due = due.saturating_duration_since(now);
             wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
         }
-        if self.has_pending_reads(ctx) {
+        if self.has_pending_reads(ctx) || ctx.wants_service() {
             wait = Some(Duration::ZERO);
         }
         match self.poll.poll(&mut self.events, wait) {
