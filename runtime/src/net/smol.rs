@@ -752,8 +752,18 @@ impl SmolDriver {
     /// the socket set has room (the others wait; the context times them out).
     fn start_waiting(&mut self, ctx: &mut Context, now: Instant) -> bool {
         let mut progress = false;
-        while !self.waiting.is_empty() && self.make_room() {
-            let (id, remote) = self.waiting.remove(0);
+        let mut i = 0;
+        while i < self.waiting.len() {
+            // No IPv4 address yet (DHCP not bound): the connect waits for
+            // the lease; the context's connect timeout bounds the wait.
+            if matches!(self.waiting[i].1.addr, IpAddress::Ipv4(_)) && self.ipv4.is_none() {
+                i += 1;
+                continue;
+            }
+            if !self.make_room() {
+                break;
+            }
+            let (id, remote) = self.waiting.remove(i);
             let local_port = self.local_port();
             let handle = self.add_tcp();
             let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
