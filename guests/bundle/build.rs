@@ -17,6 +17,9 @@ const GUESTS: &[&str] = &[
     "autobahn-client",
 ];
 
+/// Guests built a second time with a feature: (crate, feature, bundle name).
+const VARIANTS: &[(&str, &str, &str)] = &[("ws-echo", "sessions-64", "ws-echo-64")];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let guests_dir = manifest_dir
@@ -37,9 +40,44 @@ fn main() {
         println!("cargo:rerun-if-changed={}", watched.display());
     }
 
+    build(&guests_dir, &target_dir, &[]);
+    // Variants: a guest built again with a feature, in a target directory of
+    // its own (the same crate with other features would overwrite the first).
+    for (crate_name, feature, _) in VARIANTS {
+        build(
+            &guests_dir,
+            &target_dir.join(feature),
+            &["-p", crate_name, "--features", feature],
+        );
+    }
+
+    let out = target_dir.join("wasm32-unknown-unknown/release");
+    for guest in GUESTS {
+        let file = out.join(format!("{}.wasm", guest.replace('-', "_")));
+        assert!(exists(&file), "guest build produced no {}", file.display());
+    }
+    for (crate_name, feature, name) in VARIANTS {
+        let built = target_dir
+            .join(feature)
+            .join("wasm32-unknown-unknown/release")
+            .join(format!("{}.wasm", crate_name.replace('-', "_")));
+        assert!(
+            exists(&built),
+            "guest build produced no {}",
+            built.display()
+        );
+        std::fs::copy(&built, out.join(format!("{}.wasm", name.replace('-', "_"))))
+            .expect("cannot copy a guest variant next to the guests");
+    }
+    println!("cargo:rustc-env=WASMGATE_GUEST_DIR={}", out.display());
+}
+
+/// Runs the guests' cargo: `cargo build --release --target wasm32-unknown-unknown`
+/// in `guests_dir`, into `target_dir`, with `extra` arguments.
+fn build(guests_dir: &Path, target_dir: &Path, extra: &[&str]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&guests_dir)
+    cmd.current_dir(guests_dir)
         .args([
             "build",
             "--release",
@@ -47,8 +85,9 @@ fn main() {
             "--target",
             "wasm32-unknown-unknown",
         ])
+        .args(extra)
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(target_dir);
     // The outer build's settings (coverage flags, clippy's wrapper, a host
     // target) must not leak into the guest build.
     for (key, _) in env::vars_os() {
@@ -69,13 +108,6 @@ fn main() {
             guests_dir.display()
         );
     }
-
-    let out = target_dir.join("wasm32-unknown-unknown/release");
-    for guest in GUESTS {
-        let file = out.join(format!("{}.wasm", guest.replace('-', "_")));
-        assert!(exists(&file), "guest build produced no {}", file.display());
-    }
-    println!("cargo:rustc-env=WASMGATE_GUEST_DIR={}", out.display());
 }
 
 fn exists(path: &Path) -> bool {

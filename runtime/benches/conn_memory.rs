@@ -48,10 +48,9 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
-use wasmgate::context::{ConnId, NativeProtocol};
-use wasmgate::guest::{Call, reason};
+use wasmgate::context::ConnId;
+use wasmgate::context::native::Echo as NativeEcho;
 use wasmgate::tls::{Identity, ServerTls};
-use wasmgate::ws::SendKind;
 use wasmgate::{Config, Context};
 
 /// Counts the heap: everything, and separately what the device allocates
@@ -236,51 +235,10 @@ impl Kind {
 /// What answers the WebSocket connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Echo {
-    /// [`NativeEcho`]: no session limit.
+    /// The runtime's native [`NativeEcho`]: no session limit.
     Native,
     /// The `ws-echo` guest, at most [`GUEST_WS_SESSIONS`] connections.
     Guest,
-}
-
-/// `ws-echo`'s behaviour without its 4-session limit: every piece goes back
-/// as it came (same opcode, same fragmentation). It keeps no per-connection
-/// state: before the output buffer could refuse the next piece it pauses
-/// receiving and asks for `SERVER_WRITEABLE`, which resumes it.
-#[derive(Debug)]
-struct NativeEcho;
-
-/// The largest piece the runtime gives a native handler, plus a frame header.
-const NATIVE_PIECE_ROOM: usize = 4096 + 14;
-
-impl NativeProtocol for NativeEcho {
-    fn callback(&mut self, call: &mut Call, why: i32, input: &[u8]) -> i32 {
-        match why {
-            reason::RECEIVE => {
-                let Some(ws) = call.ws.as_mut() else {
-                    return -1;
-                };
-                let f = call.fragment;
-                let kind = match (f.first, f.binary) {
-                    (false, _) => SendKind::Continuation,
-                    (true, true) => SendKind::Binary,
-                    (true, false) => SendKind::Text,
-                };
-                if ws.send(kind, input, f.last).is_err() {
-                    return -1;
-                }
-                if ws.tx_space() < NATIVE_PIECE_ROOM {
-                    call.rx_flow = Some(false);
-                    call.writable_requested = true;
-                }
-                0
-            }
-            reason::SERVER_WRITEABLE => {
-                call.rx_flow = Some(true);
-                0
-            }
-            _ => 0,
-        }
-    }
 }
 
 /// The context, and the clock the bench runs it at. Every method runs in a

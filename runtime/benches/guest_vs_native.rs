@@ -5,46 +5,19 @@
 //! that both see the same machine state; the result is a ratio.
 //!
 //! Run: `cargo bench -p wasmgate --bench guest_vs_native` (add `-- --quick`
-//! for a short run).
+//! for a short run). Prints the result and writes it to
+//! `target/bench/guest_vs_native.json`.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
-use wasmgate::context::NativeProtocol;
-use wasmgate::guest::{Call, reason};
-use wasmgate::http::Completion;
+use wasmgate::context::native::{HELLO_BODY as BODY, Hello};
 use wasmgate::{Config, Context};
 
 const REQUEST: &[u8] = b"GET /hello HTTP/1.1\r\nHost: device\r\nUser-Agent: bench\r\n\r\n";
-const BODY: &[u8] = b"hello world\n";
-
-/// `guests/hello`, written against the runtime's API instead of the `lws`
-/// imports: the same calls in the same order.
-#[derive(Debug)]
-struct NativeHello;
-
-impl NativeProtocol for NativeHello {
-    fn callback(&mut self, call: &mut Call, why: i32, _input: &[u8]) -> i32 {
-        if why != reason::HTTP {
-            return 0;
-        }
-        let http = &mut call.http;
-        let written = http
-            .begin_head(200)
-            .and_then(|()| http.add_header(b"content-type", b"text/plain"))
-            .and_then(|()| http.set_content_length(Some(BODY.len() as u64)))
-            .and_then(|()| http.finalize_head())
-            .and_then(|()| http.write_body(BODY, true));
-        if written.is_err() {
-            return 1;
-        }
-        let done = http.finish_response();
-        call.completed = Some(done);
-        if done == Completion::Close { -1 } else { 0 }
-    }
-}
 
 fn device(handler: Handler) -> Context {
     let config = Config {
@@ -111,7 +84,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, per_round) = if quick { (5, 2_000) } else { (15, 20_000) };
     let mut guest = device(Handler::Wasm(wasmgate_guests::HELLO.to_vec()));
-    let mut native = device(Handler::Native(|| Box::new(NativeHello)));
+    let mut native = device(Handler::Native(|| Box::new(Hello)));
     // Warm up both (first instance creation, caches).
     run(&mut guest, 1_000);
     run(&mut native, 1_000);
@@ -129,4 +102,24 @@ fn main() {
         "  guest / native : {ratio:.2}x  (the interpreter adds {:.0}%)",
         (ratio - 1.0) * 100.0
     );
+    let json = serde_json::json!({
+        "bench": "guest_vs_native",
+        "command": "cargo bench -p wasmgate --bench guest_vs_native",
+        "rounds": rounds,
+        "requests_per_round": per_round,
+        "native_ns_per_request": n.as_nanos() as u64,
+        "guest_ns_per_request": g.as_nanos() as u64,
+        "guest_over_native": (ratio * 1000.0).round() / 1000.0,
+    });
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            PathBuf::from,
+        )
+        .join("bench");
+    std::fs::create_dir_all(&dir).expect("target/bench");
+    let path = dir.join("guest_vs_native.json");
+    let text = serde_json::to_string_pretty(&json).expect("json");
+    std::fs::write(&path, text + "\n").expect("write the JSON");
+    println!("guest_vs_native: wrote {}", path.display());
 }

@@ -17,6 +17,9 @@ pub const FAULTY: &[u8] = guest!("faulty.wasm");
 /// The lws port's WebSocket echo server (protocol `echo_server`): every
 /// message back as it came, fragments kept, with rx flow control.
 pub const WS_ECHO: &[u8] = guest!("ws_echo.wasm");
+/// `ws-echo` with 64 session slots instead of 4 (feature `sessions-64`): the
+/// benchmarks' echo server for 50 clients.
+pub const WS_ECHO_64: &[u8] = guest!("ws_echo_64.wasm");
 /// Simulated sensor readings pushed to WebSocket clients about once a second
 /// (protocol `readings`), with the HTML page that shows them: timers and a
 /// broadcast in one lws-shaped callback.
@@ -35,6 +38,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("http-post", HTTP_POST),
     ("faulty", FAULTY),
     ("ws-echo", WS_ECHO),
+    ("ws-echo-64", WS_ECHO_64),
     ("readings", READINGS),
     ("ws-client", WS_CLIENT),
     ("autobahn-client", AUTOBAHN_CLIENT),

@@ -36,6 +36,9 @@ use wasmgate_guest::{EchoQueue, Flow, Fragment, Ws, WsHandler};
 const RX_BUFFER_SIZE: usize = 1024;
 /// Pieces a connection may have waiting for the tx buffer.
 const QUEUE_DEPTH: usize = 3;
+/// Connections served at once: a small device's socket count, or 64 for the
+/// benchmarks' 50 clients (feature `sessions-64`).
+const MAX_SESSIONS: usize = if cfg!(feature = "sessions-64") { 64 } else { 4 };
 
 /// Per-connection state: the pieces not yet written, and the flow control.
 type Echo = EchoQueue<QUEUE_DEPTH, RX_BUFFER_SIZE>;
@@ -62,5 +65,5 @@ wasmgate_guest::export_ws!(
     EchoServer,
     name = "echo_server",
     rx_buffer_size = RX_BUFFER_SIZE,
-    max_sessions = 4,
+    max_sessions = MAX_SESSIONS,
 );

@@ -4,6 +4,7 @@
 
 mod client;
 mod modules;
+pub mod native;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -50,7 +51,7 @@ const TLS_PLAIN_CHUNK: usize = 16 * 1024;
 const TLS_TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest body piece given to a native handler at once.
-const NATIVE_RX_BUFFER: usize = 4096;
+pub(crate) const NATIVE_RX_BUFFER: usize = 4096;
 
 /// Why a new connection was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

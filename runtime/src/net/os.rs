@@ -252,6 +252,15 @@ impl OsDriver {
                 }
                 Ok(n) => {
                     ctx.receive(id, &self.buf[..n], now);
+                    if n < space {
+                        // A short read emptied the socket's receive queue:
+                        // bytes arriving later raise a new readiness event
+                        // (edge-triggered epoll and kqueue both signal every
+                        // arrival), so the read that would only say
+                        // WouldBlock is saved, one system call per message.
+                        sock.readable = false;
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     sock.readable = false;
