@@ -564,6 +564,13 @@ fn measure(
         }
         _ => parse_wrk(&output)?,
     };
+    if rate <= 0.0 {
+        return Err(format!(
+            "{server} answered nothing under the {} load:\n{output}",
+            load.name()
+        )
+        .into());
+    }
     let (rss_kib, peak_rss_kib) = rss(endpoint.pid);
     Ok(Sample {
         server,

@@ -296,6 +296,7 @@ fn chart(results: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(TRANSPARENT)
         .x_labels(loads.len() * 2 + 1)
         .x_label_formatter(&|x| {
             let i = (*x - 0.5).round();
@@ -320,7 +321,8 @@ fn chart(results: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], colour.filled()));
         chart.draw_series(bars.iter().filter(|b| b.1 == si).map(|&(li, _, r)| {
             let x = li as f64 + 0.1 + si as f64 * width;
-            Text::new(format!("{r:.2}"), (x, r + top * 0.01), ("sans-serif", 12))
+            // Text hangs below its anchor: put the anchor a line above the bar.
+            Text::new(format!("{r:.2}"), (x, r + top * 0.035), ("sans-serif", 13))
         }))?;
     }
     chart

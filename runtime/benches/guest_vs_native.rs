@@ -1,8 +1,10 @@
-//! The price of the interpreter: the same `hello` handler as a WebAssembly
-//! guest (`guests/hello`) and compiled natively into the runtime, each driven
-//! through the same `Context` (HTTP parsing, dispatch, response framing) on one
-//! keep-alive connection, without sockets. Rounds alternate between the two so
-//! that both see the same machine state; the result is a ratio.
+//! The price of the interpreter: the same handlers as WebAssembly guests
+//! (`guests/hello`, `guests/ws-echo`) and compiled natively into the runtime
+//! (`context::native::{Hello, Echo}`), each driven through the same `Context`
+//! (HTTP parsing, dispatch, response framing; WebSocket framing) without
+//! sockets: keep-alive GETs on one connection, then 64-byte WebSocket echoes on
+//! another. Rounds alternate between the two so that both see the same machine
+//! state; the results are ratios.
 //!
 //! Run: `cargo bench -p wasmgate --bench guest_vs_native` (add `-- --quick`
 //! for a short run). Prints the result and writes it to
@@ -14,12 +16,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
-use wasmgate::context::native::{HELLO_BODY as BODY, Hello};
+use wasmgate::context::native::{Echo, HELLO_BODY as BODY, Hello};
 use wasmgate::{Config, Context};
 
 const REQUEST: &[u8] = b"GET /hello HTTP/1.1\r\nHost: device\r\nUser-Agent: bench\r\n\r\n";
 
-fn device(handler: Handler) -> Context {
+/// The upgrade to the echo protocol.
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: device\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Version: 13\r\n\r\n";
+/// Size of the echoed messages.
+const MESSAGE: usize = 64;
+
+/// The bench device: `hello` at `/hello`, WebSocket upgrades to `echo`.
+fn device(hello: Handler, echo: Handler) -> Context {
     let config = Config {
         name: "bench".into(),
         listeners: vec![Listener {
@@ -29,14 +39,20 @@ fn device(handler: Handler) -> Context {
                 prefix: "/hello".into(),
                 protocol: "hello".into(),
             }],
-            websocket: Vec::new(),
-            default_websocket: None,
+            websocket: vec!["echo".into()],
+            default_websocket: Some("echo".into()),
             tls: None,
         }],
-        protocols: vec![Protocol {
-            name: "hello".into(),
-            handler,
-        }],
+        protocols: vec![
+            Protocol {
+                name: "hello".into(),
+                handler: hello,
+            },
+            Protocol {
+                name: "echo".into(),
+                handler: echo,
+            },
+        ],
         limits: Limits::DEFAULT,
         guest: GuestLimits::DEFAULT,
         admin: None,
@@ -75,6 +91,40 @@ fn run(ctx: &mut Context, n: u32) -> Duration {
     per_request
 }
 
+/// Echoes `n` 64-byte binary messages on one WebSocket; returns the time
+/// per message.
+fn run_ws(ctx: &mut Context, n: u32) -> Duration {
+    let peer: SocketAddr = "127.0.0.1:40001".parse().expect("address");
+    let now = Instant::now();
+    let id = ctx.accept(0, peer, now).expect("a free slot");
+    ctx.receive(id, UPGRADE, now);
+    ctx.service(now);
+    let tx = ctx.transmit(id);
+    assert!(tx.starts_with(b"HTTP/1.1 101 "), "{tx:?}");
+    let len = tx.len();
+    ctx.transmitted(id, len, now);
+    let _ = ctx.take_dirty();
+    // A masked binary frame, as a client sends it.
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x82, 0x80 | MESSAGE as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend((0..MESSAGE).map(|i| (i as u8) ^ mask[i % 4]));
+    let start = Instant::now();
+    for _ in 0..n {
+        let taken = ctx.receive(id, &frame, now);
+        debug_assert_eq!(taken, frame.len());
+        ctx.service(now);
+        let tx = ctx.transmit(id);
+        assert_eq!(tx.len(), 2 + MESSAGE, "the echo comes back whole");
+        let len = black_box(tx).len();
+        ctx.transmitted(id, len, now);
+        let _ = ctx.take_dirty();
+    }
+    let per_message = start.elapsed() / n;
+    ctx.close(id, now);
+    per_message
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -83,24 +133,45 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, per_round) = if quick { (5, 2_000) } else { (15, 20_000) };
-    let mut guest = device(Handler::Wasm(wasmgate_guests::HELLO.to_vec()));
-    let mut native = device(Handler::Native(|| Box::new(Hello)));
+    let mut guest = device(
+        Handler::Wasm(wasmgate_guests::HELLO.to_vec()),
+        Handler::Wasm(wasmgate_guests::WS_ECHO.to_vec()),
+    );
+    let mut native = device(
+        Handler::Native(|| Box::new(Hello)),
+        Handler::Native(|| Box::new(Echo)),
+    );
     // Warm up both (first instance creation, caches).
-    run(&mut guest, 1_000);
-    run(&mut native, 1_000);
-    let (mut g, mut n) = (Vec::new(), Vec::new());
+    for ctx in [&mut guest, &mut native] {
+        run(ctx, 1_000);
+        run_ws(ctx, 1_000);
+    }
+    let (mut g, mut n, mut gw, mut nw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         g.push(run(&mut guest, per_round));
         n.push(run(&mut native, per_round));
+        gw.push(run_ws(&mut guest, per_round));
+        nw.push(run_ws(&mut native, per_round));
     }
     let (g, n) = (median(g), median(n));
+    let (gw, nw) = (median(gw), median(nw));
     let ratio = g.as_secs_f64() / n.as_secs_f64();
-    println!("guest_vs_native: {rounds} alternating rounds of {per_round} keep-alive GETs each");
-    println!("  native handler : {:>8.0} ns/request", n.as_nanos());
-    println!("  wasm guest     : {:>8.0} ns/request", g.as_nanos());
+    let ws_ratio = gw.as_secs_f64() / nw.as_secs_f64();
     println!(
-        "  guest / native : {ratio:.2}x  (the interpreter adds {:.0}%)",
+        "guest_vs_native: {rounds} alternating rounds of {per_round} keep-alive GETs \
+         and {per_round} {MESSAGE}-byte WebSocket echoes each"
+    );
+    println!("  HTTP  native handler : {:>8.0} ns/request", n.as_nanos());
+    println!("        wasm guest     : {:>8.0} ns/request", g.as_nanos());
+    println!(
+        "        guest / native : {ratio:.2}x  (the interpreter adds {:.0}%)",
         (ratio - 1.0) * 100.0
+    );
+    println!("  WS    native handler : {:>8.0} ns/message", nw.as_nanos());
+    println!("        wasm guest     : {:>8.0} ns/message", gw.as_nanos());
+    println!(
+        "        guest / native : {ws_ratio:.2}x  (the interpreter adds {:.0}%)",
+        (ws_ratio - 1.0) * 100.0
     );
     let json = serde_json::json!({
         "bench": "guest_vs_native",
@@ -110,10 +181,17 @@ fn main() {
         "native_ns_per_request": n.as_nanos() as u64,
         "guest_ns_per_request": g.as_nanos() as u64,
         "guest_over_native": (ratio * 1000.0).round() / 1000.0,
+        "ws_message_bytes": MESSAGE,
+        "ws_native_ns_per_message": nw.as_nanos() as u64,
+        "ws_guest_ns_per_message": gw.as_nanos() as u64,
+        "ws_guest_over_native": (ws_ratio * 1000.0).round() / 1000.0,
     });
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            || {
+                let runtime = Path::new(env!("CARGO_MANIFEST_DIR"));
+                runtime.parent().expect("in the workspace").join("target")
+            },
             PathBuf::from,
         )
         .join("bench");

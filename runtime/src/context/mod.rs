@@ -151,8 +151,10 @@ struct Conn {
     id: ConnId,
     listener: usize,
     peer: SocketAddr,
-    /// `None` only while lent to a guest callback.
-    http: Option<ServerConn>,
+    /// `None` only while lent to a guest callback. Boxed so that lending it
+    /// (into a [`Call`], and through that into a guest's store) moves a
+    /// pointer, not the whole connection state.
+    http: Option<Box<ServerConn>>,
     binding: Option<Binding>,
     writable: bool,
     /// A guest returned non-zero: close without further answer.
@@ -207,7 +209,7 @@ impl Conn {
             id,
             listener,
             peer,
-            http: Some(ServerConn::new(http, now)),
+            http: Some(Box::new(ServerConn::new(http, now))),
             binding: None,
             writable: false,
             abort: false,
@@ -239,7 +241,7 @@ impl Conn {
         } else if self.upgraded {
             self.ws.as_ref().map_or(&[], |ws| ws.tx())
         } else {
-            self.http.as_ref().map_or(&[], ServerConn::tx)
+            self.http.as_deref().map_or(&[], ServerConn::tx)
         }
     }
 
@@ -271,7 +273,7 @@ impl Conn {
                 && (self.client.is_none() || self.peer_fin || self.client_linger.is_none());
             return self.hard_close || (drained && (self.abort || closed));
         }
-        let http = self.http.as_ref();
+        let http = self.http.as_deref();
         let drained = self.preface.is_empty() && http.is_none_or(|h| h.tx().is_empty());
         self.hard_close || (self.abort && drained) || http.is_some_and(ServerConn::is_closed)
     }
@@ -310,6 +312,9 @@ pub struct Context {
     generations: Vec<u16>,
     dirty: Vec<ConnId>,
     scratch: Vec<u8>,
+    /// The [`Call::free_wsis`] buffer, kept between callbacks so that lending
+    /// a connection allocates nothing.
+    spare_wsis: Vec<i32>,
     /// The fragment info for the next `RECEIVE` callback.
     fragment: crate::guest::Fragment,
     /// Guest timers, soonest first; an entry whose connection has moved its
@@ -416,6 +421,7 @@ impl Context {
             generations: vec![0; max],
             dirty: Vec::with_capacity(max),
             scratch: Vec::new(),
+            spare_wsis: Vec::new(),
             fragment: crate::guest::Fragment::default(),
             timers: std::collections::BinaryHeap::new(),
             connects: Vec::new(),
@@ -516,7 +522,7 @@ impl Context {
         if was_handshaking && !tls.is_handshaking() && conn.client.is_none() {
             // The request head's timer starts now, not at accept: the
             // handshake has its own (`tls_handshake_timeout`).
-            conn.http = Some(ServerConn::new(http_limits, now));
+            conn.http = Some(Box::new(ServerConn::new(http_limits, now)));
         }
         let failed = tls.failure().is_some();
         let peer_closed = tls.peer_closed();
@@ -727,7 +733,7 @@ impl Context {
                     0 // the backlog goes first
                 }
             } else {
-                c.http.as_ref().map_or(0, ServerConn::rx_space)
+                c.http.as_deref().map_or(0, ServerConn::rx_space)
             }
         })
     }
@@ -912,18 +918,19 @@ impl Context {
 
     // ---- dispatch ----
 
-    /// Up to `n` connection ids that a new client connection could take.
-    fn free_wsis(&self, n: usize) -> Vec<i32> {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_none())
-            .take(n)
-            .map(|(slot, _)| ConnId::new(slot, self.generations[slot].wrapping_add(1)).wsi())
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev() // `pop` hands out the lowest slot first
-            .collect()
+    /// Up to `n` connection ids that a new client connection could take, in
+    /// the spare buffer (every callback needs them, few use them: no
+    /// allocation per callback).
+    fn free_wsis(&mut self, n: usize) -> Vec<i32> {
+        let mut wsis = std::mem::take(&mut self.spare_wsis);
+        wsis.clear();
+        let free = self.conns.iter().enumerate().filter(|(_, c)| c.is_none());
+        wsis.extend(
+            free.take(n)
+                .map(|(slot, _)| ConnId::new(slot, self.generations[slot].wrapping_add(1)).wsi()),
+        );
+        wsis.reverse(); // `pop` hands out the lowest slot first
+        wsis
     }
 
     /// Sets (`Some`) or cancels (`None`) connection `id`'s timer.
@@ -1159,7 +1166,7 @@ impl Context {
         let conn = self.conn(id).expect("caller checked");
         let req = conn
             .http
-            .as_ref()
+            .as_deref()
             .and_then(ServerConn::request)
             .expect("head");
         let path = req.path().to_string();
@@ -1214,7 +1221,7 @@ impl Context {
         }
         let body_expected = conn
             .http
-            .as_ref()
+            .as_deref()
             .and_then(ServerConn::request)
             .is_some_and(|r| r.body_expected());
         if body_expected {
@@ -1387,7 +1394,8 @@ impl Context {
             }
         };
         self.stats.callbacks += 1;
-        let call = outcome.call.expect("host functions never keep the call");
+        let mut call = outcome.call.expect("host functions never keep the call");
+        self.spare_wsis = std::mem::take(&mut call.free_wsis);
         let conn = self.conns[id.index()].as_mut().expect("still open");
         let tx_after = call.http.tx().len() + call.ws.as_ref().map_or(0, |w| w.tx().len());
         if tx_after != tx_before {

@@ -50,7 +50,7 @@ impl Context {
         let offered: Vec<&str> = listener.websocket.iter().map(String::as_str).collect();
         let req = conn
             .http
-            .as_ref()
+            .as_deref()
             .and_then(ServerConn::request)
             .expect("head");
         if req.body_expected() {
@@ -102,7 +102,7 @@ impl Context {
         let conn = self.conn_mut(id).expect("still open");
         let leftover = conn
             .http
-            .as_mut()
+            .as_deref_mut()
             .map(ServerConn::take_for_upgrade)
             .unwrap_or_default();
         let mut session = Session::new(Role::Server, limits, now, id.wsi() as u64);

@@ -161,9 +161,10 @@ pub struct ConnectRequest {
 pub struct Call {
     /// The connection's handle, as the guest sees it.
     pub wsi: i32,
-    /// The HTTP connection, moved in for the call and taken back after. After
-    /// a WebSocket upgrade it keeps the upgrade request for header queries.
-    pub http: ServerConn,
+    /// The HTTP connection, moved in for the call and taken back after (boxed:
+    /// lending it moves a pointer, not the parser and buffers). After a
+    /// WebSocket upgrade it keeps the upgrade request for header queries.
+    pub http: Box<ServerConn>,
     /// The WebSocket session, once the connection is upgraded.
     pub ws: Option<Box<crate::ws::Session>>,
     /// The piece a `RECEIVE` callback is given.

@@ -227,7 +227,7 @@ impl OsDriver {
                 Err(AcceptError::Full | AcceptError::UnknownListener) => {
                     // A fresh socket's send buffer takes this small answer whole.
                     let _ = stream.write(Context::BUSY_RESPONSE);
-                    self.linger(stream, now);
+                    self.linger(stream, now, false);
                 }
             }
         }
@@ -383,26 +383,30 @@ impl OsDriver {
         let Some(mut sock) = self.sockets[slot].take() else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut sock.stream);
         ctx.close(sock.id, now);
         if graceful && !sock.eof {
-            self.linger(sock.stream, now);
+            self.linger(sock.stream, now, true);
+        } else {
+            let _ = self.poll.registry().deregister(&mut sock.stream);
         }
     }
 
     /// Half-closes `stream` and reads what the peer still sends for a while,
-    /// so that our last bytes are not lost to a reset.
-    fn linger(&mut self, mut stream: TcpStream, now: Instant) {
+    /// so that our last bytes are not lost to a reset. A stream still
+    /// `registered` as a connection moves to its lingering token in one call.
+    fn linger(&mut self, mut stream: TcpStream, now: Instant, registered: bool) {
         let _ = stream.shutdown(Shutdown::Write);
         let Some(slot) = self.lingering.iter().position(Option::is_none) else {
             return; // no room: close at once
         };
-        if self
-            .poll
-            .registry()
-            .register(&mut stream, Token(LINGER_BASE + slot), Interest::READABLE)
-            .is_ok()
-        {
+        let token = Token(LINGER_BASE + slot);
+        let registry = self.poll.registry();
+        let moved = if registered {
+            registry.reregister(&mut stream, token, Interest::READABLE)
+        } else {
+            registry.register(&mut stream, token, Interest::READABLE)
+        };
+        if moved.is_ok() {
             self.lingering[slot] = Some(Lingering {
                 stream,
                 until: now + LINGER,
