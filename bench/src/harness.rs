@@ -113,6 +113,9 @@ pub struct Sample {
     /// ran (1.0 = a whole core).
     pub server_cpu: f64,
     pub generator_cpu: f64,
+    /// The server's CPU time per request, message or connection
+    /// (microseconds): its cost, whether or not it was the limit.
+    pub server_us_per_op: f64,
     /// Server process RSS right after the load, and its peak so far (KiB).
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
@@ -582,6 +585,7 @@ fn measure(
         errors,
         server_cpu: cpu.server,
         generator_cpu: cpu.generator,
+        server_us_per_op: cpu.server * 1e6 / rate,
         rss_kib,
         peak_rss_kib,
     })
