@@ -8,15 +8,12 @@ use std::time::Instant;
 use super::body::{BodyDecoder, Chunked, Step};
 use super::head::{HeadScanner, Request};
 use super::response::{Context, Response, TxBuf};
-use super::{Completion, Event, Limits, Rejection, ResponseError, reserve_within};
+use super::{
+    Completion, Event, IDLE_KEEP, Limits, Rejection, ResponseError, release_drained, reserve_within,
+};
 
 /// The interim response to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// Bytes each buffer may keep while the connection is idle (see
-/// [`ServerConn::give_back`]): enough for a small request and its answer, so a
-/// busy keep-alive connection of small requests does not reallocate per request.
-pub(super) const IDLE_KEEP: usize = 512;
 
 /// What the receive side is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -614,11 +611,7 @@ impl ServerConn {
             self.tx.give_back(0);
             self.response.give_back(0);
         } else if self.state == Rx::Head && self.rx_len() == 0 {
-            self.rx.clear();
-            self.rx_start = 0;
-            if self.rx.capacity() > IDLE_KEEP {
-                self.rx = Vec::new();
-            }
+            release_drained(&mut self.rx, &mut self.rx_start);
             self.tx.give_back(IDLE_KEEP);
             self.response.give_back(IDLE_KEEP);
             self.request.give_back(IDLE_KEEP);

@@ -165,6 +165,23 @@ pub(crate) fn reserve_within(buf: &mut Vec<u8>, additional: usize, bound: usize)
     }
 }
 
+/// Bytes each connection buffer may keep once it drains with nothing in
+/// progress: enough for a small request and its answer, or small WebSocket
+/// messages and control frames, so a connection trading small ones does not
+/// reallocate each time, while an idle one holds next to nothing.
+pub(crate) const IDLE_KEEP: usize = 512;
+
+/// Empties a drained receive buffer whose unread part starts at `start`, and
+/// gives its memory back if it grew past [`IDLE_KEEP`]. The caller has checked
+/// that no byte is unread and nothing is in progress.
+pub(crate) fn release_drained(buf: &mut Vec<u8>, start: &mut usize) {
+    buf.clear();
+    *start = 0;
+    if buf.capacity() > IDLE_KEEP {
+        *buf = Vec::new();
+    }
+}
+
 /// A `tchar` of RFC 9110 (method and header-name characters).
 const fn is_tchar(b: u8) -> bool {
     matches!(b,

@@ -1311,7 +1311,8 @@ fn errors_are_small_and_say_what_went_wrong() {
 
 // ---- memory ----
 
-use super::conn::{Capacities, IDLE_KEEP};
+use super::IDLE_KEEP;
+use super::conn::Capacities;
 
 /// A request with a head of about `len` bytes (a padding header).
 fn padded_get(path: &str, len: usize) -> Vec<u8> {

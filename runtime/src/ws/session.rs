@@ -12,18 +12,13 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::utf8::Utf8;
 use super::{Event, Limits, MIN_RX_BUFFER_BYTES, Role, SendError, SendKind, close_code_allowed};
-use crate::http::reserve_within;
+use crate::http::{IDLE_KEEP, release_drained, reserve_within};
 
 /// Payload bytes a control frame may carry (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Reason bytes a close frame may carry: the payload less the 2-byte code.
 const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
-
-/// Bytes each buffer may keep once it drains with nothing in progress: enough
-/// for small messages and control frames, so a session trading small messages
-/// does not reallocate per message.
-pub(super) const IDLE_KEEP: usize = 512;
 
 /// What the frame being received is, once its header has been read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -611,11 +606,7 @@ impl Session {
     /// so the receive buffer keeps at most [`IDLE_KEEP`] bytes.
     fn give_back_rx(&mut self) {
         if self.rx_len() == 0 && self.frame.is_none() && self.message.is_none() {
-            self.rx.clear();
-            self.rx_start = 0;
-            if self.rx.capacity() > IDLE_KEEP {
-                self.rx = Vec::new();
-            }
+            release_drained(&mut self.rx, &mut self.rx_start);
         }
     }
 

@@ -919,7 +919,7 @@ fn client_masks_differ_from_frame_to_frame() {
 
 // ---- memory ----
 
-use super::session::IDLE_KEEP;
+use crate::http::IDLE_KEEP;
 
 /// Both buffers of an idle session keep at most [`IDLE_KEEP`] bytes.
 fn assert_idle(s: &Session) {
