@@ -207,16 +207,20 @@ fn chance(value: &str) -> Result<f64, String> {
     Ok(p)
 }
 
-fn duration(value: &str) -> Result<Duration, String> {
+/// `20ms` → (20.0, "ms"); `what` words the error for a value with no number.
+fn number_and_unit<'a>(value: &'a str, what: &str) -> Result<(f64, &'a str), String> {
     let value = value.trim();
     let split = value
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| "a time is a number with us, ms or s (20ms)".to_string())?;
-    let seconds = match unit.trim() {
+    let n = number.parse().map_err(|_| what.to_string())?;
+    Ok((n, unit.trim()))
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    let (n, unit) = number_and_unit(value, "a time is a number with us, ms or s (20ms)")?;
+    let seconds = match unit {
         "us" => n / 1e6,
         "ms" => n / 1e3,
         "s" => n,
@@ -230,15 +234,11 @@ fn duration(value: &str) -> Result<Duration, String> {
 }
 
 fn bandwidth(value: &str) -> Result<u64, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| "a bandwidth is a number with a unit (1mbit, 100kbit, 64kB)".to_string())?;
-    let bytes = match unit.trim() {
+    let (n, unit) = number_and_unit(
+        value,
+        "a bandwidth is a number with a unit (1mbit, 100kbit, 64kB)",
+    )?;
+    let bytes = match unit {
         "" | "B" => n,
         "kB" | "KB" => n * 1e3,
         "MB" => n * 1e6,
