@@ -27,6 +27,15 @@ pub const NOT_FOUND: i32 = -4;
 /// Host-call result: a value the protocol forbids.
 pub const INVALID: i32 = -5;
 
+/// `wasmgate_fragment` bit: the `RECEIVE` piece starts a message.
+pub const FRAGMENT_FIRST: i64 = 1;
+/// `wasmgate_fragment` bit: the piece ends the message.
+pub const FRAGMENT_FINAL: i64 = 2;
+/// `wasmgate_fragment` bit: the message is binary.
+pub const FRAGMENT_BINARY: i64 = 4;
+/// `wasmgate_fragment`: the bytes of the frame still to come start at this bit.
+pub const FRAGMENT_REMAINING_SHIFT: u32 = 8;
+
 /// `lws_set_timer_usecs`'s `usecs` that cancels the connection's timer (lws's
 /// `LWS_SET_TIMER_USEC_CANCEL`; any negative value does).
 pub const LWS_SET_TIMER_USEC_CANCEL: i64 = -1;
@@ -125,6 +134,11 @@ unsafe extern "C" {
     pub safe fn lws_frame_is_binary(wsi: i32) -> i32;
     /// `lws_remaining_packet_payload(wsi)`: bytes of the current frame still to come.
     pub safe fn lws_remaining_packet_payload(wsi: i32) -> i32;
+    /// `wasmgate_fragment(wsi)`, a wasmgate extension: the four queries above
+    /// in one call, as [`FRAGMENT_FIRST`] | [`FRAGMENT_FINAL`] |
+    /// [`FRAGMENT_BINARY`] with the remaining bytes from bit
+    /// [`FRAGMENT_REMAINING_SHIFT`] on; negative, an error, as theirs.
+    pub safe fn wasmgate_fragment(wsi: i32) -> i64;
     /// `lws_close_reason(wsi, code, reason, len)`: 0 or an error; the host reads `reason`.
     pub safe fn lws_close_reason(wsi: i32, code: i32, reason: i32, len: i32) -> i32;
     /// `lws_rx_flow_control(wsi, enable)`: 0 or an error.
@@ -220,6 +234,9 @@ mod host_stubs {
     }
     pub fn lws_remaining_packet_payload(_wsi: i32) -> i32 {
         BAD_STATE
+    }
+    pub fn wasmgate_fragment(_wsi: i32) -> i64 {
+        BAD_STATE as i64
     }
     pub fn lws_close_reason(_wsi: i32, _code: i32, _reason: i32, _len: i32) -> i32 {
         BAD_STATE
@@ -562,8 +579,10 @@ fn slot_index(base: usize, user: usize, size: usize, count: usize) -> Option<usi
 /// server connection (`FILTER_PROTOCOL_CONNECTION`), or a client connection
 /// (`CLIENT_ESTABLISHED`, or `CLIENT_CONNECTION_ERROR` when it never opened:
 /// the host binds its slot at `lws_client_connect_via_info`, and one of the
-/// two is the first callback it gets).
-const fn brings_fresh_slot(reason: Reason) -> bool {
+/// two is the first callback it gets). Public for the `wasmgate_wants` of the
+/// export macros: a reason where the glue resets the slot stays wanted.
+#[doc(hidden)]
+pub const fn brings_fresh_slot(reason: Reason) -> bool {
     matches!(
         reason,
         Reason::HttpBindProtocol
@@ -571,6 +590,54 @@ const fn brings_fresh_slot(reason: Reason) -> bool {
             | Reason::ClientEstablished
             | Reason::ClientConnectionError
     )
+}
+
+/// The reasons an [`export_lws_callback!`](crate::export_lws_callback) guest
+/// with `reasons = [...]` wants, one bit per reason number (computed at
+/// compile time, so that its `wasmgate_wants` export is a shift): the `listed`
+/// reasons and, when the session is not zero-sized, those at which
+/// [`dispatch`] resets the slot to `S::default()` (the host only zeroes it,
+/// which need not be a valid `S`: without that callback, the next would see
+/// the zeroes). Reason numbers past 127 cannot be listed.
+#[doc(hidden)]
+pub const fn lws_wanted<S>(listed: &[Reason]) -> u128 {
+    if size_of::<S>() == 0 {
+        reason_mask(listed)
+    } else {
+        reason_mask(listed) | reason_mask(&FRESH_SLOT_REASONS)
+    }
+}
+
+/// The reasons [`brings_fresh_slot`] names, as a list for [`reason_mask`].
+#[doc(hidden)]
+pub const FRESH_SLOT_REASONS: [Reason; 4] = [
+    Reason::HttpBindProtocol,
+    Reason::FilterProtocolConnection,
+    Reason::ClientEstablished,
+    Reason::ClientConnectionError,
+];
+
+/// One bit per reason number in `reasons`: what a `wasmgate_wants` export
+/// tests, so that it needs no `Reason::from_raw` (a second caller would keep
+/// a size-optimised build from inlining that match into `callback`). Fails
+/// to compile for a reason number outside 0..128.
+#[doc(hidden)]
+pub const fn reason_mask(reasons: &[Reason]) -> u128 {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < reasons.len() {
+        let raw = reasons[i].raw();
+        assert!(0 <= raw && raw < 128, "a listed reason is outside 0..128");
+        mask |= 1 << raw;
+        i += 1;
+    }
+    mask
+}
+
+/// Whether reason number `raw` is in `mask` (see [`reason_mask`]).
+#[doc(hidden)]
+pub const fn in_mask(mask: u128, raw: i32) -> bool {
+    0 <= raw && raw < 128 && mask & (1 << raw) != 0
 }
 
 /// Where `in, len` lies in a receive buffer at `base` of `cap` bytes, as
@@ -782,6 +849,31 @@ mod tests {
         ] {
             assert!(!brings_fresh_slot(later), "{later:?}");
         }
+    }
+
+    #[test]
+    fn lws_wants_adds_the_binding_reasons_only_for_a_real_session() {
+        let wants = |mask, reason: Reason| in_mask(mask, reason.raw());
+        let unit = lws_wanted::<()>(&[Reason::Http]);
+        assert!(wants(unit, Reason::Http));
+        assert!(!wants(unit, Reason::HttpBindProtocol));
+        assert!(!wants(unit, Reason::HttpDropProtocol));
+        assert!(!wants(unit, Reason::ProtocolInit));
+        assert!(!in_mask(unit, -1) && !in_mask(unit, 200));
+        // A session that zeroes need not make valid is reset at every binding.
+        let pss = lws_wanted::<u32>(&[Reason::Http, Reason::Closed]);
+        assert!(wants(pss, Reason::Http));
+        assert!(wants(pss, Reason::Closed));
+        for fresh in [
+            Reason::HttpBindProtocol,
+            Reason::FilterProtocolConnection,
+            Reason::ClientEstablished,
+            Reason::ClientConnectionError,
+        ] {
+            assert!(brings_fresh_slot(fresh) && wants(pss, fresh), "{fresh:?}");
+        }
+        assert!(FRESH_SLOT_REASONS.iter().all(|&r| brings_fresh_slot(r)));
+        assert!(!wants(pss, Reason::HttpDropProtocol));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use core::fmt;
 
-use crate::abi::Rx;
+use crate::abi::{self, Rx};
 use crate::log::{FmtBuf, LogLevel};
 use crate::lws::{self, Error, Method, Reason, WriteMode, Wsi};
 
@@ -342,6 +342,27 @@ fn flow_or_log(what: &str, result: Result<Flow, Error>) -> Flow {
     })
 }
 
+/// The reasons [`dispatch`] acts on, as the bitset the `wasmgate_wants` export
+/// [`export_http!`](crate::export_http) makes: `PROTOCOL_INIT` and
+/// `PROTOCOL_DESTROY` (`init`, `destroy`), every event of a request
+/// (`HTTP`, `HTTP_BODY`, `HTTP_BODY_COMPLETION`, `HTTP_WRITEABLE`, `TIMER`,
+/// `HTTP_DROP_PROTOCOL`, `CLOSED_HTTP`), and the reasons at which the glue
+/// resets the session slot to a fresh [`Slot`] (`HTTP_BIND_PROTOCOL` above
+/// all: the host only zeroes the slot). Left out, as they fall through to 0
+/// with no effect: the other WebSocket and client events.
+#[doc(hidden)]
+pub const WANTED: u128 = abi::reason_mask(&[
+    Reason::ProtocolInit,
+    Reason::ProtocolDestroy,
+    Reason::Http,
+    Reason::HttpBody,
+    Reason::HttpBodyCompletion,
+    Reason::HttpWriteable,
+    Reason::Timer,
+    Reason::HttpDropProtocol,
+    Reason::ClosedHttp,
+]) | abi::reason_mask(&abi::FRESH_SLOT_REASONS);
+
 /// The `callback` export's body for handler `H`: turns lws events into trait
 /// calls. Called by [`export_http!`](crate::export_http).
 #[doc(hidden)]
@@ -437,6 +458,28 @@ mod tests {
 
     fn rx(buf: &mut [u8], len: usize) -> Rx<'_> {
         Rx::for_test(buf, len)
+    }
+
+    #[test]
+    fn wanted_reasons_are_those_dispatch_acts_on() {
+        let wants = |r: Reason| abi::in_mask(WANTED, r.raw());
+        for r in [
+            Reason::ProtocolInit,
+            Reason::ProtocolDestroy,
+            Reason::HttpBindProtocol, // resets the slot
+            Reason::Http,
+            Reason::HttpBody,
+            Reason::HttpBodyCompletion,
+            Reason::HttpWriteable,
+            Reason::Timer,
+            Reason::HttpDropProtocol,
+            Reason::ClosedHttp,
+        ] {
+            assert!(wants(r), "{r:?}");
+        }
+        for r in [Reason::Established, Reason::Receive, Reason::Closed] {
+            assert!(!wants(r), "{r:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The export macros (`export_lws_callback!`, `export_http!`, `export_ws!`):
 //! they declare a guest's statics (receive buffer, session
-//! region, descriptor) and its two exports, `callback` and `wasmgate_protocol`.
+//! region, descriptor) and its exports, `callback`, `wasmgate_protocol` and,
+//! where the reasons the guest handles are known, `wasmgate_wants`.
 //! Everything they emit exists only on wasm32.
 
 /// Exports an lws-shaped callback, as a C guest registers a `struct lws_protocols`
@@ -39,6 +40,32 @@
 ///   client connection).
 /// - `max_sessions`: slots in the session region: requests (or WebSocket
 ///   connections) served at once.
+/// - `reasons` (optional): `[Reason::Http, ...]`, the reasons the callback
+///   acts on. The macro then exports `wasmgate_wants` so that the runtime
+///   makes no other callback, as if the callback had returned 0 for it
+///   (`docs/abi.md`, "Reasons a guest handles"). List every reason whose
+///   handling does anything, returning non-zero included. When `session` is
+///   not `()`, the reasons that bring a fresh session (`HTTP_BIND_PROTOCOL`,
+///   `FILTER_PROTOCOL_CONNECTION`, `CLIENT_ESTABLISHED`,
+///   `CLIENT_CONNECTION_ERROR`) are added: the glue writes `S::default()`
+///   there. Without `reasons` every callback is made, as in lws.
+///
+/// ```
+/// use wasmgate_guest::lws::{Reason, Wsi};
+///
+/// fn callback_hello(wsi: Wsi, reason: Reason, _: Option<&mut ()>, _: &[u8]) -> i32 {
+///     0
+/// }
+///
+/// wasmgate_guest::export_lws_callback!(
+///     callback_hello,
+///     name = "hello",
+///     rx_buffer_size = 128,
+///     session = (),
+///     max_sessions = 8,
+///     reasons = [Reason::Http],
+/// );
+/// ```
 #[macro_export]
 macro_rules! export_lws_callback {
     (
@@ -48,9 +75,30 @@ macro_rules! export_lws_callback {
         session = $session:ty,
         max_sessions = $max:expr $(,)?
     ) => {
-        $crate::__export_protocol!($name, $rx, $session, $max, |wsi, reason, user, rx| {
-            ($callback)(wsi, reason, user, rx.input())
-        });
+        $crate::__export_protocol!(
+            $name,
+            $rx,
+            $session,
+            $max,
+            |wsi, reason, user, rx| ($callback)(wsi, reason, user, rx.input())
+        );
+    };
+    (
+        $callback:expr,
+        name = $name:expr,
+        rx_buffer_size = $rx:expr,
+        session = $session:ty,
+        max_sessions = $max:expr,
+        reasons = [$($reason:expr),* $(,)?] $(,)?
+    ) => {
+        $crate::export_lws_callback!(
+            $callback,
+            name = $name,
+            rx_buffer_size = $rx,
+            session = $session,
+            max_sessions = $max,
+        );
+        $crate::__export_wants!($crate::abi::lws_wanted::<$session>(&[$($reason),*]));
     };
 }
 
@@ -84,6 +132,7 @@ macro_rules! export_http {
             $max,
             $crate::http::dispatch::<$handler>
         );
+        $crate::__export_wants!($crate::http::WANTED);
     };
 }
 
@@ -130,6 +179,7 @@ macro_rules! export_ws {
             $max,
             $crate::ws::dispatch::<$handler>
         );
+        $crate::__export_wants!($crate::ws::WANTED);
     };
 }
 
@@ -164,6 +214,25 @@ macro_rules! __export_protocol {
             #[unsafe(no_mangle)]
             extern "C" fn wasmgate_protocol() -> i32 {
                 $crate::abi::describe(&DESCRIPTOR, $name, &RX, &SESSIONS)
+            }
+        };
+    };
+}
+
+/// The `wasmgate_wants(reason) -> i32` export, from a constant `u128` with
+/// one bit per reason number (`abi::reason_mask`): 1 for the reasons the
+/// guest handles. Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_wants {
+    ($mask:expr) => {
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)] // reason: exports need `#[no_mangle]`
+        const _: () = {
+            #[unsafe(no_mangle)]
+            extern "C" fn wasmgate_wants(reason: i32) -> i32 {
+                const WANTED: u128 = $mask;
+                i32::from($crate::abi::in_mask(WANTED, reason))
             }
         };
     };

@@ -6,7 +6,7 @@
 //! connection's. Built only on the lws-shaped layer; allocation-free, and it
 //! keeps no state of its own in the session slot.
 
-use crate::abi::Rx;
+use crate::abi::{self, Rx};
 use crate::http::Flow;
 use crate::lws::{self, ClientConnectInfo, Error, Reason, WriteMode, Wsi};
 
@@ -69,14 +69,35 @@ impl Fragment {
         lws::lws_write_ws_flags(self.kind().write_mode(), self.first, self.last)
     }
 
-    /// Asks the host about the piece the current `RECEIVE` callback carries.
-    fn query(wsi: Wsi) -> Result<Self, Error> {
-        Ok(Self {
-            first: lws::lws_is_first_fragment(wsi)?,
-            last: lws::lws_is_final_fragment(wsi)?,
-            binary: lws::lws_frame_is_binary(wsi)?,
-            remaining: lws::lws_remaining_packet_payload(wsi)?,
-        })
+    /// Asks the host about the piece the current `RECEIVE` (or
+    /// `CLIENT_RECEIVE`) callback carries: what `lws_is_first_fragment`,
+    /// `lws_is_final_fragment`, `lws_frame_is_binary` and
+    /// `lws_remaining_packet_payload` answer, in one host call
+    /// (`wasmgate_fragment`) instead of four, each of which costs the guest
+    /// more than the answer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadState`] outside a WebSocket `RECEIVE` callback for `wsi`.
+    pub fn current(wsi: Wsi) -> Result<Self, Error> {
+        let packed = abi::wasmgate_fragment(wsi.raw());
+        if packed >= 0 {
+            return Ok(Self::unpack(packed));
+        }
+        // A negative answer is a status, as the lws calls return.
+        let code = i32::try_from(packed).unwrap_or(i32::MIN);
+        Err(Error::from_code(code).unwrap_or(Error::BadState))
+    }
+
+    /// A `wasmgate_fragment` answer that is not an error.
+    fn unpack(packed: i64) -> Self {
+        let remaining = packed >> abi::FRAGMENT_REMAINING_SHIFT;
+        Self {
+            first: packed & abi::FRAGMENT_FIRST != 0,
+            last: packed & abi::FRAGMENT_FINAL != 0,
+            binary: packed & abi::FRAGMENT_BINARY != 0,
+            remaining: usize::try_from(remaining).unwrap_or(usize::MAX),
+        }
     }
 }
 
@@ -360,6 +381,33 @@ fn parse_close(payload: &[u8]) -> (u16, &[u8]) {
     }
 }
 
+/// The reasons [`dispatch`] acts on, as the bitset the `wasmgate_wants` export
+/// [`export_ws!`](crate::export_ws) makes: `PROTOCOL_INIT` and
+/// `PROTOCOL_DESTROY` (`init`, `destroy`) and every server and client
+/// connection event (each calls a handler method, and the first of a
+/// connection gets its fresh session). Left out, as they fall through to 0
+/// with no effect: the HTTP events of a plain request routed to the protocol
+/// (`HTTP_BIND_PROTOCOL` resets a slot no later event of that request reads).
+#[doc(hidden)]
+pub const WANTED: u128 = crate::abi::reason_mask(&[
+    Reason::ProtocolInit,
+    Reason::ProtocolDestroy,
+    Reason::FilterProtocolConnection,
+    Reason::Established,
+    Reason::Receive,
+    Reason::ReceivePong,
+    Reason::ServerWriteable,
+    Reason::Timer,
+    Reason::WsPeerInitiatedClose,
+    Reason::Closed,
+    Reason::ClientConnectionError,
+    Reason::ClientEstablished,
+    Reason::ClientReceive,
+    Reason::ClientReceivePong,
+    Reason::ClientWriteable,
+    Reason::ClientClosed,
+]);
+
 /// The `callback` export's body for handler `H`: turns lws events into trait
 /// calls. Called by [`export_ws!`](crate::export_ws).
 #[doc(hidden)]
@@ -402,7 +450,7 @@ pub fn dispatch<H: WsHandler>(
             _ => Flow::Close,
         },
         Reason::Established | Reason::ClientEstablished => H::on_established(&mut ws, session),
-        Reason::Receive | Reason::ClientReceive => match Fragment::query(wsi) {
+        Reason::Receive | Reason::ClientReceive => match Fragment::current(wsi) {
             Ok(fragment) => H::on_receive(&mut ws, session, rx.input(), fragment),
             // Without knowing where the piece goes, no handler can use it.
             Err(_) => Flow::Close,
@@ -435,6 +483,50 @@ pub fn dispatch<H: WsHandler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packed_fragment_unpacks() {
+        let f = Fragment::unpack(300 << 8 | abi::FRAGMENT_FIRST | abi::FRAGMENT_BINARY);
+        assert_eq!(
+            f,
+            Fragment {
+                first: true,
+                last: false,
+                binary: true,
+                remaining: 300
+            }
+        );
+        let f = Fragment::unpack(abi::FRAGMENT_FINAL);
+        assert!(!f.first && f.last && !f.binary && f.remaining == 0);
+        // Off wasm32 the host call answers BAD_STATE.
+        assert_eq!(Fragment::current(Wsi::from_raw(1)), Err(Error::BadState));
+    }
+
+    #[test]
+    fn wanted_reasons_are_the_websocket_ones() {
+        let wants = |r: Reason| crate::abi::in_mask(WANTED, r.raw());
+        for r in [
+            Reason::FilterProtocolConnection,
+            Reason::Established,
+            Reason::Receive,
+            Reason::ClientReceive,
+            Reason::WsPeerInitiatedClose,
+            Reason::Closed,
+            Reason::ClientClosed,
+            Reason::Timer,
+        ] {
+            assert!(wants(r), "{r:?}");
+        }
+        for r in [
+            Reason::HttpBindProtocol,
+            Reason::Http,
+            Reason::HttpBody,
+            Reason::HttpDropProtocol,
+            Reason::ClosedHttp,
+        ] {
+            assert!(!wants(r), "{r:?}");
+        }
+    }
 
     #[derive(Debug, Clone, Copy, Default, PartialEq)]
     struct Seen {

@@ -8,6 +8,9 @@
 //! Build it alone: `cargo build --release --target wasm32-unknown-unknown` in
 //! `guests/`.
 //!
+//! It declares (`reasons = [Reason::Http]`) that `HTTP` is the only reason it
+//! handles, so the runtime skips the other callbacks of a request.
+//!
 //! Corners cut: no per-session data (`session = ()`); the method and path are
 //! ignored (a `POST` gets the same answer, its body is dropped by the runtime);
 //! the body must fit the connection's tx buffer in one write, which 12 bytes do.
@@ -43,4 +46,7 @@ wasmgate_guest::export_lws_callback!(
     rx_buffer_size = 128,
     session = (),
     max_sessions = 8,
+    // The only reason it acts on: the runtime makes no other callback
+    // (`HTTP_BIND_PROTOCOL`, `HTTP_DROP_PROTOCOL`, ...), as if it had returned 0.
+    reasons = [Reason::Http],
 );

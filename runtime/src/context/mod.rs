@@ -1336,8 +1336,7 @@ impl Context {
         let now_us = self.now_us(now);
         let on_trap = self.config.guest.on_trap;
         let fragment = std::mem::take(&mut self.fragment);
-        let free_wsis = self.free_wsis(2);
-        let Some(conn) = self.conn_mut(id) else {
+        let Some(conn) = self.conn(id) else {
             return;
         };
         let Some(b) = conn.binding else {
@@ -1349,12 +1348,18 @@ impl Context {
             reason::CLIENT_CLOSED,
             reason::CLIENT_CONNECTION_ERROR,
         ];
-        if conn.abort && !ending.contains(&why) {
+        if (conn.abort && !ending.contains(&why)) || conn.http.is_none() {
             return;
         }
-        let Some(http) = conn.http.take() else {
+        if !self.delivers(b, why) {
+            // As if the guest had returned 0 without a host call: nothing to
+            // apply, nothing ran, so nothing is counted.
+            self.mark_dirty(id);
             return;
-        };
+        }
+        let free_wsis = self.free_wsis(2);
+        let conn = self.conns[id.index()].as_mut().expect("checked above");
+        let http = conn.http.take().expect("checked above");
         let call = Call {
             wsi: id.wsi(),
             http,
@@ -1444,6 +1449,19 @@ impl Context {
         }
         self.mark_dirty(id);
         self.count_callback(b.protocol, generation, fault, now);
+    }
+
+    /// Whether a callback of reason `why` for binding `b` enters its handler:
+    /// false only for a guest instance that declared (`wasmgate_wants`) it
+    /// does not handle `why`. A native handler, or an instance that is gone
+    /// (a fault to report), always gets the call.
+    fn delivers(&self, b: Binding, why: i32) -> bool {
+        match &self.protocols[b.protocol].backend {
+            Backend::Wasm { instances, .. } => instances[b.instance]
+                .as_ref()
+                .is_none_or(|inst| inst.wants(why)),
+            Backend::Native(_) => true,
+        }
     }
 
     /// Counts and logs a fault, and retires the instance that made it (unless

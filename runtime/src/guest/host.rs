@@ -208,6 +208,45 @@ fn remaining_payload(mut cx: Cx<'_>, wsi: i32) -> i32 {
     })
 }
 
+/// `wasmgate_fragment`'s flag bits: the piece starts a message...
+const FRAGMENT_FIRST: i64 = 1;
+/// ...ends it...
+const FRAGMENT_FINAL: i64 = 2;
+/// ...and the message is binary.
+const FRAGMENT_BINARY: i64 = 4;
+/// Where `wasmgate_fragment` puts the bytes of the frame still to come.
+const FRAGMENT_REMAINING_SHIFT: u32 = 8;
+
+/// `wasmgate_fragment`: the four lws fragment queries (`lws_is_first_fragment`,
+/// `lws_is_final_fragment`, `lws_frame_is_binary`,
+/// `lws_remaining_packet_payload`) in one host call, since each call costs
+/// the guest far more than the answer: the flag bits, and the remaining
+/// bytes from bit 8 on. Negative (a status) where those calls fail.
+fn fragment(mut cx: Cx<'_>, wsi: i32) -> i64 {
+    let mut packed = 0;
+    let status = with_ws(&mut cx, wsi, 0, |_, call| {
+        packed = pack_fragment(call.fragment);
+        0
+    });
+    if status < 0 {
+        i64::from(status)
+    } else {
+        packed
+    }
+}
+
+/// `fragment` as `wasmgate_fragment` returns it: never negative (the
+/// remaining count is capped at 2^55 - 1, far beyond any frame a device takes).
+fn pack_fragment(fragment: super::Fragment) -> i64 {
+    const MAX_REMAINING: u64 = (1 << (63 - FRAGMENT_REMAINING_SHIFT)) - 1;
+    let flag = |set: bool, bit: i64| if set { bit } else { 0 };
+    let remaining = fragment.remaining.min(MAX_REMAINING) as i64;
+    (remaining << FRAGMENT_REMAINING_SHIFT)
+        | flag(fragment.first, FRAGMENT_FIRST)
+        | flag(fragment.last, FRAGMENT_FINAL)
+        | flag(fragment.binary, FRAGMENT_BINARY)
+}
+
 fn close_reason(mut cx: Cx<'_>, wsi: i32, code: i32, reason: i32, len: i32) -> i32 {
     with_ws(&mut cx, wsi, len, |mem, call| {
         let Some(reason) = bytes(mem, reason, len) else {
@@ -591,6 +630,7 @@ host_functions! {
     "lws_is_final_fragment" => is_final_fragment, [I32] -> [I32];
     "lws_frame_is_binary" => frame_is_binary, [I32] -> [I32];
     "lws_remaining_packet_payload" => remaining_payload, [I32] -> [I32];
+    "wasmgate_fragment" => fragment, [I32] -> [I64];
     "lws_close_reason" => close_reason, [I32, I32, I32, I32] -> [I32];
     "lws_rx_flow_control" => rx_flow_control, [I32, I32] -> [I32];
     "lws_callback_on_writable_all_protocol" => writable_all, [] -> [I32];
@@ -611,6 +651,28 @@ mod tests {
         assert_eq!(copy_out(&mut mem, 12, 8, b"abc"), BAD_POINTER);
         assert_eq!(copy_out(&mut mem, -1, 2, b"a"), BAD_POINTER);
         assert_eq!(copy_out(&mut mem, i32::MAX, i32::MAX, b"a"), BAD_POINTER);
+    }
+
+    #[test]
+    fn fragment_packs_the_flags_and_the_remaining_bytes() {
+        use super::super::Fragment;
+        let f = |first, last, binary, remaining| Fragment {
+            first,
+            last,
+            binary,
+            remaining,
+        };
+        assert_eq!(pack_fragment(f(false, false, false, 0)), 0);
+        assert_eq!(pack_fragment(f(true, false, false, 0)), FRAGMENT_FIRST);
+        assert_eq!(
+            pack_fragment(f(false, true, true, 0)),
+            FRAGMENT_FINAL | FRAGMENT_BINARY
+        );
+        assert_eq!(pack_fragment(f(true, true, false, 300)), 300 << 8 | 3);
+        let huge = pack_fragment(f(true, true, true, u64::MAX));
+        assert!(huge > 0, "never negative: negative is an error");
+        assert_eq!(huge & 0xff, 7);
+        assert_eq!(huge >> 8, (1 << 55) - 1);
     }
 
     #[test]

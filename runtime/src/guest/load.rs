@@ -39,6 +39,8 @@ pub enum LoadError {
     Start(String),
     /// `PROTOCOL_INIT` trapped or returned non-zero.
     Init(String),
+    /// `wasmgate_wants(reason)` trapped or ran out of fuel.
+    Wants(i32, String),
 }
 
 impl std::fmt::Display for LoadError {
@@ -78,6 +80,7 @@ impl std::fmt::Display for LoadError {
             }
             Self::Start(e) => write!(f, "module failed to start: {e}"),
             Self::Init(e) => write!(f, "PROTOCOL_INIT failed: {e}"),
+            Self::Wants(reason, e) => write!(f, "`{WANTS_EXPORT}({reason})` failed: {e}"),
         }
     }
 }
@@ -85,6 +88,9 @@ impl std::fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 const I32: ValType = ValType::I32;
+
+/// The optional export that says which callback reasons the guest handles.
+pub(super) const WANTS_EXPORT: &str = "wasmgate_wants";
 
 fn signature(params: &[ValType], results: &[ValType]) -> String {
     let list = |tys: &[ValType]| {
@@ -161,6 +167,10 @@ pub(super) fn check_module(
         "(i32, i32, i32, i32, i32) -> (i32)",
     )?;
     func_export("wasmgate_protocol", &[], &[I32], "() -> (i32)")?;
+    // Optional: without it every reason is delivered.
+    if module.get_export(WANTS_EXPORT).is_some() {
+        func_export(WANTS_EXPORT, &[I32], &[I32], "(i32) -> (i32)")?;
+    }
     match module.get_export("memory") {
         Some(ExternType::Memory(ty)) => {
             if ty.minimum() > u64::from(limits.max_memory_pages) {

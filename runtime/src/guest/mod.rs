@@ -68,6 +68,62 @@ pub mod reason {
     pub const CLOSED: i32 = 4;
     /// The connection's timer (`lws_set_timer_usecs`) is up.
     pub const TIMER: i32 = 73;
+
+    /// Every reason the runtime delivers: what `wasmgate_wants` is asked about.
+    pub const ALL: &[i32] = &[
+        PROTOCOL_INIT,
+        PROTOCOL_DESTROY,
+        HTTP_BIND_PROTOCOL,
+        HTTP,
+        HTTP_BODY,
+        HTTP_BODY_COMPLETION,
+        HTTP_WRITEABLE,
+        HTTP_DROP_PROTOCOL,
+        CLOSED_HTTP,
+        CLIENT_CONNECTION_ERROR,
+        CLIENT_ESTABLISHED,
+        CLIENT_RECEIVE,
+        CLIENT_RECEIVE_PONG,
+        CLIENT_WRITEABLE,
+        CLIENT_CLOSED,
+        FILTER_PROTOCOL_CONNECTION,
+        ESTABLISHED,
+        RECEIVE,
+        RECEIVE_PONG,
+        SERVER_WRITEABLE,
+        WS_PEER_INITIATED_CLOSE,
+        CLOSED,
+        TIMER,
+    ];
+}
+
+/// The callback reasons an instance wants delivered, one bit per reason
+/// number (lws's go up to 75). Asked once per instance through the optional
+/// `wasmgate_wants` export, so that a callback the guest would only answer
+/// with 0 costs no entry into the interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted(u128);
+
+impl Wanted {
+    /// Every reason: a guest without `wasmgate_wants`, as lws calls every
+    /// protocol callback.
+    pub const ALL: Self = Self(u128::MAX);
+
+    /// Whether callbacks of `reason` go to the guest. A reason the bitset
+    /// cannot hold was never asked about, so it is delivered.
+    pub fn contains(self, reason: i32) -> bool {
+        match u32::try_from(reason) {
+            Ok(bit) if bit < 128 => self.0 & (1 << bit) != 0,
+            _ => true,
+        }
+    }
+
+    /// Stops delivering `reason`.
+    fn remove(&mut self, reason: i32) {
+        if let Ok(bit @ 0..128) = u32::try_from(reason) {
+            self.0 &= !(1 << bit);
+        }
+    }
 }
 
 /// Negative host-call results (see `docs/abi.md`).
@@ -213,6 +269,8 @@ pub struct Instance {
     callback: TypedFunc<(i32, i32, i32, i32, i32), i32>,
     memory: Memory,
     descriptor: Descriptor,
+    /// The reasons the guest asked for (see [`Wanted`]).
+    wanted: Wanted,
     fuel_per_callback: u64,
     /// One bit per session slot, set when busy.
     busy: Vec<u64>,
@@ -320,6 +378,7 @@ impl Guest {
             .call(&mut store, ())
             .map_err(|e| LoadError::Start(format!("wasmgate_protocol(): {e}")))?;
         let descriptor = load::read_descriptor(memory.data(&store), ptr as u32, self.limits)?;
+        let wanted = self.ask_wanted(&mut store, &instance)?;
         let slots = descriptor.max_sessions as usize;
         let mut instance = Instance {
             generation: self.generation,
@@ -327,6 +386,7 @@ impl Guest {
             callback,
             memory,
             descriptor,
+            wanted,
             fuel_per_callback: self.limits.fuel_per_callback,
             busy: vec![0; slots.div_ceil(64)],
             bound: 0,
@@ -344,6 +404,48 @@ impl Guest {
     }
 }
 
+impl Guest {
+    /// Asks the guest's optional `wasmgate_wants(reason) -> i32` about every
+    /// reason the runtime delivers, each question with a callback's fuel.
+    /// Without the export every reason is wanted, as today.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Wants`] if the export traps or runs out of fuel (its type
+    /// was checked at load).
+    fn ask_wanted(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &wasmi::Instance,
+    ) -> Result<Wanted, LoadError> {
+        let mut wanted = Wanted::ALL;
+        if instance.get_export(&*store, load::WANTS_EXPORT).is_none() {
+            return Ok(wanted);
+        }
+        let wants = instance
+            .get_typed_func::<i32, i32>(&*store, load::WANTS_EXPORT)
+            .map_err(|e| LoadError::Start(format!("{}: {e}", load::WANTS_EXPORT)))?;
+        for &reason in reason::ALL {
+            // Fuel cannot fail to be set: metering is on for every guest engine.
+            let _ = store.set_fuel(self.limits.fuel_per_callback);
+            match wants.call(&mut *store, reason) {
+                Ok(0) => wanted.remove(reason),
+                Ok(_) => {}
+                Err(e) => return Err(LoadError::Wants(reason, fault_of(&e).to_string())),
+            }
+        }
+        Ok(wanted)
+    }
+}
+
+/// What a wasmi error means for the guest that raised it.
+fn fault_of(e: &wasmi::Error) -> Fault {
+    match e.as_trap_code() {
+        Some(wasmi::TrapCode::OutOfFuel) => Fault::OutOfFuel,
+        _ => Fault::Trap(e.to_string()),
+    }
+}
+
 impl Instance {
     /// The [`Guest::generation`] this instance was made from.
     pub fn generation(&self) -> u64 {
@@ -353,6 +455,14 @@ impl Instance {
     /// The guest's protocol descriptor.
     pub fn descriptor(&self) -> &Descriptor {
         &self.descriptor
+    }
+
+    /// Whether callbacks of `reason` enter the guest. One that does not is
+    /// the same as a callback that returns 0 at once and calls no host
+    /// function (lws's `lws_callback_http_dummy`): the caller may skip all
+    /// its work for it.
+    pub fn wants(&self, reason: i32) -> bool {
+        self.wanted.contains(reason)
     }
 
     /// Takes a free session slot, zeroed, or `None` when all are busy.
@@ -417,6 +527,10 @@ impl Instance {
     /// (`rx_buffer_size`), longer input is cut to it. `call` is the connection the
     /// host functions may act on during the callback; it is handed back in the
     /// [`Outcome`].
+    ///
+    /// A reason the guest does not [want](Self::wants) is not delivered: the
+    /// outcome is `Ok(0)` with `call` untouched, no fuel is counted, and the
+    /// receive buffer is not written.
     pub fn call(
         &mut self,
         reason: i32,
@@ -426,6 +540,12 @@ impl Instance {
         call: Option<Call>,
         now_us: i64,
     ) -> Outcome {
+        if !self.wants(reason) {
+            return Outcome {
+                result: Ok(0),
+                call,
+            };
+        }
         let d = &self.descriptor;
         let len = input.len().min(d.rx_buffer_size as usize);
         let in_ptr = if len == 0 {
@@ -458,10 +578,7 @@ impl Instance {
         }
         let left = self.store.get_fuel().unwrap_or(0);
         self.fuel_used += self.fuel_per_callback - left;
-        let result = result.map_err(|e| match e.as_trap_code() {
-            Some(wasmi::TrapCode::OutOfFuel) => Fault::OutOfFuel,
-            _ => Fault::Trap(e.to_string()),
-        });
+        let result = result.map_err(|e| fault_of(&e));
         Outcome {
             result,
             call: self.store.data_mut().call.take(),

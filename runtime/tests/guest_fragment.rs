@@ -1,0 +1,208 @@
+//! `lws.wasmgate_fragment(wsi) -> i64`: the four lws fragment queries in one
+//! host call. A WAT guest reports, for every `RECEIVE` piece, what the new
+//! call and the four lws calls answer; both must agree with where the piece
+//! sits in its message.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Protocol};
+use wasmgate::{Config, Context};
+
+/// On `ESTABLISHED` reports `wasmgate_fragment` for a wrong `wsi`; on
+/// `RECEIVE` reports it for the piece. A report is a 16-byte binary message:
+/// the `i64` answer, then what `lws_is_first_fragment`,
+/// `lws_is_final_fragment` and `lws_frame_is_binary` answer (a byte each, and
+/// a pad byte), then `lws_remaining_packet_payload` (`i32`).
+const GUEST: &str = r#"(module
+    (import "lws" "wasmgate_fragment" (func $fragment (param i32) (result i64)))
+    (import "lws" "lws_is_first_fragment" (func $first (param i32) (result i32)))
+    (import "lws" "lws_is_final_fragment" (func $final (param i32) (result i32)))
+    (import "lws" "lws_frame_is_binary" (func $binary (param i32) (result i32)))
+    (import "lws" "lws_remaining_packet_payload" (func $remaining (param i32) (result i32)))
+    (import "lws" "lws_write" (func $write (param i32 i32 i32 i32) (result i32)))
+    (memory (export "memory") 1)
+    ;; rx_buffer 256 (512 bytes), sessions at 1024 (8 bytes x 4), name "frag"
+    (data (i32.const 0) "\01\00\00\00\00\01\00\00\00\02\00\00\00\04\00\00\08\00\00\00\04\00\00\00\00\03\00\00\04\00\00\00")
+    (data (i32.const 768) "frag")
+    (func (export "wasmgate_protocol") (result i32) (i32.const 0))
+    (func $report (param $wsi i32) (param $answer i64)
+      (i64.store (i32.const 2048) (local.get $answer))
+      (i32.store8 (i32.const 2056) (call $first (local.get $wsi)))
+      (i32.store8 (i32.const 2057) (call $final (local.get $wsi)))
+      (i32.store8 (i32.const 2058) (call $binary (local.get $wsi)))
+      (i32.store8 (i32.const 2059) (i32.const 0))
+      (i32.store (i32.const 2060) (call $remaining (local.get $wsi)))
+      ;; LWS_WRITE_BINARY
+      (drop (call $write (local.get $wsi) (i32.const 2048) (i32.const 16) (i32.const 1))))
+    (func (export "callback") (param $wsi i32) (param $reason i32) (param i32 i32 i32) (result i32)
+      (if (i32.eq (local.get $reason) (i32.const 0))
+        (then (call $report (local.get $wsi)
+          (call $fragment (i32.add (local.get $wsi) (i32.const 1000))))))
+      (if (i32.eq (local.get $reason) (i32.const 6))
+        (then (call $report (local.get $wsi) (call $fragment (local.get $wsi)))))
+      (i32.const 0)))"#;
+
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: device\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Version: 13\r\n\r\n";
+
+const TEXT: u8 = 1;
+const BINARY: u8 = 2;
+const CONTINUATION: u8 = 0;
+
+/// What the guest reported for one piece.
+#[derive(Debug, PartialEq, Eq)]
+struct Report {
+    /// `wasmgate_fragment`'s answer.
+    packed: i64,
+    /// `lws_is_first_fragment`, `lws_is_final_fragment`, `lws_frame_is_binary`.
+    lws_flags: [u8; 3],
+    /// `lws_remaining_packet_payload`.
+    lws_remaining: i32,
+}
+
+impl Report {
+    /// What both ways must say for a piece.
+    fn expected(first: bool, last: bool, binary: bool, remaining: i32) -> Self {
+        let flags = i64::from(first) | i64::from(last) << 1 | i64::from(binary) << 2;
+        Report {
+            packed: i64::from(remaining) << 8 | flags,
+            lws_flags: [u8::from(first), u8::from(last), u8::from(binary)],
+            lws_remaining: remaining,
+        }
+    }
+}
+
+fn device() -> Context {
+    let module = wat::parse_str(GUEST).expect("test WAT parses");
+    let config = Config {
+        name: "test".into(),
+        listeners: vec![Listener {
+            name: "http".into(),
+            port: 80,
+            mounts: Vec::new(),
+            websocket: vec!["frag".into()],
+            default_websocket: Some("frag".into()),
+            tls: None,
+        }],
+        protocols: vec![Protocol {
+            name: "frag".into(),
+            handler: Handler::Wasm(module),
+        }],
+        limits: Limits::DEFAULT,
+        guest: GuestLimits::DEFAULT,
+        admin: None,
+        clients: Vec::new(),
+        trust: None,
+    };
+    Context::new(config, Instant::now()).expect("device starts")
+}
+
+/// A masked client frame.
+fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![u8::from(fin) << 7 | opcode];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// The reports in the server's frames (each a 16-byte binary message).
+fn reports(tx: &[u8]) -> Vec<Report> {
+    tx.chunks(18)
+        .map(|f| {
+            assert_eq!(&f[..2], &[0x82, 16], "a 16-byte binary report: {tx:?}");
+            let p = &f[2..];
+            Report {
+                packed: i64::from_le_bytes(p[..8].try_into().unwrap()),
+                lws_flags: [p[8], p[9], p[10]],
+                lws_remaining: i32::from_le_bytes(p[12..16].try_into().unwrap()),
+            }
+        })
+        .collect()
+}
+
+/// Opens a WebSocket, sends `frames`, returns the guest's reports (the
+/// first is the one of `ESTABLISHED`).
+fn exchange(frames: &[Vec<u8>]) -> Vec<Report> {
+    let mut ctx = device();
+    let now = Instant::now();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let id = ctx.accept(0, peer, now).unwrap();
+    ctx.receive(id, UPGRADE, now);
+    ctx.service(now);
+    let tx = ctx.transmit(id).to_vec();
+    let head_end = tx
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(tx.starts_with(b"HTTP/1.1 101 "), "{tx:?}");
+    let mut out = tx[head_end..].to_vec();
+    ctx.transmitted(id, tx.len(), now);
+    for f in frames {
+        assert_eq!(ctx.receive(id, f, now), f.len());
+        ctx.service(now);
+        out.extend_from_slice(&drain(&mut ctx, id, now));
+    }
+    // The report of ESTABLISHED waits behind the `101` when nothing follows.
+    out.extend_from_slice(&drain(&mut ctx, id, now));
+    reports(&out)
+}
+
+/// Everything the connection has to send.
+fn drain(ctx: &mut Context, id: wasmgate::context::ConnId, now: Instant) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let tx = ctx.transmit(id).to_vec();
+        if tx.is_empty() {
+            return out;
+        }
+        ctx.transmitted(id, tx.len(), now);
+        out.extend_from_slice(&tx);
+    }
+}
+
+#[test]
+fn fragment_answers_for_first_middle_and_last_pieces() {
+    for (kind, binary) in [(TEXT, false), (BINARY, true)] {
+        let got = exchange(&[
+            frame(false, kind, b"ab"),
+            frame(false, CONTINUATION, b"cd"),
+            frame(true, CONTINUATION, b"ef"),
+        ]);
+        let expected = [
+            Report::expected(true, false, binary, 0),
+            Report::expected(false, false, binary, 0),
+            Report::expected(false, true, binary, 0),
+        ];
+        assert_eq!(got[1..], expected, "kind {kind}");
+    }
+}
+
+#[test]
+fn a_frame_longer_than_the_rx_buffer_reports_what_remains() {
+    // 600 bytes in one frame, a 512-byte receive buffer: two pieces.
+    let got = exchange(&[frame(true, BINARY, &[7; 600])]);
+    assert_eq!(
+        got[1..],
+        [
+            Report::expected(true, false, true, 88),
+            Report::expected(false, true, true, 0),
+        ]
+    );
+}
+
+#[test]
+fn a_wrong_wsi_is_a_bad_state() {
+    let got = exchange(&[]);
+    assert_eq!(got.len(), 1, "the report of ESTABLISHED");
+    assert_eq!(got[0].packed, -2, "BAD_STATE for a connection not lent");
+}
