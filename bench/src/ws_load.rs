@@ -470,27 +470,15 @@ impl Client {
         }
     }
 
-    /// The echo loop: flush, top the messages in flight up (one write for
-    /// all of them), read echoes.
+    /// The echo loop: flush, read the echoes that came, top the messages in
+    /// flight up again (one write for all of them).
     fn open(&mut self, mut ws: Ws, ctx: &mut Ctx) -> io::Result<State> {
+        if self.flush_pending {
+            self.flush_pending = would_block(ws.flush())?;
+        }
+        // Every echo that has arrived first, so that the messages replacing
+        // them go out together, in one write.
         loop {
-            if self.flush_pending {
-                self.flush_pending = would_block(ws.flush())?;
-            }
-            if self.sent_at.len() < ctx.in_flight && ctx.sending {
-                let now = Instant::now();
-                if now >= ctx.measure_end {
-                    if self.sent_at.is_empty() {
-                        return Ok(self.close(ws));
-                    }
-                } else {
-                    while self.sent_at.len() < ctx.in_flight {
-                        self.sent_at.push_back(now);
-                        would_block(ws.write(Message::Binary(ctx.payload.clone())))?;
-                    }
-                    self.flush_pending = would_block(ws.flush())?;
-                }
-            }
             match ws.read() {
                 Ok(Message::Binary(echo)) => {
                     let now = Instant::now();
@@ -505,12 +493,26 @@ impl Client {
                 }
                 Ok(Message::Close(_)) => return Err(unexpected("server closed the connection")),
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(State::Open(ws));
-                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(into_io(e)),
             }
         }
+        if !ctx.sending || self.sent_at.len() >= ctx.in_flight {
+            return Ok(State::Open(ws));
+        }
+        let now = Instant::now();
+        if now >= ctx.measure_end {
+            if self.sent_at.is_empty() {
+                return Ok(self.close(ws));
+            }
+            return Ok(State::Open(ws));
+        }
+        while self.sent_at.len() < ctx.in_flight {
+            self.sent_at.push_back(now);
+            would_block(ws.write(Message::Binary(ctx.payload.clone())))?;
+        }
+        self.flush_pending = would_block(ws.flush())?;
+        Ok(State::Open(ws))
     }
 
     /// Queues our close frame (best effort).

@@ -29,6 +29,9 @@ struct Socket {
     eof: bool,
     /// An outgoing connection still being made.
     connecting: bool,
+    /// The last write left bytes behind (`WouldBlock`): the next flush
+    /// tries again, whether or not the context marked the connection.
+    blocked: bool,
 }
 
 #[derive(Debug)]
@@ -222,6 +225,7 @@ impl OsDriver {
                         readable: true,
                         eof: false,
                         connecting: false,
+                        blocked: false,
                     });
                 }
                 Err(AcceptError::Full | AcceptError::UnknownListener) => {
@@ -310,6 +314,7 @@ impl OsDriver {
                 readable: false,
                 eof: false,
                 connecting: true,
+                blocked: false,
             });
         }
     }
@@ -341,12 +346,15 @@ impl OsDriver {
     fn flush(&mut self, ctx: &mut Context, now: Instant) {
         self.start_connects(ctx, now);
         let mut ids = ctx.take_dirty();
-        // Sockets that could not take everything last time.
+        // Sockets that could not take everything last time, and outgoing
+        // ones still connecting (their first bytes wait for the connection).
+        // A flag each, not a look at every connection's output: this runs
+        // twice per turn of the loop.
         ids.extend(
             self.sockets
                 .iter()
                 .flatten()
-                .filter(|s| !ctx.transmit(s.id).is_empty())
+                .filter(|s| s.blocked || s.connecting)
                 .map(|s| s.id),
         );
         for id in ids {
@@ -355,6 +363,7 @@ impl OsDriver {
                 continue;
             };
             let mut failed = false;
+            sock.blocked = false;
             loop {
                 let tx = ctx.transmit(id);
                 if tx.is_empty() {
@@ -362,7 +371,10 @@ impl OsDriver {
                 }
                 match sock.stream.write(tx) {
                     Ok(n) => ctx.transmitted(id, n, now),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        sock.blocked = true;
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::debug!(wsi = id.wsi(), "write failed: {e}");
