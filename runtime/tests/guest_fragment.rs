@@ -3,11 +3,13 @@
 //! call and the four lws calls answer; both must agree with where the piece
 //! sits in its message.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Protocol};
-use wasmgate::{Config, Context};
+use wasmgate::Context;
+use wasmgate::config::{Handler, Listener};
 
 /// On `ESTABLISHED` reports `wasmgate_fragment` for a wrong `wsi`; on
 /// `RECEIVE` reports it for the piece. A report is a 16-byte binary message:
@@ -76,27 +78,15 @@ impl Report {
 
 fn device() -> Context {
     let module = wat::parse_str(GUEST).expect("test WAT parses");
-    let config = Config {
-        name: "test".into(),
-        listeners: vec![Listener {
-            name: "http".into(),
-            port: 80,
-            mounts: Vec::new(),
-            websocket: vec!["frag".into()],
-            default_websocket: Some("frag".into()),
-            tls: None,
-        }],
-        protocols: vec![Protocol {
-            name: "frag".into(),
-            handler: Handler::Wasm(module),
-        }],
-        limits: Limits::DEFAULT,
-        guest: GuestLimits::DEFAULT,
-        admin: None,
-        clients: Vec::new(),
-        trust: None,
+    let listener = Listener {
+        name: "http".into(),
+        port: 80,
+        mounts: Vec::new(),
+        websocket: vec!["frag".into()],
+        default_websocket: Some("frag".into()),
+        tls: None,
     };
-    Context::new(config, Instant::now()).expect("device starts")
+    common::device_with(listener, "frag", Handler::Wasm(module))
 }
 
 /// A masked client frame.

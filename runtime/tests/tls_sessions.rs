@@ -6,6 +6,7 @@
 #[path = "../../tests/support/certs.rs"]
 #[allow(dead_code, reason = "shared with the end-to-end tests")]
 mod certs;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -16,10 +17,10 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
+use wasmgate::Context;
+use wasmgate::config::{Handler, Listener, Mount};
 use wasmgate::context::ConnId;
 use wasmgate::tls::{Identity, ServerTls};
-use wasmgate::{Config, Context};
 
 const GET: &[u8] = b"GET /status HTTP/1.1\r\nHost: device\r\n\r\n";
 
@@ -33,30 +34,19 @@ fn device(leaves: &[&certs::Leaf]) -> Context {
             key_pem: l.key_pem.as_bytes(),
         })
         .collect();
-    let config = Config {
-        name: "test".into(),
-        listeners: vec![Listener {
-            name: "https".into(),
-            port: 443,
-            mounts: vec![Mount {
-                prefix: "/".into(),
-                protocol: "http".into(),
-            }],
-            websocket: Vec::new(),
-            default_websocket: None,
-            tls: Some(ServerTls::from_pem(&identities).expect("test certificates load")),
+    let listener = Listener {
+        name: "https".into(),
+        port: 443,
+        mounts: vec![Mount {
+            prefix: "/".into(),
+            protocol: "http".into(),
         }],
-        protocols: vec![Protocol {
-            name: "http".into(),
-            handler: Handler::Wasm(wasmgate_guests::HTTP_POST.to_vec()),
-        }],
-        limits: Limits::DEFAULT,
-        guest: GuestLimits::DEFAULT,
-        admin: None,
-        clients: Vec::new(),
-        trust: None,
+        websocket: Vec::new(),
+        default_websocket: None,
+        tls: Some(ServerTls::from_pem(&identities).expect("test certificates load")),
     };
-    Context::new(config, Instant::now()).expect("device starts")
+    let guest = Handler::Wasm(wasmgate_guests::HTTP_POST.to_vec());
+    common::device_with(listener, "http", guest)
 }
 
 fn client(

@@ -6,23 +6,30 @@ use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
 use wasmgate::{Config, Context};
 
 /// A device with one listener that mounts `module`, as protocol `protocol`, at `/`.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
 pub fn device(protocol: &str, module: Vec<u8>) -> Context {
+    let listener = Listener {
+        name: "http".into(),
+        port: 80,
+        mounts: vec![Mount {
+            prefix: "/".into(),
+            protocol: protocol.into(),
+        }],
+        websocket: Vec::new(),
+        default_websocket: None,
+        tls: None,
+    };
+    device_with(listener, protocol, Handler::Wasm(module))
+}
+
+/// A device with `listener` and one protocol, default limits.
+pub fn device_with(listener: Listener, protocol: &str, handler: Handler) -> Context {
     let config = Config {
         name: "test".into(),
-        listeners: vec![Listener {
-            name: "http".into(),
-            port: 80,
-            mounts: vec![Mount {
-                prefix: "/".into(),
-                protocol: protocol.into(),
-            }],
-            websocket: Vec::new(),
-            default_websocket: None,
-            tls: None,
-        }],
+        listeners: vec![listener],
         protocols: vec![Protocol {
             name: protocol.into(),
-            handler: Handler::Wasm(module),
+            handler,
         }],
         limits: Limits::DEFAULT,
         guest: GuestLimits::DEFAULT,
