@@ -364,6 +364,23 @@ impl Gateway {
         }
     }
 
+    /// Registers a host connection with the poller under a free slot's
+    /// token; `None` (logged) if the poller refuses it.
+    fn register_conn(&mut self, stream: &mut TcpStream) -> Option<usize> {
+        let slot = self.free_slot();
+        match self.poll.registry().register(
+            stream,
+            Token(CONN_BASE + slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            Ok(()) => Some(slot),
+            Err(e) => {
+                tracing::warn!("gateway: cannot register a host connection: {e}");
+                None
+            }
+        }
+    }
+
     fn busy(&self) -> bool {
         self.connections() + self.syn_listeners.len() >= MAX_CONNECTIONS
     }
@@ -403,16 +420,10 @@ impl Gateway {
             DEVICE_V4.into()
         };
         let handle = self.sockets.add(tcp_socket());
-        let slot = self.free_slot();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(CONN_BASE + slot),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            tracing::warn!("gateway: cannot register a host connection: {e}");
+        let Some(slot) = self.register_conn(&mut stream) else {
             self.sockets.remove(handle);
             return;
-        }
+        };
         let label = format!("{peer} -> device port {device_port}");
         tracing::debug!("gateway: forward {label}");
         self.forward_queue.push_back(slot);
@@ -607,17 +618,11 @@ impl Gateway {
                     continue;
                 }
             };
-            let slot = self.free_slot();
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                Token(CONN_BASE + slot),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                tracing::warn!("gateway: cannot register a host connection: {e}");
+            let Some(slot) = self.register_conn(&mut stream) else {
                 self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
                 self.closing.push((handle, now + CLOSE_TIMEOUT));
                 continue;
-            }
+            };
             tracing::debug!("gateway: relay {label}");
             self.conns[slot] = Some(Conn {
                 kind: Kind::Relay,
