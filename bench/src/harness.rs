@@ -341,12 +341,17 @@ fn pinned(core: u32, program: &Path) -> Command {
     cmd
 }
 
+/// The connection table of every wasmgate server: room for the load's
+/// connections, a few stragglers of the previous load and the harness's
+/// readiness probes.
+fn device_connections(load_connections: usize) -> usize {
+    load_connections * 2 + 16
+}
+
 /// The simulator's bench device: `hello` at `/`, the 64-session echo guest
 /// for WebSocket upgrades, plain and TLS (the device certificate).
 fn device_config(http: u16, https: u16, connections: usize) -> String {
-    // Room for the load's connections, a few stragglers of the previous load
-    // and the harness's readiness probes.
-    let max_connections = connections * 2 + 16;
+    let max_connections = device_connections(connections);
     format!(
         r#"# Written by wasmgate-bench run: the benchmark device.
 [device]
@@ -485,7 +490,7 @@ fn start_servers(
     cmd.args(["serve", "--handlers", "native", "--addr"])
         .arg(localhost(port).to_string())
         .arg("--max-connections")
-        .arg((args.connections * 2 + 16).to_string());
+        .arg(device_connections(args.connections).to_string());
     let native = start(
         "wasmgate-native",
         cmd,
@@ -643,10 +648,10 @@ fn run_sampled(mut cmd: Command, server: u32) -> Result<(String, Cpu), Box<dyn s
 }
 
 /// Linux's USER_HZ: the unit of `/proc/PID/stat`'s CPU times.
-const TICKS_PER_SEC: f64 = 100.0;
+pub const TICKS_PER_SEC: f64 = 100.0;
 
 /// User + system CPU time of a process and its threads, in ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -240,22 +240,9 @@ fn wait(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<(
 
 /// User + system CPU time of this process, in seconds (Linux only).
 fn cpu_time() -> io::Result<f64> {
-    let invalid = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat");
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // The command name (field 2) is in parentheses and may hold spaces; the
-    // fields after it start at field 3, so utime (14) and stime (15) are the
-    // 12th and 13th.
-    let (_, rest) = stat.rsplit_once(')').ok_or_else(invalid)?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let mut next_tick = || -> io::Result<u64> {
-        fields
-            .next()
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(invalid)
-    };
-    let ticks = next_tick()? + next_tick()?;
-    // USER_HZ: 100 on every Linux configuration in practice.
-    Ok(ticks as f64 / 100.0)
+    let ticks = crate::harness::cpu_ticks(std::process::id())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/self/stat"))?;
+    Ok(ticks as f64 / crate::harness::TICKS_PER_SEC)
 }
 
 type Ws = WebSocket<Socket>;
