@@ -40,6 +40,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", watched.display());
     }
 
+    ensure_wasm_target(&guests_dir);
     build(&guests_dir, &target_dir, &[]);
     // Variants: a guest built again with a feature, in a target directory of
     // its own (the same crate with other features would overwrite the first).
@@ -70,6 +71,44 @@ fn main() {
             .expect("cannot copy a guest variant next to the guests");
     }
     println!("cargo:rustc-env=WASMGATE_GUEST_DIR={}", out.display());
+}
+
+/// The wasm32 target the guests need. `rust-toolchain.toml` lists it, but
+/// rustup adds a listed target only when it installs the toolchain itself: a
+/// machine that already had the pinned toolchain lacks it, and the first
+/// `cargo run` would fail. So it is added here, once, with what rustup says
+/// shown as the build's warnings.
+fn ensure_wasm_target(guests_dir: &Path) {
+    const TARGET: &str = "wasm32-unknown-unknown";
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(guests_dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if sysroot.is_some_and(|root| root.join("lib/rustlib").join(TARGET).is_dir()) {
+        return;
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", TARGET]).current_dir(guests_dir);
+    if let Some(toolchain) = env::var_os("RUSTUP_TOOLCHAIN") {
+        cmd.arg("--toolchain").arg(toolchain);
+    }
+    println!(
+        "cargo:warning=the guests need the {TARGET} target; running `rustup target add {TARGET}`"
+    );
+    match cmd.output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => println!(
+            "cargo:warning=`rustup target add {TARGET}` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => {
+            println!("cargo:warning=cannot run rustup ({e}); add the {TARGET} target by hand")
+        }
+    }
 }
 
 /// Runs the guests' cargo: `cargo build --release --target wasm32-unknown-unknown`

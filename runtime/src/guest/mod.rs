@@ -259,6 +259,9 @@ pub struct HostState {
     call: Option<Call>,
     /// Log lines the current callback asked for.
     log_lines: u32,
+    /// Fuel the current callback's host calls cost and the store's fuel
+    /// does not show yet (settled in batches; see `host::FUEL_SETTLE_AT`).
+    fuel_owed: u64,
 }
 
 /// A live instance of a guest module.
@@ -354,6 +357,7 @@ impl Guest {
             now_us,
             call: None,
             log_lines: 0,
+            fuel_owed: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -561,6 +565,7 @@ impl Instance {
         state.call = call;
         state.now_us = now_us;
         state.log_lines = 0;
+        state.fuel_owed = 0;
         // Fuel cannot fail to be set: metering is on for every guest engine.
         let _ = self.store.set_fuel(self.fuel_per_callback);
         let result = self.callback.call(
@@ -576,7 +581,8 @@ impl Instance {
                 host::MAX_LOG_LINES
             );
         }
-        let left = self.store.get_fuel().unwrap_or(0);
+        let owed = self.store.data().fuel_owed;
+        let left = self.store.get_fuel().unwrap_or(0).saturating_sub(owed);
         self.fuel_used += self.fuel_per_callback - left;
         let result = result.map_err(|e| fault_of(&e));
         Outcome {
