@@ -55,6 +55,7 @@ impl Context {
 
     /// The driver's TCP connection for `id` is up: send the handshake.
     pub fn connected(&mut self, id: ConnId, now: Instant) {
+        self.touch(id);
         let seed = u64::from(id.0) ^ self.now_us(now) as u64;
         let Some(conn) = self.conn_mut(id) else {
             return;

@@ -405,6 +405,7 @@ impl Context {
         for conn in self.conns.iter_mut().flatten() {
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
                 conn.drain_by = Some(now + drain);
+                conn.scan = true;
             }
         }
     }

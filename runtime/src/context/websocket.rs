@@ -343,6 +343,7 @@ impl Context {
         for conn in self.conns.iter_mut().flatten() {
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
                 conn.writable = true;
+                conn.scan = true;
             }
         }
     }
