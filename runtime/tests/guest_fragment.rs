@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use wasmgate::Context;
-use wasmgate::config::{Handler, Listener};
 
 /// On `ESTABLISHED` reports `wasmgate_fragment` for a wrong `wsi`; on
 /// `RECEIVE` reports it for the piece. A report is a 16-byte binary message:
@@ -45,9 +44,7 @@ const GUEST: &str = r#"(module
         (then (call $report (local.get $wsi) (call $fragment (local.get $wsi)))))
       (i32.const 0)))"#;
 
-const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: device\r\nUpgrade: websocket\r\n\
-Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-Sec-WebSocket-Version: 13\r\n\r\n";
+use common::UPGRADE;
 
 const TEXT: u8 = 1;
 const BINARY: u8 = 2;
@@ -78,15 +75,7 @@ impl Report {
 
 fn device() -> Context {
     let module = wat::parse_str(GUEST).expect("test WAT parses");
-    let listener = Listener {
-        name: "http".into(),
-        port: 80,
-        mounts: Vec::new(),
-        websocket: vec!["frag".into()],
-        default_websocket: Some("frag".into()),
-        tls: None,
-    };
-    common::device_with(listener, "frag", Handler::Wasm(module))
+    common::websocket_device("frag", module)
 }
 
 /// A masked client frame.

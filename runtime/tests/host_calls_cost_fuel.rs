@@ -4,8 +4,8 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tracing::span::{Attributes, Id, Record};
@@ -47,6 +47,16 @@ fn log_loop_guest(n: u32) -> Vec<u8> {
         n,
         "(drop (call $status (local.get $wsi) (i32.const 200) (i32.const 0) (i32.const 0)))",
     )
+}
+
+/// The tests of this file run one at a time: tracing caches per call site
+/// whether anyone listens, and a guest logging on another test's thread
+/// while the counting subscriber is set up can leave "nobody" in that cache.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn device(module: Vec<u8>) -> Context {
@@ -91,11 +101,13 @@ impl Subscriber for CountGuestLines {
 
 #[test]
 fn a_few_host_calls_fit_the_fuel_budget() {
+    let _serial = one_at_a_time();
     assert_eq!(get_status(&mut device(log_loop_guest(10))), 200);
 }
 
 #[test]
 fn host_calls_are_paid_from_the_callbacks_fuel() {
+    let _serial = one_at_a_time();
     // 1000 calls are ~10k instructions of the guest's own, but 1000 x 512 bytes
     // of logging costs more than the default 5M fuel: the callback is stopped.
     assert_eq!(get_status(&mut device(log_loop_guest(1000))), 500);
@@ -103,6 +115,7 @@ fn host_calls_are_paid_from_the_callbacks_fuel() {
 
 #[test]
 fn one_callback_logs_at_most_32_lines() {
+    let _serial = one_at_a_time();
     let lines = Arc::new(AtomicUsize::new(0));
     let subscriber = CountGuestLines(lines.clone());
     tracing::subscriber::with_default(subscriber, || {
@@ -144,6 +157,7 @@ fn cheap_calls(n: u32, fuel: u64) -> (Result<i32, wasmgate::guest::Fault>, u64) 
 
 #[test]
 fn cheap_host_calls_are_counted_when_the_callback_ends() {
+    let _serial = one_at_a_time();
     // Three calls owe 300 units: less than a settlement, so they are taken
     // when the callback returns. Twenty-five owe 2,500: settled on the way too.
     let (none, base) = cheap_calls(0, 1_000_000);
@@ -166,6 +180,7 @@ fn cheap_host_calls_are_counted_when_the_callback_ends() {
 
 #[test]
 fn a_loop_of_cheap_host_calls_runs_out_of_fuel() {
+    let _serial = one_at_a_time();
     // 1,000 turns of the loop cost the guest some thousands of units of its
     // own instructions, less than 20,000; the host's 100 per call is 100,000.
     let (result, _) = cheap_calls(1_000, 20_000);

@@ -146,6 +146,14 @@ struct Binding {
     slot: u32,
 }
 
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
     id: ConnId,
@@ -191,7 +199,8 @@ struct Conn {
     dirty: bool,
     /// Something happened to the connection since [`Context::service`] last
     /// looked at it (bytes in or out, a callback, a flag set from outside):
-    /// the next `service` works out its deadlines again.
+    /// it is on `Context::scan_list`, and the next `service` works out its
+    /// deadlines again.
     scan: bool,
     /// The earliest deadline `service` found for it when it last looked; it
     /// is not looked at again before then unless `scan` is set.
@@ -235,7 +244,7 @@ impl Conn {
             writeable_not_before: now,
             hard_close: false,
             dirty: false,
-            scan: true,
+            scan: false,
             due: None,
             tls: None,
             tls_fin: false,
@@ -320,6 +329,12 @@ pub struct Context {
     conns: Vec<Option<Conn>>,
     generations: Vec<u16>,
     dirty: Vec<ConnId>,
+    /// Connections whose `scan` is set, for the next `service`.
+    scan_list: Vec<ConnId>,
+    /// No connection's `due` is earlier than this. It can be earlier than
+    /// needed (a deadline that moved later keeps it), which costs one pass
+    /// over the table when it comes, never a missed deadline.
+    conns_due: Option<Instant>,
     scratch: Vec<u8>,
     /// The [`Call::free_wsis`] buffer, kept between callbacks so that lending
     /// a connection allocates nothing.
@@ -429,6 +444,8 @@ impl Context {
             conns: (0..max).map(|_| None).collect(),
             generations: vec![0; max],
             dirty: Vec::with_capacity(max),
+            scan_list: Vec::with_capacity(max),
+            conns_due: None,
             scratch: Vec::new(),
             spare_wsis: Vec::new(),
             fragment: crate::guest::Fragment::default(),
@@ -500,6 +517,7 @@ impl Context {
         conn.tls =
             crate::tls::Session::for_listener(self.config.listeners[listener].tls.as_ref(), now);
         self.conns[slot] = Some(conn);
+        self.touch(id);
         self.stats.accepted += 1;
         tracing::debug!(%peer, wsi = id.wsi(), "accepted");
         Ok(id)
@@ -670,60 +688,68 @@ impl Context {
     /// Returns when it wants to run next (`None`: only when input arrives).
     pub fn service(&mut self, now: Instant) -> Option<Instant> {
         self.wake = false;
-        let mut next: Option<Instant> = self.fire_timers(now);
-        if let Some(due) = self.client_service(now) {
-            next = Some(next.map_or(due, |n| n.min(due)));
-        }
-        // A connection is looked at when something happened to it or one of
-        // its deadlines has come; the others keep the deadline found last
-        // time. So a turn of the loop costs a flag per idle connection, not
-        // the timer arithmetic of every one (it was the runtime's largest
-        // cost per WebSocket message with 50 clients).
-        for slot in 0..self.conns.len() {
-            let Some(conn) = self.conns[slot].as_mut() else {
-                continue;
-            };
-            let id = conn.id;
-            let due = if conn.scan || conn.due.is_some_and(|d| d <= now) {
+        let next = earliest(self.fire_timers(now), self.client_service(now));
+        // A connection is looked at when something happened to it (it is on
+        // `scan_list`) or one of its deadlines has come; the others keep the
+        // deadline found last time. So a turn of the loop costs nothing per
+        // idle connection, instead of the timer arithmetic of every one (it
+        // was the runtime's largest cost per WebSocket message with 50
+        // clients). Connections touched while this runs wait for the next
+        // call: one that keeps touching itself cannot hold the loop here.
+        let full = self.conns_due.is_some_and(|due| due <= now);
+        let mut conns_due = if full { None } else { self.conns_due };
+        let touched = self.scan_list.len();
+        for i in 0..touched {
+            let id = self.scan_list[i];
+            if let Some(conn) = self.conn_mut(id)
+                && conn.scan
+            {
                 conn.scan = false;
-                let due = self.service_conn(id, now);
-                if let Some(conn) = self.conn_mut(id) {
-                    conn.due = due;
-                }
-                due
-            } else {
-                conn.due
-            };
-            if let Some(due) = due {
-                next = Some(next.map_or(due, |n| n.min(due)));
+                conns_due = earliest(conns_due, self.service_conn(id, now));
             }
         }
-        // Callbacks above may have made room (`lws_rx_flow_control`) for
-        // bytes a TLS session decrypted earlier in this pass.
-        for slot in 0..self.conns.len() {
-            let waiting = self.conns[slot]
-                .as_ref()
-                .is_some_and(|c| c.tls.as_ref().is_some_and(|t| t.plaintext() > 0));
-            if waiting {
-                let id = self.conns[slot].as_ref().map(|c| c.id).expect("checked");
-                if self.plain_rx_space(id) > 0 {
-                    self.tls_deliver(id, now);
-                }
+        self.scan_list.drain(..touched);
+        if full {
+            for slot in 0..self.conns.len() {
+                let Some(conn) = self.conns[slot].as_mut() else {
+                    continue;
+                };
+                let (id, due) = (conn.id, conn.due);
+                let due = match due {
+                    Some(d) if d <= now => self.service_conn(id, now),
+                    due => due,
+                };
+                conns_due = earliest(conns_due, due);
             }
         }
-        next
+        self.conns_due = conns_due;
+        earliest(next, conns_due)
     }
 
     /// Runs what is due at `now` for connection `id` (TLS timers, WebSocket
-    /// pings and drains, HTTP timeouts, `WRITEABLE`, stalls). Returns its
-    /// earliest deadline.
+    /// pings and drains, HTTP timeouts, `WRITEABLE`, stalls), and keeps its
+    /// earliest deadline in `Conn::due`; returns it.
     fn service_conn(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
+        let due = self.conn_deadlines(id, now);
+        if let Some(conn) = self.conn_mut(id) {
+            conn.due = due;
+        }
+        // Its callbacks may have made room (`lws_rx_flow_control`) for bytes
+        // its TLS session decrypted before.
+        let waiting = self
+            .conn(id)
+            .is_some_and(|c| c.tls.as_ref().is_some_and(|t| t.plaintext() > 0));
+        if waiting && self.plain_rx_space(id) > 0 {
+            self.tls_deliver(id, now);
+        }
+        due
+    }
+
+    /// What [`service_conn`](Self::service_conn) runs: the connection's
+    /// timers and `WRITEABLE`. Returns the earliest deadline they have.
+    fn conn_deadlines(&mut self, id: ConnId, now: Instant) -> Option<Instant> {
         let mut next = None;
-        let mut at = |due: Option<Instant>| {
-            if let Some(due) = due {
-                next = Some(next.map_or(due, |n: Instant| n.min(due)));
-            }
-        };
+        let mut at = |due: Option<Instant>| next = earliest(next, due);
         if self.conn(id).is_some_and(|c| c.tls.is_some()) {
             at(self.tls_service(id, now));
         }
@@ -750,8 +776,11 @@ impl Context {
 
     /// Marks `id` to be looked at by the next [`service`](Self::service).
     fn touch(&mut self, id: ConnId) {
-        if let Some(c) = self.conn_mut(id) {
+        if let Some(c) = self.conn_mut(id)
+            && !c.scan
+        {
             c.scan = true;
+            self.scan_list.push(id);
         }
     }
 
@@ -1135,12 +1164,12 @@ impl Context {
 
     /// `id` has news for the driver, and for the next `service`.
     fn mark_dirty(&mut self, id: ConnId) {
-        if let Some(c) = self.conn_mut(id) {
-            c.scan = true;
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(id);
-            }
+        self.touch(id);
+        if let Some(c) = self.conn_mut(id)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(id);
         }
     }
 

@@ -402,10 +402,14 @@ impl Context {
             .admin
             .as_ref()
             .map_or(std::time::Duration::from_secs(60), |a| a.drain_timeout);
-        for conn in self.conns.iter_mut().flatten() {
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
                 conn.drain_by = Some(now + drain);
-                conn.scan = true;
+                let id = conn.id;
+                self.touch(id);
             }
         }
     }

@@ -340,10 +340,14 @@ impl Context {
 
     /// `lws_callback_on_writable_all_protocol`: every WebSocket of protocol `p`.
     pub(super) fn writable_all(&mut self, p: usize) {
-        for conn in self.conns.iter_mut().flatten() {
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
                 conn.writable = true;
-                conn.scan = true;
+                let id = conn.id;
+                self.touch(id);
             }
         }
     }

@@ -49,7 +49,15 @@ pub struct OsDriver {
     listeners: Vec<TcpListener>,
     /// Indexed by the connection's slot in the context.
     sockets: Vec<Option<Socket>>,
+    /// Slots whose socket is `readable`, each once: a turn reads these
+    /// instead of looking at every socket.
+    ready: Vec<usize>,
+    /// Slots whose socket is `blocked` or `connecting`: the flush tries
+    /// them again whether or not the context marked them.
+    retry: Vec<usize>,
     lingering: Vec<Option<Lingering>>,
+    /// How many `lingering` entries are in use.
+    lingering_count: usize,
     buf: Vec<u8>,
 }
 
@@ -87,7 +95,10 @@ impl OsDriver {
             events: Events::with_capacity(256),
             listeners,
             sockets: (0..max).map(|_| None).collect(),
+            ready: Vec::with_capacity(max),
+            retry: Vec::with_capacity(max),
             lingering: (0..max).map(|_| None).collect(),
+            lingering_count: 0,
             buf: vec![0; READ_CHUNK],
         })
     }
@@ -134,7 +145,11 @@ impl OsDriver {
             let until_due = due.saturating_duration_since(now);
             wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
         }
-        let lingering_due = self.lingering.iter().flatten().map(|l| l.until).min();
+        let lingering_due = if self.lingering_count == 0 {
+            None
+        } else {
+            self.lingering.iter().flatten().map(|l| l.until).min()
+        };
         if let Some(due) = lingering_due {
             let until_due = due.saturating_duration_since(now);
             wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
@@ -161,8 +176,12 @@ impl OsDriver {
                         {
                             connected.push(t - SOCKET_BASE);
                         }
-                        s.readable |=
-                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        if !s.readable
+                            && (event.is_readable() || event.is_read_closed() || event.is_error())
+                        {
+                            s.readable = true;
+                            self.ready.push(t - SOCKET_BASE);
+                        }
                     }
                 }
                 t => lingering.push(t - LINGER_BASE),
@@ -177,21 +196,31 @@ impl OsDriver {
         for slot in connected {
             self.finish_connect(ctx, slot, now);
         }
-        for slot in 0..self.sockets.len() {
+        // Taken out while reading: a read that fails drops its socket, which
+        // takes the slot off `self.ready`.
+        let mut ready = std::mem::take(&mut self.ready);
+        for &slot in &ready {
             if self.sockets[slot].as_ref().is_some_and(|s| s.readable) {
                 self.read(ctx, slot, now);
             }
         }
+        // A socket read dry leaves the list; one that the context had no
+        // room for stays readable, and on it.
+        let sockets = &self.sockets;
+        ready.retain(|&slot| sockets[slot].as_ref().is_some_and(|s| s.readable));
+        ready.append(&mut self.ready);
+        self.ready = ready;
         self.expire_lingering(now);
         self.flush(ctx, now);
         Ok(())
     }
 
     fn has_pending_reads(&self, ctx: &Context) -> bool {
-        self.sockets
-            .iter()
-            .flatten()
-            .any(|s| s.readable && !s.eof && ctx.rx_space(s.id) > 0)
+        self.ready.iter().any(|&slot| {
+            self.sockets[slot]
+                .as_ref()
+                .is_some_and(|s| s.readable && !s.eof && ctx.rx_space(s.id) > 0)
+        })
     }
 
     fn accept(&mut self, ctx: &mut Context, listener: usize, now: Instant) {
@@ -227,6 +256,7 @@ impl OsDriver {
                         connecting: false,
                         blocked: false,
                     });
+                    self.ready.push(slot);
                 }
                 Err(AcceptError::Full | AcceptError::UnknownListener) => {
                     // A fresh socket's send buffer takes this small answer whole.
@@ -316,6 +346,7 @@ impl OsDriver {
                 connecting: true,
                 blocked: false,
             });
+            self.retry.push(slot);
         }
     }
 
@@ -347,15 +378,14 @@ impl OsDriver {
         self.start_connects(ctx, now);
         let mut ids = ctx.take_dirty();
         // Sockets that could not take everything last time, and outgoing
-        // ones still connecting (their first bytes wait for the connection).
-        // A flag each, not a look at every connection's output: this runs
-        // twice per turn of the loop.
+        // ones still connecting (their first bytes wait for the connection):
+        // a short list, not a look at every connection, as this runs twice
+        // per turn of the loop.
+        let sockets = &self.sockets;
         ids.extend(
-            self.sockets
-                .iter()
-                .flatten()
-                .filter(|s| s.blocked || s.connecting)
-                .map(|s| s.id),
+            self.retry
+                .drain(..)
+                .filter_map(|slot| sockets[slot].as_ref().map(|s| s.id)),
         );
         for id in ids {
             let slot = id.index();
@@ -387,6 +417,8 @@ impl OsDriver {
                 self.drop_socket(ctx, slot, now, false);
             } else if ctx.should_close(id) {
                 self.drop_socket(ctx, slot, now, true);
+            } else if (sock.blocked || sock.connecting) && !self.retry.contains(&slot) {
+                self.retry.push(slot);
             }
         }
     }
@@ -395,6 +427,9 @@ impl OsDriver {
         let Some(mut sock) = self.sockets[slot].take() else {
             return;
         };
+        // A socket that comes next into this slot starts with lists of its own.
+        self.ready.retain(|&s| s != slot);
+        self.retry.retain(|&s| s != slot);
         ctx.close(sock.id, now);
         if graceful && !sock.eof {
             self.linger(sock.stream, now, true);
@@ -423,6 +458,7 @@ impl OsDriver {
                 stream,
                 until: now + LINGER,
             });
+            self.lingering_count += 1;
         }
     }
 
@@ -441,15 +477,20 @@ impl OsDriver {
         }
         if let Some(mut l) = self.lingering[slot].take() {
             let _ = self.poll.registry().deregister(&mut l.stream);
+            self.lingering_count -= 1;
         }
     }
 
     fn expire_lingering(&mut self, now: Instant) {
+        if self.lingering_count == 0 {
+            return;
+        }
         for entry in &mut self.lingering {
             if entry.as_ref().is_some_and(|l| l.until <= now)
                 && let Some(mut l) = entry.take()
             {
                 let _ = self.poll.registry().deregister(&mut l.stream);
+                self.lingering_count -= 1;
             }
         }
     }

@@ -22,6 +22,27 @@ pub fn device(protocol: &str, module: Vec<u8>) -> Context {
     device_with(listener, protocol, Handler::Wasm(module))
 }
 
+/// A WebSocket upgrade request, as a browser sends it.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: device\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// A device whose one listener upgrades every WebSocket to `module`, as
+/// protocol `protocol` (and serves no HTTP paths).
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub fn websocket_device(protocol: &str, module: Vec<u8>) -> Context {
+    let listener = Listener {
+        name: "http".into(),
+        port: 80,
+        mounts: Vec::new(),
+        websocket: vec![protocol.into()],
+        default_websocket: Some(protocol.into()),
+        tls: None,
+    };
+    device_with(listener, protocol, Handler::Wasm(module))
+}
+
 /// A device with `listener` and one protocol, default limits.
 pub fn device_with(listener: Listener, protocol: &str, handler: Handler) -> Context {
     let config = Config {
