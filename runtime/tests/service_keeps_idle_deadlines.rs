@@ -65,7 +65,8 @@ fn a_silent_connection_gets_408_at_its_head_deadline_while_another_is_busy() {
             next <= head_deadline,
             "{s} s: wake-up {next:?} after the head deadline"
         );
-        // Only asked, not transmitted: a transmit is something happening to it.
+        // Only asked: taking its output (`transmitted`) would be something
+        // happening to it.
         assert!(!ctx.should_close(silent));
     }
     // The driver calls at the wake-up it was given.
@@ -168,7 +169,7 @@ fn a_broadcast_writeable_reaches_a_connection_that_was_idle() {
     let later = t0 + SECOND;
     ctx.service(later);
     assert_eq!(take_tx(&mut ctx, idle, later), "");
-    // Asking for its output was something happening to it: let `service`
+    // Taking its output (`transmitted`) was something happening to it: let `service`
     // see that, so that only the broadcast can bring it back.
     ctx.service(later);
     // A masked text frame "hi" from the sender.
@@ -178,6 +179,9 @@ fn a_broadcast_writeable_reaches_a_connection_that_was_idle() {
     frame.extend(b"hi".iter().zip(mask).map(|(b, m)| b ^ m));
     let now = later + SECOND;
     assert_eq!(ctx.receive(sender, &frame, now), frame.len());
+    // The broadcast changed another connection: the driver is asked to run
+    // `service` at once rather than at the next deadline.
+    assert!(ctx.wants_service());
     ctx.service(now);
     // A text frame of one byte, `w`, to both.
     assert_eq!(take_bytes(&mut ctx, idle, now), b"\x81\x01w");

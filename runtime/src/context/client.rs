@@ -196,7 +196,7 @@ impl Context {
             deadline: now + CONNECT_TIMEOUT,
         });
         self.conns[slot] = Some(conn);
-        self.touch(id);
+        self.touch_other(id);
         if let Err((_, why)) = self.bind_protocol(id, protocol, now) {
             self.conns[slot] = None;
             return Err(why.into());

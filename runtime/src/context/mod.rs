@@ -595,9 +595,6 @@ impl Context {
     /// Bytes waiting to be sent to the peer (encrypted first on a TLS
     /// connection).
     pub fn transmit(&mut self, id: ConnId) -> &[u8] {
-        // Encrypting moves plaintext out of the buffers above, which can
-        // make room a `WRITEABLE` waits for.
-        self.touch(id);
         self.tls_seal(id);
         match self.conn(id) {
             Some(Conn { tls: Some(tls), .. }) => tls.tx(),
@@ -723,7 +720,9 @@ impl Context {
             }
         }
         self.conns_due = conns_due;
-        earliest(next, conns_due)
+        // A callback above may have armed a timer.
+        let timer = self.timers.peek().map(|r| r.0.0);
+        earliest(earliest(next, conns_due), timer)
     }
 
     /// Runs what is due at `now` for connection `id` (TLS timers, WebSocket
@@ -772,6 +771,16 @@ impl Context {
         at(self.writeable(id, now));
         at(self.check_stall(id, now));
         next
+    }
+
+    /// Marks `id` to be looked at by the next [`service`](Self::service)
+    /// and asks the driver to call it at once: for a connection changed by
+    /// another's callback (a broadcast `WRITEABLE`, a module swap's drain, a
+    /// new client connection), which may happen while `service` runs, after
+    /// its turn has passed.
+    fn touch_other(&mut self, id: ConnId) {
+        self.touch(id);
+        self.wake = true;
     }
 
     /// Marks `id` to be looked at by the next [`service`](Self::service).
@@ -942,17 +951,24 @@ impl Context {
         let Some(mut tls) = conn.tls.take() else {
             return;
         };
+        let mut sealed = false;
         while tls.wants_plaintext() {
             let n = tls.write_plaintext(conn.plain_tx());
             if n == 0 {
                 break;
             }
             conn.consume_plain_tx(n);
+            sealed = true;
         }
         if conn.plain_done() && conn.plain_tx().is_empty() {
             tls.close();
         }
         conn.tls = Some(tls);
+        if sealed {
+            // Plaintext moved out of the buffers above: room a `WRITEABLE`
+            // may wait for.
+            self.touch(id);
+        }
     }
 
     /// TLS upkeep: handshake deadlines, decrypted bytes the layers above
@@ -1100,7 +1116,17 @@ impl Context {
             // loop: let it poll at a bounded rate instead.
             conn.writeable_not_before = now + IDLE_WRITEABLE_BACKOFF;
         }
-        (conn.writable && conn.binding.is_some()).then(|| conn.writeable_not_before.max(now))
+        if !(conn.writable && conn.binding.is_some()) {
+            return None;
+        }
+        if conn.writeable_not_before > now {
+            return Some(conn.writeable_not_before);
+        }
+        // It wrote and asks again (a stream): the next `service`, at once,
+        // looks at it again, without a pass over every connection.
+        self.touch(id);
+        self.wake = true;
+        None
     }
 
     /// Ends connections that stopped moving: a peer that does not read what is

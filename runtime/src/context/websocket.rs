@@ -281,14 +281,18 @@ impl Context {
                 due[3] = Some(by);
             }
         }
+        // Bytes held back since the upgrade go in first: a protocol error in
+        // them queues a close frame and starts the close timer, both of which
+        // must be seen below.
+        let queued = |c: &mut Self| c.conn(id).and_then(|c| c.ws.as_ref()).map(|w| w.tx().len());
+        let before = queued(self);
+        self.pump_ws(id, now);
         if let Some(ws) = self.conn_mut(id).and_then(|c| c.ws.as_mut()) {
-            let before = ws.tx().len();
             due[0] = ws.poll_timeout(now);
-            if ws.tx().len() != before || ws.is_closed() {
+            if Some(ws.tx().len()) != before || ws.is_closed() {
                 self.mark_dirty(id);
             }
         }
-        self.pump_ws(id, now);
         due[1] = self.writeable(id, now);
         due[2] = self.check_stall(id, now);
         due
@@ -347,7 +351,7 @@ impl Context {
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
                 conn.writable = true;
                 let id = conn.id;
-                self.touch(id);
+                self.touch_other(id);
             }
         }
     }

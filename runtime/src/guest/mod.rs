@@ -368,6 +368,8 @@ impl Guest {
         let instance = linker
             .instantiate_and_start(&mut store, &self.module)
             .map_err(|e| LoadError::Start(e.to_string()))?;
+        // What the start function's host calls owe is not carried over.
+        store.data_mut().fuel_owed = 0;
         let memory = instance
             .get_memory(&store, "memory")
             .ok_or(LoadError::MissingExport("memory"))?;
@@ -430,8 +432,10 @@ impl Guest {
             .get_typed_func::<i32, i32>(&*store, load::WANTS_EXPORT)
             .map_err(|e| LoadError::Start(format!("{}: {e}", load::WANTS_EXPORT)))?;
         for &reason in reason::ALL {
-            // Fuel cannot fail to be set: metering is on for every guest engine.
+            // Fuel cannot fail to be set: metering is on for every guest
+            // engine. Each question starts with a full budget and no debt.
             let _ = store.set_fuel(self.limits.fuel_per_callback);
+            store.data_mut().fuel_owed = 0;
             match wants.call(&mut *store, reason) {
                 Ok(0) => wanted.remove(reason),
                 Ok(_) => {}
