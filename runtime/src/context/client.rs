@@ -196,7 +196,7 @@ impl Context {
             deadline: now + CONNECT_TIMEOUT,
         });
         self.conns[slot] = Some(conn);
-        self.touch_other(id);
+        self.touch_now(id);
         if let Err((_, why)) = self.bind_protocol(id, protocol, now) {
             self.conns[slot] = None;
             return Err(why.into());
@@ -343,7 +343,7 @@ impl Context {
             self.open_config_client(r.client, r.attempt, now);
         }
         for r in &self.reconnects {
-            next = Some(next.map_or(r.at, |n| n.min(r.at)));
+            next = super::earliest(next, Some(r.at));
         }
         let waiting: Vec<(ConnId, Instant)> = self
             .conns
@@ -360,7 +360,7 @@ impl Context {
             if deadline <= now {
                 self.client_failed(id, "timed out", now);
             } else {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                next = super::earliest(next, Some(deadline));
             }
         }
         next

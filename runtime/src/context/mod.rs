@@ -685,7 +685,8 @@ impl Context {
     /// Returns when it wants to run next (`None`: only when input arrives).
     pub fn service(&mut self, now: Instant) -> Option<Instant> {
         self.wake = false;
-        let next = earliest(self.fire_timers(now), self.client_service(now));
+        self.fire_timers(now);
+        let next = self.client_service(now);
         // A connection is looked at when something happened to it (it is on
         // `scan_list`) or one of its deadlines has come; the others keep the
         // deadline found last time. So a turn of the loop costs nothing per
@@ -720,7 +721,7 @@ impl Context {
             }
         }
         self.conns_due = conns_due;
-        // A callback above may have armed a timer.
+        // The next timer, read last: any callback above may have armed one.
         let timer = self.timers.peek().map(|r| r.0.0);
         earliest(earliest(next, conns_due), timer)
     }
@@ -774,11 +775,11 @@ impl Context {
     }
 
     /// Marks `id` to be looked at by the next [`service`](Self::service)
-    /// and asks the driver to call it at once: for a connection changed by
-    /// another's callback (a broadcast `WRITEABLE`, a module swap's drain, a
-    /// new client connection), which may happen while `service` runs, after
-    /// its turn has passed.
-    fn touch_other(&mut self, id: ConnId) {
+    /// and asks the driver to call it at once: for a change that may come
+    /// while `service` runs, after the connection's turn has passed (another
+    /// connection's callback: a broadcast `WRITEABLE`, a module swap's drain,
+    /// a new client connection), or for a `WRITEABLE` stream asking again.
+    fn touch_now(&mut self, id: ConnId) {
         self.touch(id);
         self.wake = true;
     }
@@ -1047,8 +1048,8 @@ impl Context {
         }
     }
 
-    /// Runs the `TIMER` callbacks that are due. Returns the next timer.
-    fn fire_timers(&mut self, now: Instant) -> Option<Instant> {
+    /// Runs the `TIMER` callbacks that are due.
+    fn fire_timers(&mut self, now: Instant) {
         // Only what is due now: a timer re-armed by its own callback waits for
         // the next turn, so a guest cannot keep this loop going.
         let mut due = Vec::new();
@@ -1067,7 +1068,6 @@ impl Context {
             self.callback(id, reason::TIMER, &[], now);
             self.pump(id, now);
         }
-        self.timers.peek().map(|r| r.0.0)
     }
 
     /// Runs `HTTP_WRITEABLE` for `id` if it asked and its tx buffer is at least
@@ -1124,8 +1124,7 @@ impl Context {
         }
         // It wrote and asks again (a stream): the next `service`, at once,
         // looks at it again, without a pass over every connection.
-        self.touch(id);
-        self.wake = true;
+        self.touch_now(id);
         None
     }
 

@@ -409,7 +409,7 @@ impl Context {
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
                 conn.drain_by = Some(now + drain);
                 let id = conn.id;
-                self.touch_other(id);
+                self.touch_now(id);
             }
         }
     }

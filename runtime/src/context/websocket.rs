@@ -284,8 +284,10 @@ impl Context {
         // Bytes held back since the upgrade go in first: a protocol error in
         // them queues a close frame and starts the close timer, both of which
         // must be seen below.
-        let queued = |c: &mut Self| c.conn(id).and_then(|c| c.ws.as_ref()).map(|w| w.tx().len());
-        let before = queued(self);
+        let before = self
+            .conn(id)
+            .and_then(|c| c.ws.as_ref())
+            .map(|w| w.tx().len());
         self.pump_ws(id, now);
         if let Some(ws) = self.conn_mut(id).and_then(|c| c.ws.as_mut()) {
             due[0] = ws.poll_timeout(now);
@@ -351,7 +353,7 @@ impl Context {
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
                 conn.writable = true;
                 let id = conn.id;
-                self.touch_other(id);
+                self.touch_now(id);
             }
         }
     }

@@ -368,8 +368,6 @@ impl Guest {
         let instance = linker
             .instantiate_and_start(&mut store, &self.module)
             .map_err(|e| LoadError::Start(e.to_string()))?;
-        // What the start function's host calls owe is not carried over.
-        store.data_mut().fuel_owed = 0;
         let memory = instance
             .get_memory(&store, "memory")
             .ok_or(LoadError::MissingExport("memory"))?;
@@ -432,10 +430,7 @@ impl Guest {
             .get_typed_func::<i32, i32>(&*store, load::WANTS_EXPORT)
             .map_err(|e| LoadError::Start(format!("{}: {e}", load::WANTS_EXPORT)))?;
         for &reason in reason::ALL {
-            // Fuel cannot fail to be set: metering is on for every guest
-            // engine. Each question starts with a full budget and no debt.
-            let _ = store.set_fuel(self.limits.fuel_per_callback);
-            store.data_mut().fuel_owed = 0;
+            refuel(store, self.limits.fuel_per_callback);
             match wants.call(&mut *store, reason) {
                 Ok(0) => wanted.remove(reason),
                 Ok(_) => {}
@@ -444,6 +439,15 @@ impl Guest {
         }
         Ok(wanted)
     }
+}
+
+/// A fresh budget for one entry into the guest: `fuel` units, and no host
+/// charges owed from before (what the start function or an earlier entry
+/// left unsettled is not carried over).
+fn refuel(store: &mut Store<HostState>, fuel: u64) {
+    // Fuel cannot fail to be set: metering is on for every guest engine.
+    let _ = store.set_fuel(fuel);
+    store.data_mut().fuel_owed = 0;
 }
 
 /// What a wasmi error means for the guest that raised it.
@@ -569,9 +573,7 @@ impl Instance {
         state.call = call;
         state.now_us = now_us;
         state.log_lines = 0;
-        state.fuel_owed = 0;
-        // Fuel cannot fail to be set: metering is on for every guest engine.
-        let _ = self.store.set_fuel(self.fuel_per_callback);
+        refuel(&mut self.store, self.fuel_per_callback);
         let result = self.callback.call(
             &mut self.store,
             (wsi, reason, user as i32, in_ptr as i32, len as i32),
