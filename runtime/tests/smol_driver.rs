@@ -202,10 +202,15 @@ impl Net {
 
     /// A peer TCP socket connecting to `remote`.
     fn connect(&mut self, remote: impl Into<IpEndpoint>) -> SocketHandle {
-        let buf = || tcp::SocketBuffer::new(vec![0; 128 * 1024]);
-        let mut socket = tcp::Socket::new(buf(), buf());
         let port = self.next_port;
         self.next_port += 1;
+        self.connect_from(port, remote)
+    }
+
+    /// A peer TCP socket connecting to `remote` from local port `port`.
+    fn connect_from(&mut self, port: u16, remote: impl Into<IpEndpoint>) -> SocketHandle {
+        let buf = || tcp::SocketBuffer::new(vec![0; 128 * 1024]);
+        let mut socket = tcp::Socket::new(buf(), buf());
         socket
             .connect(self.peer.context(), remote.into(), port)
             .expect("peer connects");
@@ -620,6 +625,36 @@ fn a_peer_that_never_closes_does_not_keep_its_socket() {
         net.tcp(h).state(),
         tcp::State::Closed,
         "reset by the device"
+    );
+}
+
+#[test]
+fn a_client_that_reuses_its_port_soon_after_a_close_is_answered_at_once() {
+    // A client cycling through its ports quickly (the simulator's gateway
+    // under a burst of short connections) comes back from a port whose last
+    // connection the device closed a moment ago. The device's socket of that
+    // connection must be gone by then: smoltcp drops a SYN that matches a
+    // socket in TIME-WAIT, and the client would wait a second for its
+    // retransmission.
+    let mut net = Net::new(http_device(&[80], 8), |_| {});
+    const PORT: u16 = 45000;
+    let h = net.connect_from(PORT, (DEVICE_V4, 80));
+    let response = net.exchange(h, GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    net.run_until("the close finishes", |net| {
+        net.tcp(h).state() == tcp::State::Closed
+    });
+    net.sockets.remove(h);
+    net.run_for(Duration::from_millis(100));
+
+    let again = net.now;
+    let h = net.connect_from(PORT, (DEVICE_V4, 80));
+    let response = net.exchange(h, GET);
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    let took = net.now - again;
+    assert!(
+        took < Duration::from_millis(500),
+        "the second connection from port {PORT} took {took:?} (a SYN retransmission)"
     );
 }
 

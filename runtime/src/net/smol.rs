@@ -27,6 +27,18 @@ use crate::context::{ConnId, Context};
 /// (counted again whenever the peer acknowledges more of our last bytes)
 /// before it is aborted and its slot reused. As `OsDriver`'s linger.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// How long a closed connection's socket stays in TIME-WAIT (both FINs sent
+/// and acknowledged) before its slot is freed: long enough for the ACK of the
+/// peer's FIN to leave (smoltcp delays it up to 10 ms), far shorter than
+/// smoltcp's 10 s. A SYN that reuses the connection's addresses and ports
+/// while the socket is kept is dropped by smoltcp (it does not take a new
+/// connection from TIME-WAIT), and the client waits for its retransmission,
+/// a second or more; a client that opens connections quickly enough to cycle
+/// through its ports within the 2 s `LINGER` (8,000 a second through 16,384
+/// ports) would hit that. lwIP also frees TIME-WAIT blocks early when it
+/// needs them.
+const TIME_WAIT_KEPT: Duration = Duration::from_millis(50);
 /// Local ports of outgoing connections (the IANA dynamic range).
 const EPHEMERAL_FIRST: u16 = 49152;
 const EPHEMERAL_COUNT: u16 = 16384;
@@ -595,7 +607,9 @@ impl SmolDriver {
                     return (false, true);
                 }
                 let left = socket.send_queue();
-                let (until, queued) = if left < queued {
+                let (until, queued) = if state == tcp::State::TimeWait {
+                    (until.min(now + TIME_WAIT_KEPT), left) // both FINs are through
+                } else if left < queued {
                     (now + LINGER, left) // the peer is still taking our bytes
                 } else {
                     (until, queued)
