@@ -4,6 +4,7 @@
 //! never reads a clock, so the same seed and the same frames at the same times
 //! give the same deliveries.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -331,7 +332,10 @@ struct Scheduled {
 struct Direction {
     rng: Rng,
     /// Sorted by (`at`, `seq`).
-    queue: Vec<Scheduled>,
+    queue: VecDeque<Scheduled>,
+    /// Entries of `queue` held back by `reorder` (most links have none, and
+    /// then a frame's send does not look through the queue).
+    held: usize,
     seq: u64,
     /// When the wire is free again (bandwidth).
     busy_until: Option<Instant>,
@@ -344,7 +348,8 @@ impl Direction {
     fn new(seed: u64) -> Direction {
         Direction {
             rng: Rng::new(seed),
-            queue: Vec::new(),
+            queue: VecDeque::new(),
+            held: 0,
             seq: 0,
             busy_until: None,
             last_at: None,
@@ -353,16 +358,40 @@ impl Direction {
 
     fn insert(&mut self, at: Instant, frame: Vec<u8>, held: bool) {
         self.seq += 1;
+        self.held += usize::from(held);
         let entry = Scheduled {
             at,
             seq: self.seq,
             frame,
             held,
         };
-        let i = self
-            .queue
-            .partition_point(|e| (e.at, e.seq) <= (entry.at, entry.seq));
-        self.queue.insert(i, entry);
+        // `seq` only grows, so a frame due no earlier than the last one goes
+        // at the back: every frame, on a link without delay or jitter.
+        if self.queue.back().is_none_or(|e| e.at <= entry.at) {
+            self.queue.push_back(entry);
+        } else {
+            let i = self
+                .queue
+                .partition_point(|e| (e.at, e.seq) <= (entry.at, entry.seq));
+            self.queue.insert(i, entry);
+        }
+    }
+
+    /// The frames held back for reordering that `at` overtakes go right
+    /// after it.
+    fn release_held(&mut self, at: Instant) {
+        if self.held == 0 {
+            return;
+        }
+        let (held, kept): (VecDeque<Scheduled>, VecDeque<Scheduled>) =
+            std::mem::take(&mut self.queue)
+                .into_iter()
+                .partition(|e| e.held && e.at > at);
+        self.queue = kept;
+        self.held -= held.len();
+        for h in held {
+            self.insert(at, h.frame, false);
+        }
     }
 }
 
@@ -461,16 +490,7 @@ impl Link {
             dir.insert(at, copy, false);
         }
         // Frames held for reordering now follow this one.
-        let held: Vec<Scheduled> = {
-            let (held, kept) = std::mem::take(&mut dir.queue)
-                .into_iter()
-                .partition(|e| e.held && e.at > at);
-            dir.queue = kept;
-            held
-        };
-        for h in held {
-            dir.insert(at, h.frame, false);
-        }
+        dir.release_held(at);
     }
 
     /// The next frame for `to` that has arrived by `now`.
@@ -480,19 +500,17 @@ impl Link {
             Side::Gateway => Side::Device,
         };
         let dir = &mut self.dirs[Self::dir(from)];
-        if dir.queue.first().is_some_and(|e| e.at <= now) {
-            self.stats.delivered += 1;
-            Some(dir.queue.remove(0).frame)
-        } else {
-            None
-        }
+        let entry = dir.queue.pop_front_if(|e| e.at <= now)?;
+        dir.held -= usize::from(entry.held);
+        self.stats.delivered += 1;
+        Some(entry.frame)
     }
 
     /// When the next frame arrives (either way), if any is in flight.
     pub fn next_delivery(&self) -> Option<Instant> {
         self.dirs
             .iter()
-            .filter_map(|d| d.queue.first().map(|e| e.at))
+            .filter_map(|d| d.queue.front().map(|e| e.at))
             .min()
     }
 
