@@ -51,6 +51,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A finished connection's socket may take this long to close with the
 /// device before it is aborted.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Closed TCP sockets kept for the next connections, so that a burst of
+/// short connections does not allocate and zero two `TCP_BUFFER`s for each.
+const SPARE_SOCKETS: usize = 32;
+/// How long a finished connection's socket stays in TIME-WAIT.
+const TIME_WAIT_KEPT: Duration = Duration::from_millis(50);
 
 /// Host tokens below this are forward listeners; above, `CONN_BASE + slot`.
 const CONN_BASE: usize = 1 << 16;
@@ -190,6 +195,8 @@ pub struct Gateway {
     /// Sockets of finished connections, closing with the device; aborted at
     /// the deadline.
     closing: Vec<(SocketHandle, Instant)>,
+    /// Closed TCP sockets for reuse (at most `SPARE_SOCKETS`).
+    spare: Vec<SocketHandle>,
     dhcp: SocketHandle,
     dns: SocketHandle,
     dhcp_server: DhcpServer,
@@ -272,6 +279,7 @@ impl Gateway {
             syn_listeners: Vec::new(),
             forward_queue: VecDeque::new(),
             closing: Vec::new(),
+            spare: Vec::new(),
             dhcp,
             dns,
             dhcp_server: DhcpServer {
@@ -419,11 +427,10 @@ impl Gateway {
         } else {
             DEVICE_V4.into()
         };
-        let handle = self.sockets.add(tcp_socket());
         let Some(slot) = self.register_conn(&mut stream) else {
-            self.sockets.remove(handle);
             return;
         };
+        let handle = self.new_socket();
         let label = format!("{peer} -> device port {device_port}");
         tracing::debug!("gateway: forward {label}");
         self.forward_queue.push_back(slot);
@@ -450,6 +457,10 @@ impl Gateway {
     /// it would be reset. A host client's kernel queues its connections the
     /// same way.
     fn start_forward_connects(&mut self, now: Instant) {
+        if self.forward_queue.is_empty() {
+            return;
+        }
+        let mut in_flight = self.handshakes_in_flight();
         let mut i = 0;
         while i < self.forward_queue.len() {
             let slot = self.forward_queue[i];
@@ -457,7 +468,7 @@ impl Gateway {
                 self.forward_queue.remove(i);
                 continue;
             };
-            if self.handshake_in_flight(target) {
+            if in_flight.contains(&target) {
                 i += 1;
                 continue;
             }
@@ -468,7 +479,10 @@ impl Gateway {
             };
             let sock = self.sockets.get_mut::<tcp::Socket<'_>>(c.handle);
             match sock.connect(self.iface.context(), target, local_port) {
-                Ok(()) => c.waiting = None,
+                Ok(()) => {
+                    c.waiting = None;
+                    in_flight.push(target);
+                }
                 Err(e) => {
                     tracing::warn!("gateway: {}: cannot connect to the device: {e}", c.label);
                     self.drop_conn(slot, now);
@@ -477,14 +491,22 @@ impl Gateway {
         }
     }
 
-    /// True while a forward's handshake with `target` is under way.
-    fn handshake_in_flight(&self, target: (IpAddress, u16)) -> bool {
-        self.conns.iter().flatten().any(|c| {
-            c.kind == Kind::Forward && c.waiting.is_none() && {
-                let s = self.sockets.get::<tcp::Socket<'_>>(c.handle);
-                s.state() == tcp::State::SynSent && s.remote_endpoint() == Some(target.into())
+    /// The device ports a forward's handshake is under way with.
+    fn handshakes_in_flight(&self) -> Vec<(IpAddress, u16)> {
+        let mut targets = Vec::new();
+        for c in self.conns.iter().flatten() {
+            if c.kind != Kind::Forward || c.waiting.is_some() {
+                continue;
             }
-        })
+            let s = self.sockets.get::<tcp::Socket<'_>>(c.handle);
+            if s.state() == tcp::State::SynSent
+                && let Some(remote) = s.remote_endpoint()
+                && !targets.contains(&(remote.addr, remote.port))
+            {
+                targets.push((remote.addr, remote.port));
+            }
+        }
+        targets
     }
 
     /// A local port no gateway socket uses.
@@ -552,11 +574,13 @@ impl Gateway {
                     );
                     break;
                 }
-                let mut sock = tcp_socket();
+                let handle = self.new_socket();
+                let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
                 sock.pause_synack(true);
                 if sock.listen((dst, dport)).is_ok() {
-                    let handle = self.sockets.add(sock);
                     self.syn_listeners.push(handle);
+                } else {
+                    self.spare.push(handle);
                 }
             }
         }
@@ -760,17 +784,46 @@ impl Gateway {
         self.closing.push((c.handle, now + CLOSE_TIMEOUT));
     }
 
-    /// Removes the sockets that are done closing, aborts those past their
-    /// deadline.
+    /// A closed TCP socket: a spare one, or a new one.
+    fn new_socket(&mut self) -> SocketHandle {
+        match self.spare.pop() {
+            Some(handle) => {
+                // `connect` and `listen` reset the rest; the pause is a setting.
+                self.sockets
+                    .get_mut::<tcp::Socket<'_>>(handle)
+                    .pause_synack(false);
+                handle
+            }
+            None => self.sockets.add(tcp_socket()),
+        }
+    }
+
+    /// Keeps (up to `SPARE_SOCKETS`) or removes the sockets that are done
+    /// closing, aborts those past their deadline. A socket in TIME-WAIT (the
+    /// gateway closed first: the host client did) is removed after
+    /// `TIME_WAIT_KEPT`, not smoltcp's 10 s: both FINs are through, and only
+    /// the ACK of the device's FIN, which smoltcp may delay, is left to send.
     fn reap(&mut self, now: Instant) {
         let sockets = &mut self.sockets;
-        self.closing.retain(|&(handle, until)| {
-            let sock = sockets.get_mut::<tcp::Socket<'_>>(handle);
-            if sock.state() == tcp::State::Closed && sock.remote_endpoint().is_none() {
-                sockets.remove(handle);
+        let spare = &mut self.spare;
+        self.closing.retain_mut(|(handle, until)| {
+            let sock = sockets.get_mut::<tcp::Socket<'_>>(*handle);
+            let state = sock.state();
+            if state == tcp::State::Closed && sock.remote_endpoint().is_none() {
+                if spare.len() < SPARE_SOCKETS {
+                    spare.push(*handle);
+                } else {
+                    sockets.remove(*handle);
+                }
                 return false;
             }
-            if now >= until && sock.state() != tcp::State::Closed {
+            if state == tcp::State::TimeWait {
+                *until = (*until).min(now + TIME_WAIT_KEPT);
+                if now >= *until {
+                    sockets.remove(*handle);
+                    return false;
+                }
+            } else if now >= *until && state != tcp::State::Closed {
                 sock.abort();
             }
             true
@@ -1195,16 +1248,7 @@ mod tests {
         // Like the runtime's driver: one listening socket on port 80,
         // replaced as soon as it takes a connection. The gateway starts one
         // handshake at a time, so no SYN finds the pool empty.
-        let cfg = GatewayConfig {
-            forwards: vec![Forward {
-                host: "127.0.0.1:0".parse().unwrap(),
-                device_port: 80,
-            }],
-            ..GatewayConfig::default()
-        };
-        let mut net = Net::new(cfg, LinkFaults::NONE, true);
-        let mut handles = echo_station(&mut net, 1);
-        let addr = net.gw.local_addrs()[0];
+        let (mut net, mut handles, addr) = forward_to_station(1);
         let clients: Vec<_> = (0..5).map(|i| host_client(addr, 1000 * (i + 1))).collect();
         let finished = net.run_until(Duration::from_secs(20), |dev| {
             if !handles
@@ -1222,6 +1266,103 @@ mod tests {
         for (i, c) in clients.into_iter().enumerate() {
             assert!(c.join().unwrap() == pattern(1000 * (i + 1)), "client {i}");
         }
+    }
+
+    /// A perfect link, a station with `sockets` listening on port 80, and
+    /// the host address forwarded to it.
+    fn forward_to_station(sockets: usize) -> (Net, Vec<SocketHandle>, SocketAddr) {
+        let cfg = GatewayConfig {
+            forwards: vec![Forward {
+                host: "127.0.0.1:0".parse().unwrap(),
+                device_port: 80,
+            }],
+            ..GatewayConfig::default()
+        };
+        let mut net = Net::new(cfg, LinkFaults::NONE, true);
+        let handles = echo_station(&mut net, sockets);
+        let addr = net.gw.local_addrs()[0];
+        (net, handles, addr)
+    }
+
+    /// Station sockets on port 80 that answer whatever comes with `bye\n`
+    /// and close first, as an HTTP server does after `Connection: close`.
+    fn answer_and_close(dev: &mut Station, handles: &[SocketHandle]) {
+        for &h in handles {
+            let s = dev.get(h);
+            if !s.is_open() {
+                s.listen(80).unwrap();
+            }
+            if s.can_recv() && s.may_send() {
+                s.recv(|b| (b.len(), ())).unwrap();
+                s.send_slice(b"bye\n").unwrap();
+                s.close();
+            }
+        }
+    }
+
+    /// Runs the loop until the gateway has no connection and no socket
+    /// left closing (at most 5 s).
+    fn settle(net: &mut Net, handles: &[SocketHandle], station: fn(&mut Station, &[SocketHandle])) {
+        for _ in 0..50 {
+            if net.gw.connections() == 0 && net.gw.closing.is_empty() {
+                return;
+            }
+            net.run_until(Duration::from_millis(100), |dev| {
+                station(dev, handles);
+                false
+            });
+        }
+    }
+
+    #[test]
+    fn a_finished_connections_socket_serves_the_next_one() {
+        let (mut net, handles, addr) = forward_to_station(2);
+        let mut kept = None;
+        for i in 0..4 {
+            let client = std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect to the forward");
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"hi\n").unwrap();
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).expect("read to EOF");
+                back
+            });
+            let finished = net.run_until(Duration::from_secs(20), |dev| {
+                answer_and_close(dev, &handles);
+                client.is_finished()
+            });
+            assert!(finished, "connection {i}");
+            assert_eq!(client.join().unwrap(), b"bye\n", "connection {i}");
+            settle(&mut net, &handles, answer_and_close);
+            assert!(net.gw.closing.is_empty(), "connection {i} closed");
+            // The first connection's socket is kept; each later one takes it
+            // and gives it back, so the spares do not grow.
+            let spare = net.gw.spare.len();
+            assert!(spare >= 1, "connection {i}: its socket is kept");
+            assert_eq!(*kept.get_or_insert(spare), spare, "connection {i}");
+        }
+    }
+
+    #[test]
+    fn a_socket_the_host_closed_first_leaves_time_wait_soon() {
+        let (mut net, handles, addr) = forward_to_station(2);
+        // The host client half-closes first: the gateway's socket ends in
+        // TIME-WAIT, which smoltcp would keep for 10 s.
+        let client = host_client(addr, 2000);
+        let finished = net.run_until(Duration::from_secs(20), |dev| {
+            echo(dev, &handles);
+            client.is_finished()
+        });
+        assert!(finished);
+        assert!(client.join().unwrap() == pattern(2000));
+        let closed = Instant::now();
+        settle(&mut net, &handles, echo);
+        assert!(net.gw.closing.is_empty(), "the socket is gone");
+        assert!(
+            closed.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            closed.elapsed()
+        );
     }
 
     #[test]
