@@ -788,10 +788,14 @@ impl Gateway {
     fn new_socket(&mut self) -> SocketHandle {
         match self.spare.pop() {
             Some(handle) => {
-                // `connect` and `listen` reset the rest; the pause is a setting.
-                self.sockets
-                    .get_mut::<tcp::Socket<'_>>(handle)
-                    .pause_synack(false);
+                // `connect` and `listen` reset the connection's state (sequence
+                // numbers, buffers, timers, RTT), not the socket's settings:
+                // the SYN-ACK pause a relay's socket may have been aborted
+                // with, and the congestion controller's state (none is built
+                // in today; a fresh one, should one be).
+                let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
+                sock.pause_synack(false);
+                sock.set_congestion_control(sock.congestion_control());
                 handle
             }
             None => self.sockets.add(tcp_socket()),

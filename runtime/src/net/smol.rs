@@ -28,10 +28,9 @@ use crate::context::{ConnId, Context};
 /// before it is aborted and its slot reused. As `OsDriver`'s linger.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// How long a closed connection's socket stays in TIME-WAIT (both FINs sent
-/// and acknowledged) before its slot is freed: long enough for the ACK of the
-/// peer's FIN to leave (smoltcp delays it up to 10 ms), far shorter than
-/// smoltcp's 10 s. A SYN that reuses the connection's addresses and ports
+/// How long a closed connection's socket stays in TIME-WAIT (both FINs sent,
+/// ours acknowledged) before its slot is freed: ample time for the ACK of the
+/// peer's FIN to leave, far shorter than smoltcp's 10 s. A SYN that reuses the connection's addresses and ports
 /// while the socket is kept is dropped by smoltcp (it does not take a new
 /// connection from TIME-WAIT), and the client waits for its retransmission,
 /// a second or more; a client that opens connections quickly enough to cycle
