@@ -195,8 +195,9 @@ pub struct Gateway {
     /// Sockets of finished connections, closing with the device; aborted at
     /// the deadline.
     closing: Vec<(SocketHandle, Instant)>,
-    /// Closed TCP sockets for reuse (at most `SPARE_SOCKETS`).
-    spare: Vec<SocketHandle>,
+    /// Closed TCP sockets for reuse (at most `SPARE_SOCKETS`), out of the
+    /// socket set, whose every poll looks at each socket in it.
+    spare: Vec<tcp::Socket<'static>>,
     dhcp: SocketHandle,
     dns: SocketHandle,
     dhcp_server: DhcpServer,
@@ -580,7 +581,7 @@ impl Gateway {
                 if sock.listen((dst, dport)).is_ok() {
                     self.syn_listeners.push(handle);
                 } else {
-                    self.spare.push(handle);
+                    keep_spare(&mut self.spare, &mut self.sockets, handle);
                 }
             }
         }
@@ -786,20 +787,20 @@ impl Gateway {
 
     /// A closed TCP socket: a spare one, or a new one.
     fn new_socket(&mut self) -> SocketHandle {
-        match self.spare.pop() {
-            Some(handle) => {
+        let sock = match self.spare.pop() {
+            Some(mut sock) => {
                 // `connect` and `listen` reset the connection's state (sequence
                 // numbers, buffers, timers, RTT), not the socket's settings:
                 // the SYN-ACK pause a relay's socket may have been aborted
                 // with, and the congestion controller's state (none is built
                 // in today; a fresh one, should one be).
-                let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
                 sock.pause_synack(false);
                 sock.set_congestion_control(sock.congestion_control());
-                handle
+                sock
             }
-            None => self.sockets.add(tcp_socket()),
-        }
+            None => tcp_socket(),
+        };
+        self.sockets.add(sock)
     }
 
     /// Keeps (up to `SPARE_SOCKETS`) or removes the sockets that are done
@@ -814,11 +815,7 @@ impl Gateway {
             let sock = sockets.get_mut::<tcp::Socket<'_>>(*handle);
             let state = sock.state();
             if state == tcp::State::Closed && sock.remote_endpoint().is_none() {
-                if spare.len() < SPARE_SOCKETS {
-                    spare.push(*handle);
-                } else {
-                    sockets.remove(*handle);
-                }
+                keep_spare(spare, sockets, *handle);
                 return false;
             }
             if state == tcp::State::TimeWait {
@@ -948,6 +945,20 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
         return Step::Done;
     }
     Step::Keep
+}
+
+/// Takes a closed TCP socket out of the set, and keeps it for a later
+/// connection if there are fewer than `SPARE_SOCKETS`.
+fn keep_spare(
+    spare: &mut Vec<tcp::Socket<'static>>,
+    sockets: &mut SocketSet<'static>,
+    handle: SocketHandle,
+) {
+    if let Socket::Tcp(sock) = sockets.remove(handle)
+        && spare.len() < SPARE_SOCKETS
+    {
+        spare.push(sock);
+    }
 }
 
 /// Where a device connection to `dst:port` goes on the host, if anywhere.

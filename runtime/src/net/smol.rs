@@ -28,16 +28,6 @@ use crate::context::{ConnId, Context};
 /// before it is aborted and its slot reused. As `OsDriver`'s linger.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// How long a closed connection's socket stays in TIME-WAIT (both FINs sent,
-/// ours acknowledged) before its slot is freed: ample time for the ACK of the
-/// peer's FIN to leave, far shorter than smoltcp's 10 s. A SYN that reuses the connection's addresses and ports
-/// while the socket is kept is dropped by smoltcp (it does not take a new
-/// connection from TIME-WAIT), and the client waits for its retransmission,
-/// a second or more; a client that opens connections quickly enough to cycle
-/// through its ports within the 2 s `LINGER` (8,000 a second through 16,384
-/// ports) would hit that. lwIP also frees TIME-WAIT blocks early when it
-/// needs them.
-const TIME_WAIT_KEPT: Duration = Duration::from_millis(50);
 /// Local ports of outgoing connections (the IANA dynamic range).
 const EPHEMERAL_FIRST: u16 = 49152;
 const EPHEMERAL_COUNT: u16 = 16384;
@@ -121,6 +111,21 @@ impl NetConfig {
     }
 }
 
+/// Starts the TCP close of a connection's socket (FIN after the queued
+/// bytes). From now on it acknowledges at once: smoltcp answers a bare FIN
+/// at once anyway, but delays the ACK of data by 10 ms, and a peer's last
+/// bytes may come with its FIN. So the ACK of the peer's FIN leaves in the
+/// interface poll that takes it, and the socket can go in the next pass
+/// ([`Role::TimeWait`]).
+fn close(socket: &mut tcp::Socket<'_>, now: Instant) -> Role {
+    socket.close();
+    socket.set_ack_delay(None);
+    Role::Closing {
+        until: now + LINGER,
+        queued: socket.send_queue(),
+    }
+}
+
 /// FNV-1a over the MAC: a seed that differs between devices.
 const fn seed_from_mac(mac: [u8; 6]) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
@@ -154,6 +159,15 @@ enum Role {
         /// Bytes still unacknowledged when `until` was set.
         queued: usize,
     },
+    /// Closed, and both FINs through (TIME-WAIT): freed at the next pass,
+    /// after the interface poll that acknowledged the peer's FIN (see
+    /// [`close`]). smoltcp would keep it
+    /// 10 s and meanwhile drop a SYN that reuses its addresses and ports,
+    /// so a client that comes back from the same port (the simulator's
+    /// gateway cycles through its 16,384 past 8,000 connections a second)
+    /// would wait a second for the SYN's retransmission. lwIP, too, frees
+    /// TIME-WAIT blocks early when it needs them.
+    TimeWait,
     /// Aborted: the reset goes out at the next interface poll, then the slot
     /// is freed.
     Aborted,
@@ -590,11 +604,7 @@ impl SmolDriver {
                     sent += socket.send_slice(&busy[sent..]).unwrap_or(0);
                 }
                 self.tcp[i].role = if sent >= busy.len() || !socket.may_send() {
-                    socket.close();
-                    Role::Closing {
-                        until: now + LINGER,
-                        queued: socket.send_queue(),
-                    }
+                    close(socket, now)
                 } else {
                     Role::Busy { sent }
                 };
@@ -605,10 +615,12 @@ impl SmolDriver {
                 if state == tcp::State::Closed {
                     return (false, true);
                 }
+                if state == tcp::State::TimeWait {
+                    self.tcp[i].role = Role::TimeWait;
+                    return (true, true);
+                }
                 let left = socket.send_queue();
-                let (until, queued) = if state == tcp::State::TimeWait {
-                    (until.min(now + TIME_WAIT_KEPT), left) // both FINs are through
-                } else if left < queued {
+                let (until, queued) = if left < queued {
                     (now + LINGER, left) // the peer is still taking our bytes
                 } else {
                     (until, queued)
@@ -616,8 +628,6 @@ impl SmolDriver {
                 if now < until {
                     self.tcp[i].role = Role::Closing { until, queued };
                     (true, false)
-                } else if state == tcp::State::TimeWait {
-                    (false, true) // nothing left to say
                 } else {
                     tracing::debug!("close timed out: aborting");
                     socket.abort();
@@ -625,8 +635,8 @@ impl SmolDriver {
                     (true, true)
                 }
             }
-            // An interface poll has run since the abort: the reset is out.
-            Role::Aborted => (false, true),
+            // An interface poll has run since: the reset, or the last ACK, is out.
+            Role::Aborted | Role::TimeWait => (false, true),
         }
     }
 
@@ -681,12 +691,8 @@ impl SmolDriver {
                 }
             }
             if ctx.should_close(id) {
-                socket.close();
+                self.tcp[i].role = close(socket, now);
                 ctx.close(id, now);
-                self.tcp[i].role = Role::Closing {
-                    until: now + LINGER,
-                    queued: socket.send_queue(),
-                };
                 progress = true;
             }
         }
@@ -844,8 +850,9 @@ impl SmolDriver {
             return true;
         }
         let done = self.tcp.iter().position(|t| {
-            matches!(t.role, Role::Closing { .. })
-                && self.sockets.get::<tcp::Socket<'_>>(t.handle).state() == tcp::State::TimeWait
+            matches!(t.role, Role::TimeWait)
+                || matches!(t.role, Role::Closing { .. })
+                    && self.sockets.get::<tcp::Socket<'_>>(t.handle).state() == tcp::State::TimeWait
         });
         match done {
             Some(i) => {
