@@ -1154,14 +1154,21 @@ mod tests {
         }
     }
 
+    /// Station socket `h`, listening on port 80 again if its last
+    /// connection ended.
+    fn listening(dev: &mut Station, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        let s = dev.get(h);
+        if !s.is_open() {
+            s.listen(80).unwrap();
+        }
+        s
+    }
+
     /// Echo server sockets on the station's port 80: what comes in goes back;
     /// a FIN is answered with a FIN once everything is sent. Call each turn.
     fn echo(dev: &mut Station, handles: &[SocketHandle]) {
         for &h in handles {
-            let s = dev.get(h);
-            if !s.is_open() {
-                s.listen(80).unwrap();
-            }
+            let s = listening(dev, h);
             while s.can_recv() && s.can_send() {
                 let room = s.send_capacity() - s.send_queue();
                 let data = s.recv(|b| {
@@ -1303,10 +1310,7 @@ mod tests {
     /// and close first, as an HTTP server does after `Connection: close`.
     fn answer_and_close(dev: &mut Station, handles: &[SocketHandle]) {
         for &h in handles {
-            let s = dev.get(h);
-            if !s.is_open() {
-                s.listen(80).unwrap();
-            }
+            let s = listening(dev, h);
             if s.can_recv() && s.may_send() {
                 s.recv(|b| (b.len(), ())).unwrap();
                 s.send_slice(b"bye\n").unwrap();

@@ -27,7 +27,6 @@ use crate::context::{ConnId, Context};
 /// (counted again whenever the peer acknowledges more of our last bytes)
 /// before it is aborted and its slot reused. As `OsDriver`'s linger.
 const LINGER: Duration = Duration::from_secs(2);
-
 /// Local ports of outgoing connections (the IANA dynamic range).
 const EPHEMERAL_FIRST: u16 = 49152;
 const EPHEMERAL_COUNT: u16 = 16384;
@@ -111,21 +110,6 @@ impl NetConfig {
     }
 }
 
-/// Starts the TCP close of a connection's socket (FIN after the queued
-/// bytes). From now on it acknowledges at once: smoltcp answers a bare FIN
-/// at once anyway, but delays the ACK of data by 10 ms, and a peer's last
-/// bytes may come with its FIN. So the ACK of the peer's FIN leaves in the
-/// interface poll that takes it, and the socket can go in the next pass
-/// ([`Role::TimeWait`]).
-fn close(socket: &mut tcp::Socket<'_>, now: Instant) -> Role {
-    socket.close();
-    socket.set_ack_delay(None);
-    Role::Closing {
-        until: now + LINGER,
-        queued: socket.send_queue(),
-    }
-}
-
 /// FNV-1a over the MAC: a seed that differs between devices.
 const fn seed_from_mac(mac: [u8; 6]) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
@@ -161,12 +145,12 @@ enum Role {
     },
     /// Closed, and both FINs through (TIME-WAIT): freed at the next pass,
     /// after the interface poll that acknowledged the peer's FIN (see
-    /// [`close`]). smoltcp would keep it
-    /// 10 s and meanwhile drop a SYN that reuses its addresses and ports,
-    /// so a client that comes back from the same port (the simulator's
-    /// gateway cycles through its 16,384 past 8,000 connections a second)
-    /// would wait a second for the SYN's retransmission. lwIP, too, frees
-    /// TIME-WAIT blocks early when it needs them.
+    /// [`close`]). smoltcp would keep it 10 s and meanwhile drop a SYN that
+    /// reuses its addresses and ports, so a client that comes back from the
+    /// same port (the simulator's gateway cycles through its 16,384 past
+    /// 8,000 connections a second) would wait a second for the SYN's
+    /// retransmission. lwIP, too, frees TIME-WAIT blocks early when it needs
+    /// them.
     TimeWait,
     /// Aborted: the reset goes out at the next interface poll, then the slot
     /// is freed.
@@ -177,6 +161,21 @@ enum Role {
 struct Tcp {
     handle: SocketHandle,
     role: Role,
+}
+
+/// Starts the TCP close of a connection's socket (FIN after the queued
+/// bytes). From now on it acknowledges at once: smoltcp answers a bare FIN
+/// at once anyway, but delays the ACK of data by 10 ms, and a peer's last
+/// bytes may come with its FIN. So the ACK of the peer's FIN leaves in the
+/// interface poll that takes it, and the socket can go in the next pass
+/// ([`Role::TimeWait`]).
+fn close(socket: &mut tcp::Socket<'_>, now: Instant) -> Role {
+    socket.close();
+    socket.set_ack_delay(None);
+    Role::Closing {
+        until: now + LINGER,
+        queued: socket.send_queue(),
+    }
 }
 
 /// A client connection by name, waiting for its DNS answer. (Not `Debug`:
