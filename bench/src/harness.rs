@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::serve;
 use crate::ws_load::WsLoadResult;
 
 /// Arguments of `run`.
@@ -375,6 +376,8 @@ fn device_connections(load_connections: usize) -> usize {
 /// for WebSocket upgrades, plain and TLS (the device certificate).
 fn device_config(http: u16, https: u16, connections: usize) -> String {
     let max_connections = device_connections(connections);
+    let pages = serve::GUEST_LIMITS.max_memory_pages;
+    let session = serve::GUEST_LIMITS.max_session_data_size;
     format!(
         r#"# Written by wasmgate-bench run: the benchmark device.
 [device]
@@ -383,8 +386,9 @@ name = "wasmgate bench device"
 [limits]
 max_connections = {max_connections}
 
-[guest]
-max_memory_pages = 8   # ws-echo-64's 64 sessions take about 200 KiB
+[guest]   # ws-echo-64's 64 sessions of three 4 KiB pieces
+max_memory_pages = {pages}
+max_session_data_size = {session}
 
 [[protocol]]
 name = "hello"

@@ -34,6 +34,14 @@ pub struct ServeArgs {
     pub max_connections: usize,
 }
 
+/// What the bench device lets its guests have: `ws-echo-64` keeps 64 sessions
+/// of three 4 KiB pieces (about 770 KiB of linear memory, 12 KiB a session).
+pub const GUEST_LIMITS: GuestLimits = GuestLimits {
+    max_memory_pages: 16,
+    max_session_data_size: 16384,
+    ..GuestLimits::DEFAULT
+};
+
 /// The benchmark device: `GET` anything → `hello world`, a WebSocket upgrade
 /// → echo. The same mounts and limits as the simulator's bench device.
 pub fn device(handlers: Handlers, max_connections: usize) -> Config {
@@ -74,10 +82,7 @@ pub fn device(handlers: Handlers, max_connections: usize) -> Config {
             max_connections,
             ..Limits::DEFAULT
         },
-        guest: GuestLimits {
-            max_memory_pages: 8,
-            ..GuestLimits::DEFAULT
-        },
+        guest: GUEST_LIMITS,
         admin: None,
         clients: Vec::new(),
         trust: None,
@@ -96,4 +101,60 @@ pub fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     driver.run(&mut ctx, Duration::from_secs(1), || false)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::thread;
+
+    use super::*;
+    use crate::ws_load::{self, WsLoad};
+
+    /// The bench device with its guests (`ws-echo-64` under `GUEST_LIMITS`)
+    /// on the OS driver, in a thread until `stop` is set.
+    fn serve_guests(stop: Arc<AtomicBool>) -> (SocketAddr, thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let handle = thread::spawn(move || {
+            let mut ctx = Context::new(device(Handlers::Guest, 128), Instant::now())
+                .expect("the bench device starts with its guests");
+            let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
+            let mut driver = OsDriver::bind(&ctx, &[addr]).expect("binds");
+            tx.send(driver.local_addrs().expect("bound")[0])
+                .expect("send");
+            driver
+                .run(&mut ctx, Duration::from_millis(20), || {
+                    stop.load(Ordering::Relaxed)
+                })
+                .expect("serves");
+        });
+        (rx.recv().expect("the server starts"), handle)
+    }
+
+    /// What `run` asks of the echo guest: 50 clients at once, 16 KiB
+    /// messages (four 4 KiB pieces each, queued in the session while the tx
+    /// buffer is full) and small ones eight in flight, every echo checked.
+    #[test]
+    fn the_bench_echo_guest_serves_50_clients_with_large_and_pipelined_messages() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (addr, server) = serve_guests(stop.clone());
+        for (size, in_flight) in [(16 * 1024, 1), (64, 8)] {
+            let result = ws_load::run(&WsLoad {
+                addr,
+                path: "/".to_owned(),
+                clients: 50,
+                in_flight,
+                size,
+                warmup: Duration::from_millis(100),
+                duration: Duration::from_millis(300),
+            })
+            .expect("the load runs");
+            assert_eq!(result.errors, 0, "{size} B: {result:?}");
+            assert!(result.messages >= 50, "{size} B: {result:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        server.join().expect("the server stops");
+    }
 }

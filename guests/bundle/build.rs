@@ -17,8 +17,25 @@ const GUESTS: &[&str] = &[
     "autobahn-client",
 ];
 
-/// Guests built a second time with a feature: (crate, feature, bundle name).
-const VARIANTS: &[(&str, &str, &str)] = &[("ws-echo", "sessions-64", "ws-echo-64")];
+/// A guest built a second time with a feature.
+struct Variant {
+    crate_name: &'static str,
+    feature: &'static str,
+    /// Its name in the bundle.
+    name: &'static str,
+    /// Its shadow stack, when `guests/.cargo/config.toml`'s 16 KiB is too
+    /// small: the SDK builds a fresh session on the stack before it moves it
+    /// into its slot, so a stack must hold a few sessions.
+    stack_size: Option<u32>,
+}
+
+const VARIANTS: &[Variant] = &[Variant {
+    crate_name: "ws-echo",
+    feature: "bench",
+    name: "ws-echo-64",
+    // Sessions of 12 KiB.
+    stack_size: Some(64 * 1024),
+}];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -41,14 +58,15 @@ fn main() {
     }
 
     ensure_wasm_target(&guests_dir);
-    build(&guests_dir, &target_dir, &[]);
+    build(&guests_dir, &target_dir, &[], None);
     // Variants: a guest built again with a feature, in a target directory of
     // its own (the same crate with other features would overwrite the first).
-    for (crate_name, feature, _) in VARIANTS {
+    for v in VARIANTS {
         build(
             &guests_dir,
-            &target_dir.join(feature),
-            &["-p", crate_name, "--features", feature],
+            &target_dir.join(v.feature),
+            &["-p", v.crate_name, "--features", v.feature],
+            v.stack_size,
         );
     }
 
@@ -57,18 +75,21 @@ fn main() {
         let file = out.join(format!("{}.wasm", guest.replace('-', "_")));
         assert!(exists(&file), "guest build produced no {}", file.display());
     }
-    for (crate_name, feature, name) in VARIANTS {
+    for v in VARIANTS {
         let built = target_dir
-            .join(feature)
+            .join(v.feature)
             .join("wasm32-unknown-unknown/release")
-            .join(format!("{}.wasm", crate_name.replace('-', "_")));
+            .join(format!("{}.wasm", v.crate_name.replace('-', "_")));
         assert!(
             exists(&built),
             "guest build produced no {}",
             built.display()
         );
-        std::fs::copy(&built, out.join(format!("{}.wasm", name.replace('-', "_"))))
-            .expect("cannot copy a guest variant next to the guests");
+        std::fs::copy(
+            &built,
+            out.join(format!("{}.wasm", v.name.replace('-', "_"))),
+        )
+        .expect("cannot copy a guest variant next to the guests");
     }
     println!("cargo:rustc-env=WASMGATE_GUEST_DIR={}", out.display());
 }
@@ -113,7 +134,7 @@ fn ensure_wasm_target(guests_dir: &Path) {
 
 /// Runs the guests' cargo: `cargo build --release --target wasm32-unknown-unknown`
 /// in `guests_dir`, into `target_dir`, with `extra` arguments.
-fn build(guests_dir: &Path, target_dir: &Path, extra: &[&str]) {
+fn build(guests_dir: &Path, target_dir: &Path, extra: &[&str], stack_size: Option<u32>) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(guests_dir)
@@ -139,6 +160,10 @@ fn build(guests_dir: &Path, target_dir: &Path, extra: &[&str]) {
         {
             cmd.env_remove(&*key);
         }
+    }
+    if let Some(bytes) = stack_size {
+        // Replaces the config file's flags, whose only one is the stack size.
+        cmd.env("RUSTFLAGS", format!("-C link-arg=-zstack-size={bytes}"));
     }
     let status = cmd.status().expect("cannot run cargo for the guests");
     if !status.success() {

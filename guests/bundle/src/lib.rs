@@ -17,8 +17,10 @@ pub const FAULTY: &[u8] = guest!("faulty.wasm");
 /// The lws port's WebSocket echo server (protocol `echo_server`): every
 /// message back as it came, fragments kept, with rx flow control.
 pub const WS_ECHO: &[u8] = guest!("ws_echo.wasm");
-/// `ws-echo` with 64 session slots instead of 4 (feature `sessions-64`): the
-/// benchmarks' echo server for 50 clients.
+/// `ws-echo` as the benchmarks' echo server for 50 clients (feature `bench`):
+/// 64 session slots instead of 4, and 4 KiB pieces instead of 1 KiB. Its
+/// device needs `max_memory_pages >= 14`, `max_rx_buffer_size >= 4096` and
+/// `max_session_data_size >= 12400`.
 pub const WS_ECHO_64: &[u8] = guest!("ws_echo_64.wasm");
 /// Simulated sensor readings pushed to WebSocket clients about once a second
 /// (protocol `readings`), with the HTML page that shows them: timers and a

@@ -32,20 +32,26 @@
 
 use wasmgate_guest::{EchoQueue, Flow, Fragment, Ws, WsHandler};
 
+/// The benchmarks' echo server (feature `bench`): 64 connections for their 50
+/// clients, and pieces of 4 KiB, the size the runtime's native echo handler
+/// takes, so that guest and native are compared on the same pieces.
+const BENCH: bool = cfg!(feature = "bench");
 /// Largest piece the runtime hands over, and so the size of a queue slot.
-const RX_BUFFER_SIZE: usize = 1024;
+const RX_BUFFER_SIZE: usize = if BENCH { 4096 } else { 1024 };
 /// Pieces a connection may have waiting for the tx buffer.
 const QUEUE_DEPTH: usize = 3;
-/// Connections served at once: a small device's socket count, or 64 for the
-/// benchmarks' 50 clients (feature `sessions-64`).
-const MAX_SESSIONS: usize = if cfg!(feature = "sessions-64") { 64 } else { 4 };
+/// Connections served at once: a small device's socket count, or 64.
+const MAX_SESSIONS: usize = if BENCH { 64 } else { 4 };
+/// The device's `max_session_data_size` the session must fit: the default,
+/// or what the benchmarks' device allows.
+const MAX_SESSION_DATA: usize = if BENCH { 16384 } else { 4096 };
 
 /// Per-connection state: the pieces not yet written, and the flow control.
 type Echo = EchoQueue<QUEUE_DEPTH, RX_BUFFER_SIZE>;
 
-// The per-session data must fit the device's `max_session_data_size` (4096 bytes
-// by default): three 1 KiB pieces and their lengths and flags do.
-const _: () = assert!(core::mem::size_of::<Echo>() <= 4096);
+// The per-session data must fit the device's `max_session_data_size`: three
+// pieces and their lengths and flags do.
+const _: () = assert!(core::mem::size_of::<Echo>() <= MAX_SESSION_DATA);
 
 struct EchoServer;
 
