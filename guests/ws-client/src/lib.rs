@@ -92,9 +92,11 @@ impl Pss {
             .preview
             .get_mut(usize::from(self.preview_len)..)
             .unwrap_or_default();
-        for (dst, src) in room.iter_mut().zip(piece) {
-            *dst = *src;
-            self.preview_len += 1;
+        let n = room.len().min(piece.len());
+        // Equal lengths by construction: one `memory.copy`, no panic path.
+        if let (Some(dst), Some(src)) = (room.get_mut(..n), piece.get(..n)) {
+            dst.copy_from_slice(src);
+            self.preview_len += n as u8;
         }
     }
 
