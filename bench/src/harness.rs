@@ -98,7 +98,15 @@ impl Load {
 /// A measurement during which the hypervisor took more than this share of
 /// core 0 or 1 is made again (at most `STALL_RETRIES` times).
 const STEAL_LIMIT: f64 = 0.05;
+/// ...and one during which the other servers, which share core 0, used more
+/// than this share of it: one still busy with the previous load (lws can
+/// spin on its core for seconds after the new-connections load).
+const OTHERS_LIMIT: f64 = 0.10;
 const STALL_RETRIES: usize = 2;
+/// Before a measurement, the servers together must use no more than this
+/// share of core 0, waiting at most `SETTLE_LIMIT` for it.
+const QUIET: f64 = 0.05;
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Messages in flight per client in the pipelined WebSocket load.
 pub const PIPELINED: usize = 8;
@@ -125,6 +133,8 @@ pub struct Sample {
     /// Share of a core the hypervisor gave to others (`steal` in
     /// `/proc/stat`) while the load ran: the larger of cores 0 and 1.
     pub steal: f64,
+    /// Share of core 0 the other servers' processes used while the load ran.
+    pub others: f64,
     /// Server process RSS right after the load, and its peak so far (KiB).
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
@@ -148,6 +158,10 @@ struct Endpoint {
 }
 
 impl Server {
+    fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.children.iter().map(Child::id)
+    }
+
     fn endpoint(&self, load: Load) -> Option<Endpoint> {
         match load {
             Load::Https => self.tls,
@@ -236,21 +250,34 @@ pub fn run(args: &RunArgs) -> Result<Results, Box<dyn std::error::Error>> {
                     load.name(),
                     server.name
                 );
+                let others: Vec<u32> = servers
+                    .iter()
+                    .flat_map(Server::pids)
+                    .filter(|&p| p != endpoint.pid)
+                    .collect();
+                settle(&servers);
                 print!("{label}");
-                let mut sample = measure(args, &me, server.name, load, round, endpoint)?;
+                let mut sample = measure(args, &me, server.name, load, round, endpoint, &others)?;
                 for _ in 0..STALL_RETRIES {
-                    if sample.steal <= STEAL_LIMIT {
+                    if sample.steal > STEAL_LIMIT {
+                        // A virtual machine whose host is busy: both programs
+                        // wait and the rate says nothing about either.
+                        println!(
+                            "{:.0}% of a core stolen by the hypervisor: measuring again",
+                            sample.steal * 100.0
+                        );
+                    } else if sample.others > OTHERS_LIMIT {
+                        println!(
+                            "the other servers used {:.0}% of the server's core: measuring again",
+                            sample.others * 100.0
+                        );
+                    } else {
                         break;
                     }
-                    // A virtual machine whose host is busy: both programs wait
-                    // and the rate says nothing about either.
-                    println!(
-                        "{:.0}% of a core stolen by the hypervisor: measuring again",
-                        sample.steal * 100.0
-                    );
                     std::thread::sleep(Duration::from_secs(1));
+                    settle(&servers);
                     print!("{label}");
-                    sample = measure(args, &me, server.name, load, round, endpoint)?;
+                    sample = measure(args, &me, server.name, load, round, endpoint, &others)?;
                 }
                 println!(
                     "{:>10.0} {:<6} p50 {:>8.0} us  p99 {:>8.0} us  cpu server {:>3.0}% generator {:>3.0}%{}",
@@ -555,6 +582,7 @@ fn measure(
     load: Load,
     round: usize,
     endpoint: Endpoint,
+    others: &[u32],
 ) -> Result<Sample, Box<dyn std::error::Error>> {
     let seconds = args.seconds;
     let c = args.connections.to_string();
@@ -589,7 +617,7 @@ fn measure(
                 .arg((seconds * 1000).to_string());
         }
     }
-    let (output, cpu) = run_sampled(cmd, endpoint.pid)?;
+    let (output, cpu) = run_sampled(cmd, endpoint.pid, others)?;
     let (rate, p50_us, p99_us, errors) = match load {
         Load::Ws64 | Load::Ws64p | Load::Ws16k => {
             let line = output.lines().last().unwrap_or_default();
@@ -619,6 +647,7 @@ fn measure(
         generator_cpu: cpu.generator,
         server_us_per_op: cpu.server * 1e6 / rate,
         steal: cpu.steal,
+        others: cpu.others,
         rss_kib,
         peak_rss_kib,
     })
@@ -629,12 +658,17 @@ struct Cpu {
     server: f64,
     generator: f64,
     steal: f64,
+    others: f64,
 }
 
-/// Runs the generator to its end, sampling its and the server's CPU time
-/// every 250 ms; the shares are taken from the second sample (after the
-/// connections are up) to the last one.
-fn run_sampled(mut cmd: Command, server: u32) -> Result<(String, Cpu), Box<dyn std::error::Error>> {
+/// Runs the generator to its end, sampling its, the server's and the `others`'
+/// CPU time every 250 ms; the shares are taken from the second sample (after
+/// the connections are up) to the last one.
+fn run_sampled(
+    mut cmd: Command,
+    server: u32,
+    others: &[u32],
+) -> Result<(String, Cpu), Box<dyn std::error::Error>> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -647,13 +681,19 @@ fn run_sampled(mut cmd: Command, server: u32) -> Result<(String, Cpu), Box<dyn s
         s
     });
     let generator = child.id();
-    let mut samples: Vec<(Instant, u64, u64, [u64; 2])> = Vec::new();
+    let mut samples: Vec<(Instant, u64, u64, [u64; 2], u64)> = Vec::new();
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
         if let (Some(s), Some(g)) = (cpu_ticks(server), cpu_ticks(generator)) {
-            samples.push((Instant::now(), s, g, steal_ticks().unwrap_or_default()));
+            samples.push((
+                Instant::now(),
+                s,
+                g,
+                steal_ticks().unwrap_or_default(),
+                total_ticks(others),
+            ));
         }
         std::thread::sleep(Duration::from_millis(250));
     };
@@ -673,6 +713,7 @@ fn run_sampled(mut cmd: Command, server: u32) -> Result<(String, Cpu), Box<dyn s
             cpu.generator = (last.2 - first.2) as f64 / TICKS_PER_SEC / secs;
             let stolen = (0..2).map(|i| last.3[i].saturating_sub(first.3[i]));
             cpu.steal = stolen.max().unwrap_or(0) as f64 / TICKS_PER_SEC / secs;
+            cpu.others = last.4.saturating_sub(first.4) as f64 / TICKS_PER_SEC / secs;
         }
     }
     Ok((output, cpu))
@@ -690,6 +731,51 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// The CPU time of the processes in `pids` that are still there, in ticks.
+fn total_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| cpu_ticks(p)).sum()
+}
+
+/// Waits until the servers together use at most `QUIET` of core 0 (the
+/// previous load's leftovers are over), at most `SETTLE_LIMIT`; past that,
+/// says which server is still busy and goes on.
+fn settle(servers: &[Server]) {
+    const WINDOW: Duration = Duration::from_millis(250);
+    let share = |before: u64, after: u64| {
+        after.saturating_sub(before) as f64 / TICKS_PER_SEC / WINDOW.as_secs_f64()
+    };
+    let started = Instant::now();
+    loop {
+        let before: Vec<(&str, u64)> = servers
+            .iter()
+            .map(|s| (s.name, total_ticks(&s.pids().collect::<Vec<_>>())))
+            .collect();
+        std::thread::sleep(WINDOW);
+        let busy: Vec<(&str, f64)> = servers
+            .iter()
+            .zip(&before)
+            .map(|(s, &(name, t0))| (name, share(t0, total_ticks(&s.pids().collect::<Vec<_>>()))))
+            .collect();
+        let total: f64 = busy.iter().map(|&(_, b)| b).sum();
+        if total <= QUIET {
+            return;
+        }
+        if started.elapsed() >= SETTLE_LIMIT {
+            let names: Vec<String> = busy
+                .iter()
+                .filter(|&&(_, b)| b > QUIET)
+                .map(|&(name, b)| format!("{name} {:.0}%", b * 100.0))
+                .collect();
+            println!(
+                "bench: a server still uses core 0 {} s after its load ({}); measuring anyway",
+                SETTLE_LIMIT.as_secs(),
+                names.join(", ")
+            );
+            return;
+        }
+    }
 }
 
 /// Time the hypervisor gave to others on cores 0 and 1 (`steal`, the eighth
@@ -811,6 +897,56 @@ mod tests {
                     intr 1 2 3\n";
         assert_eq!(parse_steal(stat), Some([2869, 3426]));
         assert_eq!(parse_steal("cpu0 1 2 3\n"), None, "a short line");
+    }
+
+    /// A stand-in server: a shell spinning on a core until it is killed.
+    fn spinning_server() -> Server {
+        let child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh runs");
+        let pid = child.id();
+        Server {
+            name: "spinner",
+            what: "a busy loop",
+            children: vec![child],
+            plain: Endpoint {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                pid,
+            },
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn settle_waits_until_a_busy_server_is_quiet() {
+        let mut server = spinning_server();
+        let pid = server.plain.pid;
+        let before = total_ticks(&[pid]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(total_ticks(&[pid]) > before, "the spinner uses CPU");
+        let stop_after = Duration::from_millis(800);
+        let waited = std::thread::scope(|scope| {
+            let servers = std::slice::from_ref(&server);
+            let waiter = scope.spawn(|| {
+                let started = Instant::now();
+                settle(servers);
+                started.elapsed()
+            });
+            std::thread::sleep(stop_after);
+            // SIGSTOP: the process stays (as a stopped server would) but
+            // uses no more CPU.
+            let _ = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+            waiter.join().unwrap()
+        });
+        assert!(
+            waited >= stop_after,
+            "settle returned while the server was busy: {waited:?}"
+        );
+        assert!(waited < SETTLE_LIMIT, "settle missed the quiet: {waited:?}");
+        let _ = server.children[0].kill();
     }
 
     #[test]
