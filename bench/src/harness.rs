@@ -104,8 +104,10 @@ const STEAL_LIMIT: f64 = 0.05;
 const OTHERS_LIMIT: f64 = 0.10;
 const STALL_RETRIES: usize = 2;
 /// Before a measurement, the servers together must use no more than this
-/// share of core 0, waiting at most `SETTLE_LIMIT` for it.
-const QUIET: f64 = 0.05;
+/// share of core 0 over `SETTLE_WINDOW` (5 ticks of 10 ms: idle servers'
+/// timers cross a tick now and then), waiting at most `SETTLE_LIMIT`.
+const QUIET: f64 = 0.10;
+const SETTLE_WINDOW: Duration = Duration::from_millis(500);
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Messages in flight per client in the pipelined WebSocket load.
@@ -279,8 +281,17 @@ pub fn run(args: &RunArgs) -> Result<Results, Box<dyn std::error::Error>> {
                     print!("{label}");
                     sample = measure(args, &me, server.name, load, round, endpoint, &others)?;
                 }
+                let disturbed = if sample.steal > STEAL_LIMIT || sample.others > OTHERS_LIMIT {
+                    format!(
+                        "  (still disturbed after {STALL_RETRIES} repeats: steal {:.0}%, other servers {:.0}%)",
+                        sample.steal * 100.0,
+                        sample.others * 100.0
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{:>10.0} {:<6} p50 {:>8.0} us  p99 {:>8.0} us  cpu server {:>3.0}% generator {:>3.0}%{}",
+                    "{:>10.0} {:<6} p50 {:>8.0} us  p99 {:>8.0} us  cpu server {:>3.0}% generator {:>3.0}%{}{disturbed}",
                     sample.rate,
                     load.unit(),
                     sample.p50_us,
@@ -740,36 +751,35 @@ fn total_ticks(pids: &[u32]) -> u64 {
 
 /// Waits until the servers together use at most `QUIET` of core 0 (the
 /// previous load's leftovers are over), at most `SETTLE_LIMIT`; past that,
-/// says which server is still busy and goes on.
+/// says which servers are still busy and goes on.
 fn settle(servers: &[Server]) {
-    const WINDOW: Duration = Duration::from_millis(250);
-    let share = |before: u64, after: u64| {
-        after.saturating_sub(before) as f64 / TICKS_PER_SEC / WINDOW.as_secs_f64()
-    };
+    let ticks = |s: &Server| total_ticks(&s.pids().collect::<Vec<_>>());
     let started = Instant::now();
     loop {
-        let before: Vec<(&str, u64)> = servers
-            .iter()
-            .map(|s| (s.name, total_ticks(&s.pids().collect::<Vec<_>>())))
-            .collect();
-        std::thread::sleep(WINDOW);
-        let busy: Vec<(&str, f64)> = servers
+        let before: Vec<u64> = servers.iter().map(ticks).collect();
+        std::thread::sleep(SETTLE_WINDOW);
+        let mut busy: Vec<(&str, f64)> = servers
             .iter()
             .zip(&before)
-            .map(|(s, &(name, t0))| (name, share(t0, total_ticks(&s.pids().collect::<Vec<_>>()))))
+            .map(|(s, &t0)| {
+                let used = ticks(s).saturating_sub(t0) as f64 / TICKS_PER_SEC;
+                (s.name, used / SETTLE_WINDOW.as_secs_f64())
+            })
             .collect();
         let total: f64 = busy.iter().map(|&(_, b)| b).sum();
         if total <= QUIET {
             return;
         }
         if started.elapsed() >= SETTLE_LIMIT {
+            busy.sort_by(|a, b| b.1.total_cmp(&a.1));
             let names: Vec<String> = busy
                 .iter()
-                .filter(|&&(_, b)| b > QUIET)
+                .filter(|&&(_, b)| b > 0.0)
                 .map(|&(name, b)| format!("{name} {:.0}%", b * 100.0))
                 .collect();
             println!(
-                "bench: a server still uses core 0 {} s after its load ({}); measuring anyway",
+                "bench: the servers still use {:.0}% of core 0 {} s after the last load ({}); measuring anyway",
+                total * 100.0,
                 SETTLE_LIMIT.as_secs(),
                 names.join(", ")
             );
@@ -935,10 +945,12 @@ mod tests {
             });
             std::thread::sleep(stop_after);
             // SIGSTOP: the process stays (as a stopped server would) but
-            // uses no more CPU.
-            let _ = Command::new("kill")
-                .args(["-STOP", &pid.to_string()])
-                .status();
+            // uses no more CPU. The shell's own `kill`: no procps needed.
+            let stopped = Command::new("sh")
+                .args(["-c", &format!("kill -STOP {pid}")])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(stopped, "cannot stop the spinner");
             waiter.join().unwrap()
         });
         assert!(

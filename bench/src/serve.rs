@@ -35,7 +35,8 @@ pub struct ServeArgs {
 }
 
 /// What the bench device lets its guests have: `ws-echo-64` keeps 64 sessions
-/// of three 4 KiB pieces (about 770 KiB of linear memory, 12 KiB a session).
+/// of three 4 KiB pieces (12 KiB a session; 14 pages of linear memory with
+/// its 64 KiB stack).
 pub const GUEST_LIMITS: GuestLimits = GuestLimits {
     max_memory_pages: 16,
     max_session_data_size: 16384,

@@ -33,12 +33,39 @@ fn a_module_that_fits_the_abi_loads() {
     load(&guest_wat(1, "")).expect("valid guest");
 }
 
+/// The limits `ws-echo-64` (the benchmarks' echo guest: 64 sessions of
+/// 12 KiB) documents; every other example guest fits the defaults.
+const BENCH_ECHO_LIMITS: GuestLimits = GuestLimits {
+    max_memory_pages: 16,
+    max_session_data_size: 16384,
+    ..GuestLimits::DEFAULT
+};
+
 #[test]
 fn the_example_guests_load() {
     for (name, wasm) in wasmgate_guests::ALL {
-        Guest::load(&Guest::engine(), name, wasm, GuestLimits::DEFAULT)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let limits = if *name == "ws-echo-64" {
+            BENCH_ECHO_LIMITS
+        } else {
+            GuestLimits::DEFAULT
+        };
+        Guest::load(&Guest::engine(), name, wasm, limits).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+#[test]
+fn the_bench_echo_guest_under_default_limits_is_refused_saying_why() {
+    let e = Guest::load(
+        &Guest::engine(),
+        "ws-echo-64",
+        wasmgate_guests::WS_ECHO_64,
+        GuestLimits::DEFAULT,
+    )
+    .expect_err("64 sessions of 12 KiB do not fit 4 pages");
+    assert_eq!(
+        e.to_string(),
+        "module needs 14 memory pages; the limit is 4"
+    );
 }
 
 #[test]
