@@ -162,8 +162,11 @@ fn build(guests_dir: &Path, target_dir: &Path, extra: &[&str], stack_size: Optio
         }
     }
     if let Some(bytes) = stack_size {
-        // Replaces the config file's flags, whose only one is the stack size.
-        cmd.env("RUSTFLAGS", format!("-C link-arg=-zstack-size={bytes}"));
+        // Appended to the config file's flags (cargo joins the arrays, this
+        // one last), whose own stack size the linker's last one overrides.
+        cmd.arg("--config").arg(format!(
+            "target.wasm32-unknown-unknown.rustflags=[\"-C\", \"link-arg=-zstack-size={bytes}\"]"
+        ));
     }
     let status = cmd.status().expect("cannot run cargo for the guests");
     if !status.success() {
