@@ -142,6 +142,28 @@ pub struct Sample {
     pub peak_rss_kib: u64,
 }
 
+impl Sample {
+    /// Why the rate says little about the server, if something else took
+    /// its core or the generator's.
+    fn disturbance(&self) -> Option<String> {
+        if self.steal > STEAL_LIMIT {
+            // A virtual machine whose host is busy: both programs wait and
+            // the rate says nothing about either.
+            Some(format!(
+                "{:.0}% of a core stolen by the hypervisor",
+                self.steal * 100.0
+            ))
+        } else if self.others > OTHERS_LIMIT {
+            Some(format!(
+                "the other servers used {:.0}% of the server's core",
+                self.others * 100.0
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// A server process (or two: lws serves TLS from a second one).
 #[derive(Debug)]
 struct Server {
@@ -261,35 +283,19 @@ pub fn run(args: &RunArgs) -> Result<Results, Box<dyn std::error::Error>> {
                 print!("{label}");
                 let mut sample = measure(args, &me, server.name, load, round, endpoint, &others)?;
                 for _ in 0..STALL_RETRIES {
-                    if sample.steal > STEAL_LIMIT {
-                        // A virtual machine whose host is busy: both programs
-                        // wait and the rate says nothing about either.
-                        println!(
-                            "{:.0}% of a core stolen by the hypervisor: measuring again",
-                            sample.steal * 100.0
-                        );
-                    } else if sample.others > OTHERS_LIMIT {
-                        println!(
-                            "the other servers used {:.0}% of the server's core: measuring again",
-                            sample.others * 100.0
-                        );
-                    } else {
+                    let Some(why) = sample.disturbance() else {
                         break;
-                    }
+                    };
+                    println!("{why}: measuring again");
                     std::thread::sleep(Duration::from_secs(1));
                     settle(&servers);
                     print!("{label}");
                     sample = measure(args, &me, server.name, load, round, endpoint, &others)?;
                 }
-                let disturbed = if sample.steal > STEAL_LIMIT || sample.others > OTHERS_LIMIT {
-                    format!(
-                        "  (still disturbed after {STALL_RETRIES} repeats: steal {:.0}%, other servers {:.0}%)",
-                        sample.steal * 100.0,
-                        sample.others * 100.0
-                    )
-                } else {
-                    String::new()
-                };
+                let disturbed = sample
+                    .disturbance()
+                    .map(|why| format!("  (still after {STALL_RETRIES} repeats: {why})"))
+                    .unwrap_or_default();
                 println!(
                     "{:>10.0} {:<6} p50 {:>8.0} us  p99 {:>8.0} us  cpu server {:>3.0}% generator {:>3.0}%{}{disturbed}",
                     sample.rate,
@@ -305,8 +311,6 @@ pub fn run(args: &RunArgs) -> Result<Results, Box<dyn std::error::Error>> {
                     }
                 );
                 samples.push(sample);
-                // Let TIME_WAIT and the server's timers settle between loads.
-                std::thread::sleep(Duration::from_millis(300));
             }
         }
     }
@@ -703,7 +707,7 @@ fn run_sampled(
                 s,
                 g,
                 steal_ticks().unwrap_or_default(),
-                total_ticks(others),
+                total_ticks(others.iter().copied()),
             ));
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -745,15 +749,17 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// The CPU time of the processes in `pids` that are still there, in ticks.
-fn total_ticks(pids: &[u32]) -> u64 {
-    pids.iter().filter_map(|&p| cpu_ticks(p)).sum()
+fn total_ticks(pids: impl IntoIterator<Item = u32>) -> u64 {
+    pids.into_iter().filter_map(cpu_ticks).sum()
 }
 
 /// Waits until the servers together use at most `QUIET` of core 0 (the
-/// previous load's leftovers are over), at most `SETTLE_LIMIT`; past that,
-/// says which servers are still busy and goes on.
+/// previous load's leftovers are over, and with at least one
+/// `SETTLE_WINDOW`, TIME_WAIT and the servers' timers have had their turn),
+/// at most `SETTLE_LIMIT`; past that, says which servers are still busy and
+/// goes on.
 fn settle(servers: &[Server]) {
-    let ticks = |s: &Server| total_ticks(&s.pids().collect::<Vec<_>>());
+    let ticks = |s: &Server| total_ticks(s.pids());
     let started = Instant::now();
     loop {
         let before: Vec<u64> = servers.iter().map(ticks).collect();
@@ -932,9 +938,9 @@ mod tests {
     fn settle_waits_until_a_busy_server_is_quiet() {
         let mut server = spinning_server();
         let pid = server.plain.pid;
-        let before = total_ticks(&[pid]);
+        let before = total_ticks([pid]);
         std::thread::sleep(Duration::from_millis(300));
-        assert!(total_ticks(&[pid]) > before, "the spinner uses CPU");
+        assert!(total_ticks([pid]) > before, "the spinner uses CPU");
         let stop_after = Duration::from_millis(800);
         let waited = std::thread::scope(|scope| {
             let servers = std::slice::from_ref(&server);
