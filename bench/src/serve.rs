@@ -38,8 +38,8 @@ pub struct ServeArgs {
 /// of three 4 KiB pieces (12 KiB a session; 14 pages of linear memory with
 /// its 64 KiB stack).
 pub const GUEST_LIMITS: GuestLimits = GuestLimits {
-    max_memory_pages: 16,
-    max_session_data_size: 16384,
+    max_memory_pages: wasmgate_guests::WS_ECHO_64_MEMORY_PAGES,
+    max_session_data_size: wasmgate_guests::WS_ECHO_64_SESSION_BYTES,
     ..GuestLimits::DEFAULT
 };
 

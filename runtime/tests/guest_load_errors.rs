@@ -36,8 +36,8 @@ fn a_module_that_fits_the_abi_loads() {
 /// The limits `ws-echo-64` (the benchmarks' echo guest: 64 sessions of
 /// 12 KiB) documents; every other example guest fits the defaults.
 const BENCH_ECHO_LIMITS: GuestLimits = GuestLimits {
-    max_memory_pages: 16,
-    max_session_data_size: 16384,
+    max_memory_pages: wasmgate_guests::WS_ECHO_64_MEMORY_PAGES,
+    max_session_data_size: wasmgate_guests::WS_ECHO_64_SESSION_BYTES,
     ..GuestLimits::DEFAULT
 };
 

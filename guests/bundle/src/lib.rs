@@ -20,8 +20,13 @@ pub const WS_ECHO: &[u8] = guest!("ws_echo.wasm");
 /// `ws-echo` as the benchmarks' echo server for 50 clients (feature `bench`):
 /// 64 session slots instead of 4, and 4 KiB pieces instead of 1 KiB. Its
 /// device needs `max_memory_pages >= 14`, `max_rx_buffer_size >= 4096` and
-/// `max_session_data_size >= 12310`.
+/// `max_session_data_size >= 12310`: [`WS_ECHO_64_MEMORY_PAGES`] and
+/// [`WS_ECHO_64_SESSION_BYTES`] give it room.
 pub const WS_ECHO_64: &[u8] = guest!("ws_echo_64.wasm");
+/// The `[guest] max_memory_pages` a device running [`WS_ECHO_64`] sets.
+pub const WS_ECHO_64_MEMORY_PAGES: u32 = 16;
+/// The `[guest] max_session_data_size` a device running [`WS_ECHO_64`] sets.
+pub const WS_ECHO_64_SESSION_BYTES: u32 = 16384;
 /// Simulated sensor readings pushed to WebSocket clients about once a second
 /// (protocol `readings`), with the HTML page that shows them: timers and a
 /// broadcast in one lws-shaped callback.
