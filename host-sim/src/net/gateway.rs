@@ -164,8 +164,56 @@ struct Conn {
     established: bool,
     /// The gateway socket saw the device's FIN.
     fin_seen: bool,
+    /// The device's bytes held for one host write (see [`Hold`]).
+    hold: Hold,
     /// For the log: `127.0.0.1:51234 -> device:80`.
     label: String,
+}
+
+/// Device bytes a connection holds back from its host socket while the
+/// device is still sending them, so that a message that crosses the link in
+/// several windows reaches the host in one write. A device's send buffer is
+/// small (4 KiB on a small SoC): a 16 KiB message arrives as four or five
+/// windows, one every other poll (the gateway's ACK, then the device's next
+/// window), and each host write costs the host a whole trip through its own
+/// TCP stack and a wake-up of the reader. Nothing changes for the device:
+/// its bytes are acknowledged as they arrive, and the gateway's window
+/// (`TCP_BUFFER`) stays far larger than what is held.
+///
+/// Bytes are held only once at least [`BULK`] wait, so a small answer (an
+/// HTTP response, a short WebSocket message) goes out in the poll it arrives
+/// in; and at most until [`QUIET_POLLS`] polls in a row bring nothing more,
+/// [`HOLD_MAX`] bytes wait, or the device sends FIN.
+#[derive(Debug, Default, Clone, Copy)]
+struct Hold {
+    /// Bytes in the gateway socket's receive queue after the last poll.
+    seen: usize,
+    /// Polls in a row that brought nothing.
+    quiet: u8,
+}
+
+/// Fewer bytes than this are not held (two full segments at the default
+/// MTU): what waits is a small answer, not part of a longer transfer.
+const BULK: usize = 2 * 1460;
+/// Held bytes go to the host once two polls in a row brought nothing new
+/// (one device round trip: the gateway's ACK reaches the device in the
+/// first, its next window reaches the gateway in the second).
+const QUIET_POLLS: u8 = 2;
+/// Held bytes go to the host once this many wait.
+const HOLD_MAX: usize = TCP_BUFFER / 2;
+
+impl Hold {
+    /// Notes the receive queue's length in this poll; true if it should be
+    /// written to the host now.
+    fn release(&mut self, queued: usize, fin_seen: bool) -> bool {
+        if queued > self.seen {
+            self.quiet = 0;
+        } else {
+            self.quiet = self.quiet.saturating_add(1);
+        }
+        self.seen = queued;
+        fin_seen || queued < BULK || self.quiet >= QUIET_POLLS || queued >= HOLD_MAX
+    }
 }
 
 /// What one turn of a connection came to.
@@ -447,6 +495,7 @@ impl Gateway {
             device_eof: false,
             established: false,
             fin_seen: false,
+            hold: Hold::default(),
             label,
         });
     }
@@ -661,6 +710,7 @@ impl Gateway {
                 device_eof: false,
                 established: false,
                 fin_seen: false,
+                hold: Hold::default(),
                 label,
             });
         }
@@ -884,8 +934,10 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
         c.fin_seen = true;
     }
 
-    // Device to host: only what the host socket takes leaves the buffer.
-    while c.writable && sock.can_recv() {
+    // Device to host: only what the host socket takes leaves the buffer,
+    // and what the device is still sending waits for the rest (`Hold`).
+    let release = c.hold.release(sock.recv_queue(), c.fin_seen);
+    while release && c.writable && sock.can_recv() {
         let r = sock.recv(|buf| match c.host.write(buf) {
             Ok(n) => (n, Ok(n)),
             Err(e) => (0, Err(e)),
@@ -903,6 +955,7 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
             Err(_) => break,
         }
     }
+    c.hold.seen = sock.recv_queue();
     if c.fin_seen && !c.device_eof && sock.recv_queue() == 0 {
         let _ = c.host.shutdown(Shutdown::Write);
         c.device_eof = true;
@@ -985,6 +1038,11 @@ fn tcp_socket() -> tcp::Socket<'static> {
         tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
     );
     sock.set_nagle_enabled(false);
+    // The device's segments are acknowledged in the poll they arrive in, as
+    // by a host that reads them at once: with smoltcp's 10 ms delayed ACK,
+    // the last segment of a window the gateway holds (`Hold`) would keep a
+    // small SoC's send buffer full for 10 ms at the end of each message.
+    sock.set_ack_delay(None);
     sock.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
     sock
 }
@@ -1103,7 +1161,7 @@ mod tests {
         fn new(cfg: GatewayConfig, faults: LinkFaults, static_v4: bool) -> Net {
             let now = Instant::now();
             let mut dev_end = LinkEnd::new(faults.max_frame());
-            let mut gw_end = LinkEnd::new(faults.max_frame());
+            let mut gw_end = LinkEnd::trusting_rx(faults.max_frame());
             let gw = Gateway::new(cfg, &mut gw_end, now).unwrap();
             let dev = Station::new(&mut dev_end, now, static_v4);
             Net {
@@ -1663,5 +1721,84 @@ mod tests {
             Some((IpAddr::V4(DEVICE_V4), 50_002, IpAddr::V4(GATEWAY_V4), 4243))
         );
         assert_eq!(parse_syn(b"short"), None);
+    }
+
+    /// A station that sends `len` patterned bytes on each connection to its
+    /// port 80 through a socket with a small SoC's 4 KiB send buffer, and
+    /// keeps the connection open. Call each turn.
+    fn send_through_small_window(dev: &mut Station, h: SocketHandle, len: usize, sent: &mut usize) {
+        let s = dev.get(h);
+        while *sent < len && s.can_send() {
+            let n = s.send_slice(&pattern(len)[*sent..]).unwrap();
+            if n == 0 {
+                break;
+            }
+            *sent += n;
+        }
+    }
+
+    #[test]
+    fn a_message_sent_in_several_windows_reaches_the_host_in_one_write() {
+        let (mut net, _, addr) = forward_to_station(0);
+        let mut small = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 4096]),
+            tcp::SocketBuffer::new(vec![0; 4096]),
+        );
+        small.listen(80).unwrap();
+        let h = net.dev.tcp(&mut small);
+        // 16 KiB through a 4 KiB send buffer: four windows, each waiting
+        // for the gateway's ACK of the one before.
+        const LEN: usize = 16 * 1024;
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = vec![0; 64 * 1024];
+            let first = s.read(&mut buf).unwrap();
+            let mut got = buf[..first].to_vec();
+            while got.len() < LEN {
+                let n = s.read(&mut buf).unwrap();
+                assert_ne!(n, 0, "EOF after {} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+            }
+            (first, got)
+        });
+        let mut sent = 0;
+        let finished = net.run_until(Duration::from_secs(20), |dev| {
+            send_through_small_window(dev, h, LEN, &mut sent);
+            client.is_finished()
+        });
+        assert!(finished, "the client did not read {LEN} bytes");
+        let (first, got) = client.join().unwrap();
+        assert!(got == pattern(LEN), "the bytes came in order");
+        assert_eq!(first, LEN, "the host's first read had the whole message");
+    }
+
+    #[test]
+    fn hold_releases_small_answers_at_once_and_bulk_after_a_quiet_round_trip() {
+        // A small answer: written in the poll it arrives in.
+        let mut h = Hold::default();
+        assert!(h.release(100, false));
+        assert!(h.release(BULK - 1, false));
+
+        // Windows of 4 KiB every other poll: held until two polls in a row
+        // bring nothing.
+        let mut h = Hold::default();
+        assert!(!h.release(4096, false), "first window");
+        assert!(!h.release(4096, false), "the ACK's poll");
+        assert!(!h.release(8192, false), "second window");
+        assert!(!h.release(8192, false));
+        assert!(!h.release(12_288, false), "third window");
+        assert!(!h.release(12_288, false), "one quiet poll");
+        assert!(
+            h.release(12_288, false),
+            "two quiet polls: the device is done"
+        );
+
+        // Never more than HOLD_MAX, and not past the device's FIN.
+        let mut h = Hold::default();
+        assert!(!h.release(HOLD_MAX - 1, false));
+        assert!(h.release(HOLD_MAX + 4096, false));
+        let mut h = Hold::default();
+        assert!(h.release(4096, true));
     }
 }

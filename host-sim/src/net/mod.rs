@@ -104,7 +104,7 @@ impl SmolNetwork {
             ));
         }
         let mut device_end = LinkEnd::new(faults.max_frame());
-        let mut gateway_end = LinkEnd::new(faults.max_frame());
+        let mut gateway_end = LinkEnd::trusting_rx(faults.max_frame());
         let gateway = Gateway::new(
             GatewayConfig {
                 forwards,
@@ -215,6 +215,7 @@ pub fn shuttle(link: &mut Link, device: &mut LinkEnd, gateway: &mut LinkEnd, now
     while let Some(frame) = gateway.take_sent() {
         link.send(Side::Gateway, frame, now);
     }
+    LinkEnd::recycle(device, gateway);
     let mut delivered = false;
     while let Some(frame) = link.receive(Side::Device, now) {
         device.deliver(frame);
