@@ -21,7 +21,8 @@ pub const SPARE_FRAMES: usize = 64;
 pub struct LinkEnd {
     rx: VecDeque<Vec<u8>>,
     tx: VecDeque<Vec<u8>>,
-    /// Buffers of the frames this end read, until [`recycle`](Self::recycle).
+    /// Buffers of the frames this end read (at most [`SPARE_FRAMES`]),
+    /// until [`recycle`](Self::recycle).
     read: Vec<Vec<u8>>,
     /// Buffers for the frames this end sends next.
     free: Vec<Vec<u8>>,
@@ -148,7 +149,9 @@ impl phy::RxToken for RxToken<'_> {
         F: FnOnce(&[u8]) -> R,
     {
         let r = f(&self.frame);
-        self.read.push(self.frame);
+        if self.read.len() < SPARE_FRAMES {
+            self.read.push(self.frame);
+        }
         r
     }
 }
@@ -231,10 +234,16 @@ mod tests {
             sent, read,
             "every frame sent went out in a read frame's buffer"
         );
-        // The pool is bounded.
+        // The pool is bounded, also between recycles.
         for _ in 0..3 * SPARE_FRAMES {
             b.deliver(vec![0; 64]);
             b.receive(now).unwrap().0.consume(|_| ());
+        }
+        assert_eq!(b.read.len(), SPARE_FRAMES);
+        LinkEnd::recycle(&mut a, &mut b);
+        for _ in 0..SPARE_FRAMES {
+            a.deliver(vec![0; 64]);
+            a.receive(now).unwrap().0.consume(|_| ());
         }
         LinkEnd::recycle(&mut a, &mut b);
         assert_eq!((a.free.len(), b.free.len()), (SPARE_FRAMES, SPARE_FRAMES));
