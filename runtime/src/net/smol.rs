@@ -199,6 +199,9 @@ pub struct SmolDriver {
     listen_backlog: usize,
     tcp_rx_buffer: usize,
     tcp_tx_buffer: usize,
+    /// Received bytes that wrap around a socket's ring, made one piece for
+    /// the context (at most `tcp_rx_buffer` bytes; see `receive_piece`).
+    rx_scratch: Vec<u8>,
     /// `std` time of smoltcp's zero.
     epoch: Instant,
     dhcp: Option<SocketHandle>,
@@ -308,6 +311,7 @@ impl SmolDriver {
             // smoltcp refuses a receive buffer over 1 GiB (its window scale).
             tcp_rx_buffer: net.tcp_rx_buffer.clamp(1, 1 << 30),
             tcp_tx_buffer: net.tcp_tx_buffer.max(1),
+            rx_scratch: Vec::new(),
             epoch: now,
             dhcp,
             dns,
@@ -557,13 +561,7 @@ impl SmolDriver {
                     if space == 0 || !socket.can_recv() {
                         break;
                     }
-                    let taken = socket
-                        .recv(|buf| {
-                            let n = buf.len().min(space);
-                            let taken = ctx.receive(id, &buf[..n], now);
-                            (taken, taken)
-                        })
-                        .unwrap_or(0);
+                    let taken = receive_piece(ctx, id, socket, space, &mut self.rx_scratch, now);
                     if taken == 0 {
                         break;
                     }
@@ -898,6 +896,46 @@ impl SmolDriver {
 }
 
 /// Tells the context a client connection failed, and that it has no socket.
+/// Hands `ctx` what waits in `socket` (at most `space` bytes) as one piece,
+/// and takes out of the socket what it took. Where the bytes wrap around the
+/// socket's ring they are copied into `scratch` first (it grows to at most
+/// the socket's receive buffer): a window of a longer message, which wraps
+/// more often than not, is then one WebSocket `RECEIVE` for the guest
+/// instead of two, and one fragment of its echo.
+fn receive_piece(
+    ctx: &mut Context,
+    id: ConnId,
+    socket: &mut tcp::Socket<'_>,
+    space: usize,
+    scratch: &mut Vec<u8>,
+    now: Instant,
+) -> usize {
+    let want = space.min(socket.recv_queue());
+    let contiguous = socket.peek(want).map_or(0, <[u8]>::len);
+    if contiguous == want {
+        return socket
+            .recv(|buf| {
+                let taken = ctx.receive(id, &buf[..want], now);
+                (taken, taken)
+            })
+            .unwrap_or(0);
+    }
+    scratch.resize(want, 0);
+    let n = socket.peek_slice(scratch).unwrap_or(0);
+    let taken = ctx.receive(id, &scratch[..n], now);
+    let mut left = taken;
+    while left > 0 {
+        match socket.recv(|buf| {
+            let k = buf.len().min(left);
+            (k, k)
+        }) {
+            Ok(k) if k > 0 => left -= k,
+            _ => break,
+        }
+    }
+    taken
+}
+
 fn fail_connect(ctx: &mut Context, id: ConnId, why: &str, now: Instant) {
     ctx.connect_failed(id, why, now);
     ctx.close(id, now);

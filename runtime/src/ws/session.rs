@@ -194,16 +194,22 @@ fn frame_len(masked: bool, payload: usize) -> usize {
 }
 
 /// XORs `buf` with `mask`, `buf` starting `offset` bytes into the payload.
+/// Eight bytes at a time (the key twice in a `u64`): byte by byte it was
+/// about 0.8 instructions per payload byte, 4% of the simulator's work per
+/// 16 KiB WebSocket echo (callgrind).
 fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: u64) {
     let mut key = mask;
     key.rotate_left((offset % 4) as usize);
-    let mut words = buf.chunks_exact_mut(4);
+    let [k0, k1, k2, k3] = key;
+    let wide = u64::from_ne_bytes([k0, k1, k2, k3, k0, k1, k2, k3]);
+    let mut words = buf.chunks_exact_mut(8);
     for word in &mut words {
-        for (b, k) in word.iter_mut().zip(key) {
-            *b ^= k;
-        }
+        let mut w = [0; 8];
+        w.copy_from_slice(word);
+        word.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
     }
-    for (b, k) in words.into_remainder().iter_mut().zip(key) {
+    // The remainder starts a multiple of 8 (so of 4) bytes in: the same key.
+    for (b, k) in words.into_remainder().iter_mut().zip(key.iter().cycle()) {
         *b ^= k;
     }
 }
@@ -1006,5 +1012,29 @@ impl Session {
         self.rng = x;
         let [a, b, c, d, ..] = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_be_bytes();
         Some([a, b, c, d])
+    }
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::apply_mask;
+
+    #[test]
+    fn masking_any_length_from_any_offset_matches_the_rfc_byte_rule() {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let payload: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(73)).collect();
+        for offset in 0..9u64 {
+            for len in 0..payload.len() {
+                let mut got = payload[..len].to_vec();
+                apply_mask(&mut got, mask, offset);
+                // RFC 6455 5.3: octet i of the payload XOR octet i % 4 of the key.
+                let want: Vec<u8> = payload[..len]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[(i + offset as usize) % 4])
+                    .collect();
+                assert_eq!(got, want, "offset {offset}, length {len}");
+            }
+        }
     }
 }
