@@ -1723,9 +1723,9 @@ mod tests {
         assert_eq!(parse_syn(b"short"), None);
     }
 
-    /// A station that sends `len` patterned bytes on each connection to its
-    /// port 80 through a socket with a small SoC's 4 KiB send buffer, and
-    /// keeps the connection open. Call each turn.
+    /// Sends `len` patterned bytes on station socket `h` as its send
+    /// buffer takes them (`sent` so far), and keeps the connection open.
+    /// Call each turn.
     fn send_through_small_window(dev: &mut Station, h: SocketHandle, len: usize, sent: &mut usize) {
         let s = dev.get(h);
         while *sent < len && s.can_send() {
