@@ -334,17 +334,17 @@ fn a_get_and_a_64_kib_post_are_answered_by_the_guest() {
     assert_eq!(net.driver.sockets_in_use().0, 2, "only the listening pool");
 }
 
-/// Sizes of the `HTTP_BODY` pieces [`BodyPieces`] saw.
-static BODY_PIECES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// The `HTTP_BODY` pieces [`BodyPieces`] saw.
+static BODY_PIECES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// Records each body piece's size and answers `200` when the body is in.
+/// Records each body piece and answers `200` when the body is in.
 #[derive(Debug)]
 struct BodyPieces;
 
 impl NativeProtocol for BodyPieces {
     fn callback(&mut self, call: &mut Call, why: i32, input: &[u8]) -> i32 {
         match why {
-            reason::HTTP_BODY => BODY_PIECES.lock().unwrap().push(input.len()),
+            reason::HTTP_BODY => BODY_PIECES.lock().unwrap().push(input.to_vec()),
             reason::HTTP_BODY_COMPLETION => {
                 let http = &mut call.http;
                 let done = http
@@ -367,19 +367,20 @@ fn bytes_that_wrap_the_sockets_ring_reach_the_handler_as_one_piece() {
     let mut net = Net::new(config, |_| {});
     // The body's pieces arrive at every offset of the device's 4 KiB
     // receive ring, so many of them wrap around its end.
-    let body = vec![b'x'; 64 * 1024];
+    let body: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     let response = net.request((DEVICE_V4, 80), &post(&body));
     assert_eq!(status(&response), "HTTP/1.1 200 OK");
     let pieces = BODY_PIECES.lock().unwrap().clone();
-    assert_eq!(pieces.iter().sum::<usize>(), body.len());
+    assert!(pieces.concat() == body, "the body's bytes, in order");
     // The peer's segments come two at a time (2,920 bytes) here, each pair
     // one piece: 23, one more for the head's share of the first. Split at
     // the ring's end wherever they wrap, they were 39.
     let arrivals = body.len().div_ceil(2 * 1460);
+    let sizes: Vec<usize> = pieces.iter().map(Vec::len).collect();
     assert!(
-        pieces.len() <= arrivals + 1,
-        "{} pieces for {arrivals} arrivals: {pieces:?}",
-        pieces.len()
+        sizes.len() <= arrivals + 1,
+        "{} pieces for {arrivals} arrivals: {sizes:?}",
+        sizes.len()
     );
 }
 

@@ -183,7 +183,12 @@ struct Conn {
 /// Bytes are held only once at least [`BULK`] wait, so a small answer (an
 /// HTTP response, a short WebSocket message) goes out in the poll it arrives
 /// in; and at most until [`QUIET_POLLS`] polls in a row bring nothing more,
-/// [`HOLD_MAX`] bytes wait, or the device sends FIN.
+/// [`HOLD_MAX`] bytes wait, or the device sends FIN or resets. While bytes
+/// are held the loop turns again at once (`deadline` asks for `now`), so
+/// holding never waits for time to pass: on a link with a delay the quiet
+/// polls come before the next window, the bytes go after two quick turns,
+/// and the hold saves nothing there (it is made for the default link,
+/// where a window's round trip is two polls).
 #[derive(Debug, Default, Clone, Copy)]
 struct Hold {
     /// Bytes in the gateway socket's receive queue after the last poll.
@@ -205,14 +210,14 @@ const HOLD_MAX: usize = TCP_BUFFER / 2;
 impl Hold {
     /// Notes the receive queue's length in this poll; true if it should be
     /// written to the host now.
-    fn release(&mut self, queued: usize, fin_seen: bool) -> bool {
+    fn release(&mut self, queued: usize, done_sending: bool) -> bool {
         if queued > self.seen {
             self.quiet = 0;
         } else {
             self.quiet = self.quiet.saturating_add(1);
         }
         self.seen = queued;
-        fin_seen || queued < BULK || self.quiet >= QUIET_POLLS || queued >= HOLD_MAX
+        done_sending || queued < BULK || self.quiet >= QUIET_POLLS || queued >= HOLD_MAX
     }
 }
 
@@ -936,7 +941,10 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
 
     // Device to host: only what the host socket takes leaves the buffer,
     // and what the device is still sending waits for the rest (`Hold`).
-    let release = c.hold.release(sock.recv_queue(), c.fin_seen);
+    // A device that sent FIN, or reset the connection (smoltcp keeps what
+    // it had received), sends no more: what is held goes now.
+    let done_sending = c.fin_seen || state == State::Closed;
+    let release = c.hold.release(sock.recv_queue(), done_sending);
     while release && c.writable && sock.can_recv() {
         let r = sock.recv(|buf| match c.host.write(buf) {
             Ok(n) => (n, Ok(n)),
@@ -1771,6 +1779,50 @@ mod tests {
         let (first, got) = client.join().unwrap();
         assert!(got == pattern(LEN), "the bytes came in order");
         assert_eq!(first, LEN, "the host's first read had the whole message");
+    }
+
+    #[test]
+    fn bytes_held_when_the_device_resets_still_reach_the_host() {
+        let (mut net, _, addr) = forward_to_station(0);
+        let mut s = tcp_socket();
+        s.listen(80).unwrap();
+        let h = net.dev.tcp(&mut s);
+        const LEN: usize = 8 * 1024;
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got); // a FIN or a reset ends it
+            got
+        });
+        // 8 KiB in one window (held: more than two segments), and a reset
+        // right behind it, before the gateway's quiet polls would have let
+        // the bytes go: the station's poll after the send puts the window
+        // on the link, the next one the reset.
+        let mut phase = 0;
+        let finished = net.run_until(Duration::from_secs(20), |dev| {
+            let s = dev.get(h);
+            match phase {
+                0 if s.may_send() => {
+                    assert_eq!(s.send_slice(&pattern(LEN)).unwrap(), LEN);
+                    phase = 1;
+                }
+                1 => {
+                    s.abort();
+                    phase = 2;
+                }
+                _ => {}
+            }
+            client.is_finished()
+        });
+        assert!(finished, "the host connection did not end");
+        let got = client.join().unwrap();
+        assert_eq!(
+            got.len(),
+            LEN,
+            "every byte the device sent before its reset"
+        );
+        assert!(got == pattern(LEN));
     }
 
     #[test]

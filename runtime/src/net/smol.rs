@@ -75,7 +75,9 @@ pub struct NetConfig {
     /// `Retry-After` instead of a reset. Default 1.
     pub reserve_sockets: usize,
     /// Receive buffer of each TCP socket, in bytes: the most the peer may send
-    /// ahead (the TCP window). Default 4096.
+    /// ahead (the TCP window). Default 4096. The driver also keeps one
+    /// buffer of at most this size for bytes that wrap around a socket's
+    /// ring (allocated the first time they do).
     pub tcp_rx_buffer: usize,
     /// Send buffer of each TCP socket, in bytes: unacknowledged data in
     /// flight. Default 4096.
@@ -895,7 +897,6 @@ impl SmolDriver {
     }
 }
 
-/// Tells the context a client connection failed, and that it has no socket.
 /// Hands `ctx` what waits in `socket` (at most `space` bytes) as one piece,
 /// and takes out of the socket what it took. Where the bytes wrap around the
 /// socket's ring they are copied into `scratch` first (it grows to at most
@@ -936,6 +937,7 @@ fn receive_piece(
     taken
 }
 
+/// Tells the context a client connection failed, and that it has no socket.
 fn fail_connect(ctx: &mut Context, id: ConnId, why: &str, now: Instant) {
     ctx.connect_failed(id, why, now);
     ctx.close(id, now);
