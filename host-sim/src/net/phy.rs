@@ -13,8 +13,12 @@ use smoltcp::time::Instant;
 /// the device is busy (`transmit` gives no token) and tries again later.
 pub const TX_QUEUE_FRAMES: usize = 256;
 /// Buffers of frames already read that an end keeps for its next sends, at
-/// most (a frame of the default MTU is 1,514 bytes: 96 KiB per end).
-pub const SPARE_FRAMES: usize = 64;
+/// most: as many as it may queue to send ([`TX_QUEUE_FRAMES`]), since with
+/// tens of connections a turn moves hundreds of frames each way (with 64,
+/// half the frames under 50 WebSocket clients were still new allocations).
+/// A frame of the default MTU is 1,514 bytes: 384 KiB per list, two lists
+/// per end, in the simulator's own memory.
+pub const SPARE_FRAMES: usize = TX_QUEUE_FRAMES;
 
 /// One end of the link (medium Ethernet).
 #[derive(Debug)]
