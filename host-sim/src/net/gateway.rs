@@ -1263,12 +1263,19 @@ mod tests {
             .collect()
     }
 
+    /// A host connection to the forward on `addr`, its reads bounded by
+    /// 20 s so that a stuck test fails instead of hanging.
+    fn forward_stream(addr: SocketAddr) -> std::net::TcpStream {
+        let s = std::net::TcpStream::connect(addr).expect("connect to the forward");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
     /// A host client on `addr`: sends `len` patterned bytes, half-closes, and
     /// returns everything it read back until EOF.
     fn host_client(addr: SocketAddr, len: usize) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
-            let s = std::net::TcpStream::connect(addr).expect("connect to the forward");
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let s = forward_stream(addr);
             let mut w = s.try_clone().unwrap();
             let writer = std::thread::spawn(move || {
                 let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
@@ -1405,8 +1412,7 @@ mod tests {
         let mut kept = None;
         for i in 0..4 {
             let client = std::thread::spawn(move || {
-                let mut s = std::net::TcpStream::connect(addr).expect("connect to the forward");
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut s = forward_stream(addr);
                 s.write_all(b"hi\n").unwrap();
                 let mut back = Vec::new();
                 s.read_to_end(&mut back).expect("read to EOF");
@@ -1731,13 +1737,17 @@ mod tests {
         assert_eq!(parse_syn(b"short"), None);
     }
 
-    /// Sends `len` patterned bytes on station socket `h` as its send
-    /// buffer takes them (`sent` so far), and keeps the connection open.
-    /// Call each turn.
-    fn send_through_small_window(dev: &mut Station, h: SocketHandle, len: usize, sent: &mut usize) {
+    /// Sends `data` on station socket `h` as its send buffer takes it
+    /// (`sent` bytes so far), and keeps the connection open. Call each turn.
+    fn send_through_small_window(
+        dev: &mut Station,
+        h: SocketHandle,
+        data: &[u8],
+        sent: &mut usize,
+    ) {
         let s = dev.get(h);
-        while *sent < len && s.can_send() {
-            let n = s.send_slice(&pattern(len)[*sent..]).unwrap();
+        while *sent < data.len() && s.can_send() {
+            let n = s.send_slice(&data[*sent..]).unwrap();
             if n == 0 {
                 break;
             }
@@ -1758,8 +1768,7 @@ mod tests {
         // for the gateway's ACK of the one before.
         const LEN: usize = 16 * 1024;
         let client = std::thread::spawn(move || {
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut s = forward_stream(addr);
             let mut buf = vec![0; 64 * 1024];
             let first = s.read(&mut buf).unwrap();
             let mut got = buf[..first].to_vec();
@@ -1770,9 +1779,9 @@ mod tests {
             }
             (first, got)
         });
-        let mut sent = 0;
+        let (data, mut sent) = (pattern(LEN), 0);
         let finished = net.run_until(Duration::from_secs(20), |dev| {
-            send_through_small_window(dev, h, LEN, &mut sent);
+            send_through_small_window(dev, h, &data, &mut sent);
             client.is_finished()
         });
         assert!(finished, "the client did not read {LEN} bytes");
@@ -1789,8 +1798,7 @@ mod tests {
         let h = net.dev.tcp(&mut s);
         const LEN: usize = 8 * 1024;
         let client = std::thread::spawn(move || {
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut s = forward_stream(addr);
             let mut got = Vec::new();
             let _ = s.read_to_end(&mut got); // a FIN or a reset ends it
             got
