@@ -35,6 +35,27 @@ pub const FRAGMENT_FINAL: i64 = 2;
 pub const FRAGMENT_BINARY: i64 = 4;
 /// `wasmgate_fragment`: the bytes of the frame still to come start at this bit.
 pub const FRAGMENT_REMAINING_SHIFT: u32 = 8;
+/// Set in the fragment cell's word when a host wrote it (the cell that
+/// `export_ws!`'s `wasmgate_fragment_cell` names; `docs/abi.md`, "The
+/// fragment cell"); `wasmgate_fragment` never answers with it.
+pub const FRAGMENT_PRESENT: i64 = 0x80;
+
+/// The fragment cell: a host that knows its address (the
+/// `wasmgate_fragment_cell` export, emitted by [`export_ws!`](crate::export_ws))
+/// writes what `wasmgate_fragment` would answer, with [`FRAGMENT_PRESENT`],
+/// before every `RECEIVE` and `CLIENT_RECEIVE` callback, which then needs no
+/// host call to learn where its piece sits. It reads 0 under a host that does
+/// not write it.
+#[cfg(target_arch = "wasm32")]
+pub(crate) static FRAGMENT_CELL: GuestCell<i64> = GuestCell::new(0);
+
+/// The fragment cell's address, which the `wasmgate_fragment_cell` export
+/// answers. Not public API.
+#[doc(hidden)]
+#[cfg(target_arch = "wasm32")]
+pub fn fragment_cell() -> i32 {
+    offset(FRAGMENT_CELL.as_ptr())
+}
 
 /// `lws_set_timer_usecs`'s `usecs` that cancels the connection's timer (lws's
 /// `LWS_SET_TIMER_USEC_CANCEL`; any negative value does).

@@ -1,7 +1,8 @@
 //! The export macros (`export_lws_callback!`, `export_http!`, `export_ws!`):
 //! they declare a guest's statics (receive buffer, session
 //! region, descriptor) and its exports, `callback`, `wasmgate_protocol` and,
-//! where the reasons the guest handles are known, `wasmgate_wants`.
+//! where the reasons the guest handles are known, `wasmgate_wants`;
+//! `export_ws!` also `wasmgate_fragment_cell`.
 //! Everything they emit exists only on wasm32.
 
 /// Exports an lws-shaped callback, as a C guest registers a `struct lws_protocols`
@@ -164,6 +165,11 @@ macro_rules! export_http {
 /// served at once, server and client alike. The session type is the handler's
 /// `Session`, stored as is (`per_session_data_size` is its size), fresh at
 /// every `FILTER_PROTOCOL_CONNECTION` and at a client connection's first event.
+/// Besides `callback`, `wasmgate_protocol` and `wasmgate_wants`, it exports
+/// `wasmgate_fragment_cell`, so that the host writes where each received
+/// piece sits and `on_receive` costs no host call to learn it
+/// (see [`abi::FRAGMENT_PRESENT`](crate::abi::FRAGMENT_PRESENT) and
+/// `docs/abi.md`).
 #[macro_export]
 macro_rules! export_ws {
     (
@@ -180,6 +186,14 @@ macro_rules! export_ws {
             $crate::ws::dispatch::<$handler>
         );
         $crate::__export_wants!($crate::ws::WANTED);
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)] // reason: exports need `#[no_mangle]`
+        const _: () = {
+            #[unsafe(no_mangle)]
+            extern "C" fn wasmgate_fragment_cell() -> i32 {
+                $crate::abi::fragment_cell()
+            }
+        };
     };
 }
 

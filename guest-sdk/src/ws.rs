@@ -89,6 +89,21 @@ impl Fragment {
         Err(Error::from_code(code).unwrap_or(Error::BadState))
     }
 
+    /// The piece of the `RECEIVE` (or `CLIENT_RECEIVE`) callback being
+    /// dispatched for `wsi`: read from the fragment cell the host wrote before
+    /// the callback, or, under a host that does not write it, asked with
+    /// [`Fragment::current`].
+    fn of_callback(wsi: Wsi) -> Result<Self, Error> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let word = abi::FRAGMENT_CELL.get();
+            if word & abi::FRAGMENT_PRESENT != 0 {
+                return Ok(Self::unpack(word));
+            }
+        }
+        Self::current(wsi)
+    }
+
     /// A `wasmgate_fragment` answer that is not an error.
     fn unpack(packed: i64) -> Self {
         let remaining = packed >> abi::FRAGMENT_REMAINING_SHIFT;
@@ -450,7 +465,7 @@ pub fn dispatch<H: WsHandler>(
             _ => Flow::Close,
         },
         Reason::Established | Reason::ClientEstablished => H::on_established(&mut ws, session),
-        Reason::Receive | Reason::ClientReceive => match Fragment::current(wsi) {
+        Reason::Receive | Reason::ClientReceive => match Fragment::of_callback(wsi) {
             Ok(fragment) => H::on_receive(&mut ws, session, rx.input(), fragment),
             // Without knowing where the piece goes, no handler can use it.
             Err(_) => Flow::Close,

@@ -91,11 +91,31 @@ fn copy_out(mem: &mut [u8], dst: i32, dst_len: i32, value: &[u8]) -> i32 {
     value.len() as i32
 }
 
+/// The connections a host call applies to: the response calls mean nothing
+/// on an upgraded connection, the WebSocket calls nothing on an HTTP one.
+#[derive(Debug, Clone, Copy)]
+enum On {
+    Any,
+    Http,
+    Ws,
+}
+
+impl On {
+    fn admits(self, call: &Call) -> bool {
+        match self {
+            On::Any => true,
+            On::Http => call.ws.is_none(),
+            On::Ws => call.ws.is_some(),
+        }
+    }
+}
+
 /// Runs `f` with guest memory and the connection `wsi`, if it is the one lent
-/// to this callback.
+/// to this callback and `on` admits it.
 fn with_call(
     cx: &mut Cx<'_>,
     wsi: i32,
+    on: On,
     bytes: i32,
     f: impl FnOnce(&mut [u8], &mut Call) -> i32,
 ) -> i32 {
@@ -105,7 +125,18 @@ fn with_call(
     };
     let (mem, state) = memory.data_and_store_mut(cx);
     match state.call.as_mut() {
-        Some(call) if call.wsi == wsi => f(mem, call),
+        Some(call) if call.wsi == wsi && on.admits(call) => f(mem, call),
+        _ => BAD_STATE,
+    }
+}
+
+/// [`with_call`] for the calls that touch no guest memory: finding the
+/// memory in the store costs about 60 instructions, a fifth of a small host
+/// call's price to the guest.
+fn with_conn(cx: &mut Cx<'_>, wsi: i32, on: On, f: impl FnOnce(&mut Call) -> i32) -> i32 {
+    charge(cx, 0);
+    match cx.data_mut().call.as_mut() {
+        Some(call) if call.wsi == wsi && on.admits(call) => f(call),
         _ => BAD_STATE,
     }
 }
@@ -137,7 +168,7 @@ fn header_name(raw: &[u8]) -> &[u8] {
 }
 
 fn lws_write(mut cx: Cx<'_>, wsi: i32, buf: i32, len: i32, mode: i32) -> i32 {
-    with_call(&mut cx, wsi, len, |mem, call| {
+    with_call(&mut cx, wsi, On::Any, len, |mem, call| {
         let Some(data) = bytes(mem, buf, len) else {
             return BAD_POINTER;
         };
@@ -170,53 +201,20 @@ fn lws_write(mut cx: Cx<'_>, wsi: i32, buf: i32, len: i32, mode: i32) -> i32 {
     })
 }
 
-/// Runs `f` on a call whose connection is (still) HTTP: the response calls
-/// mean nothing on an upgraded connection.
-fn with_http(
-    cx: &mut Cx<'_>,
-    wsi: i32,
-    bytes: i32,
-    f: impl FnOnce(&mut [u8], &mut Call) -> i32,
-) -> i32 {
-    with_call(cx, wsi, bytes, |mem, call| {
-        if call.ws.is_none() {
-            f(mem, call)
-        } else {
-            BAD_STATE
-        }
-    })
-}
-
-/// Runs `f` on a call whose connection is a WebSocket.
-fn with_ws(
-    cx: &mut Cx<'_>,
-    wsi: i32,
-    bytes: i32,
-    f: impl FnOnce(&mut [u8], &mut Call) -> i32,
-) -> i32 {
-    with_call(cx, wsi, bytes, |mem, call| {
-        if call.ws.is_some() {
-            f(mem, call)
-        } else {
-            BAD_STATE
-        }
-    })
-}
-
 fn is_first_fragment(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_ws(&mut cx, wsi, 0, |_, call| i32::from(call.fragment.first))
+    with_conn(&mut cx, wsi, On::Ws, |call| i32::from(call.fragment.first))
 }
 
 fn is_final_fragment(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_ws(&mut cx, wsi, 0, |_, call| i32::from(call.fragment.last))
+    with_conn(&mut cx, wsi, On::Ws, |call| i32::from(call.fragment.last))
 }
 
 fn frame_is_binary(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_ws(&mut cx, wsi, 0, |_, call| i32::from(call.fragment.binary))
+    with_conn(&mut cx, wsi, On::Ws, |call| i32::from(call.fragment.binary))
 }
 
 fn remaining_payload(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_ws(&mut cx, wsi, 0, |_, call| {
+    with_conn(&mut cx, wsi, On::Ws, |call| {
         i32::try_from(call.fragment.remaining).unwrap_or(i32::MAX)
     })
 }
@@ -229,6 +227,9 @@ const FRAGMENT_FINAL: i64 = 2;
 const FRAGMENT_BINARY: i64 = 4;
 /// Where `wasmgate_fragment` puts the bytes of the frame still to come.
 const FRAGMENT_REMAINING_SHIFT: u32 = 8;
+/// Set in the word written to a guest's fragment cell: the host wrote it (a
+/// cell no host wrote reads 0).
+pub(super) const FRAGMENT_PRESENT: i64 = 0x80;
 
 /// `wasmgate_fragment`: the four lws fragment queries (`lws_is_first_fragment`,
 /// `lws_is_final_fragment`, `lws_frame_is_binary`,
@@ -237,7 +238,7 @@ const FRAGMENT_REMAINING_SHIFT: u32 = 8;
 /// bytes from bit 8 on. Negative (a status) where those calls fail.
 fn fragment(mut cx: Cx<'_>, wsi: i32) -> i64 {
     let mut packed = 0;
-    let status = with_ws(&mut cx, wsi, 0, |_, call| {
+    let status = with_conn(&mut cx, wsi, On::Ws, |call| {
         packed = pack_fragment(call.fragment);
         0
     });
@@ -250,7 +251,7 @@ fn fragment(mut cx: Cx<'_>, wsi: i32) -> i64 {
 
 /// `fragment` as `wasmgate_fragment` returns it: never negative (the
 /// remaining count is capped at 2^55 - 1, far beyond any frame a device takes).
-fn pack_fragment(fragment: super::Fragment) -> i64 {
+pub(super) fn pack_fragment(fragment: super::Fragment) -> i64 {
     const MAX_REMAINING: u64 = (1 << (63 - FRAGMENT_REMAINING_SHIFT)) - 1;
     let flag = |set: bool, bit: i64| if set { bit } else { 0 };
     let remaining = fragment.remaining.min(MAX_REMAINING) as i64;
@@ -261,7 +262,7 @@ fn pack_fragment(fragment: super::Fragment) -> i64 {
 }
 
 fn close_reason(mut cx: Cx<'_>, wsi: i32, code: i32, reason: i32, len: i32) -> i32 {
-    with_ws(&mut cx, wsi, len, |mem, call| {
+    with_call(&mut cx, wsi, On::Ws, len, |mem, call| {
         let Some(reason) = bytes(mem, reason, len) else {
             return BAD_POINTER;
         };
@@ -274,14 +275,14 @@ fn close_reason(mut cx: Cx<'_>, wsi: i32, code: i32, reason: i32, len: i32) -> i
 }
 
 fn rx_flow_control(mut cx: Cx<'_>, wsi: i32, enable: i32) -> i32 {
-    with_ws(&mut cx, wsi, 0, |_, call| {
+    with_conn(&mut cx, wsi, On::Ws, |call| {
         call.rx_flow = Some(enable != 0);
         0
     })
 }
 
 fn set_timer(mut cx: Cx<'_>, wsi: i32, usecs: i64) -> i32 {
-    with_call(&mut cx, wsi, 0, |_, call| {
+    with_conn(&mut cx, wsi, On::Any, |call| {
         call.timer = Some(u64::try_from(usecs).ok());
         0
     })
@@ -369,7 +370,7 @@ fn writable_all(mut cx: Cx<'_>) -> i32 {
 }
 
 fn add_status(mut cx: Cx<'_>, wsi: i32, status: i32) -> i32 {
-    with_http(&mut cx, wsi, 0, |_, call| match status_code(status) {
+    with_conn(&mut cx, wsi, On::Http, |call| match status_code(status) {
         Some(code) => response_status(call.http.begin_head(code)),
         None => INVALID,
     })
@@ -383,9 +384,10 @@ fn add_header(
     value: i32,
     value_len: i32,
 ) -> i32 {
-    with_http(
+    with_call(
         &mut cx,
         wsi,
+        On::Http,
         name_len.saturating_add(value_len),
         |mem, call| {
             let (Some(name), Some(value)) =
@@ -399,7 +401,7 @@ fn add_header(
 }
 
 fn content_length(mut cx: Cx<'_>, wsi: i32, length: i64) -> i32 {
-    with_http(&mut cx, wsi, 0, |_, call| match u64::try_from(length) {
+    with_conn(&mut cx, wsi, On::Http, |call| match u64::try_from(length) {
         Ok(n) => response_status(call.http.set_content_length(Some(n))),
         Err(_) => INVALID,
     })
@@ -413,7 +415,7 @@ fn common_headers(
     ct_len: i32,
     length: i64,
 ) -> i32 {
-    with_http(&mut cx, wsi, ct_len, |mem, call| {
+    with_call(&mut cx, wsi, On::Http, ct_len, |mem, call| {
         let Some(content_type) = bytes(mem, content_type, ct_len) else {
             return BAD_POINTER;
         };
@@ -437,13 +439,13 @@ fn common_headers(
 }
 
 fn finalize(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_http(&mut cx, wsi, 0, |_, call| {
+    with_conn(&mut cx, wsi, On::Http, |call| {
         response_status(call.http.finalize_head())
     })
 }
 
 fn return_status(mut cx: Cx<'_>, wsi: i32, status: i32, html: i32, html_len: i32) -> i32 {
-    with_http(&mut cx, wsi, html_len, |mem, call| {
+    with_call(&mut cx, wsi, On::Http, html_len, |mem, call| {
         let Some(html) = bytes(mem, html, html_len) else {
             return BAD_POINTER;
         };
@@ -469,14 +471,14 @@ fn return_status(mut cx: Cx<'_>, wsi: i32, status: i32, html: i32, html_len: i32
 }
 
 fn on_writable(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_call(&mut cx, wsi, 0, |_, call| {
+    with_conn(&mut cx, wsi, On::Any, |call| {
         call.writable_requested = true;
         1
     })
 }
 
 fn transaction_completed(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_http(&mut cx, wsi, 0, |_, call| {
+    with_conn(&mut cx, wsi, On::Http, |call| {
         let completion = match call.completed {
             Some(done) => done,
             None => call.http.finish_response(),
@@ -487,7 +489,7 @@ fn transaction_completed(mut cx: Cx<'_>, wsi: i32) -> i32 {
 }
 
 fn uri_and_method(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32) -> i32 {
-    with_call(&mut cx, wsi, dst_len, |mem, call| {
+    with_call(&mut cx, wsi, On::Any, dst_len, |mem, call| {
         let Some(req) = call.http.request() else {
             return BAD_STATE;
         };
@@ -506,18 +508,23 @@ fn header_value<'a>(mem: &[u8], call: &'a Call, name: i32, name_len: i32) -> Res
 }
 
 fn hdr_length(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32) -> i32 {
-    with_call(&mut cx, wsi, name_len, |mem, call| {
-        match header_value(mem, call, name, name_len) {
+    with_call(
+        &mut cx,
+        wsi,
+        On::Any,
+        name_len,
+        |mem, call| match header_value(mem, call, name, name_len) {
             Ok(v) => v.len() as i32,
             Err(e) => e,
-        }
-    })
+        },
+    )
 }
 
 fn hdr_copy(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32, name: i32, name_len: i32) -> i32 {
     with_call(
         &mut cx,
         wsi,
+        On::Any,
         dst_len.saturating_add(name_len),
         |mem, call| match header_value(mem, call, name, name_len) {
             Ok(v) => copy_out(mem, dst, dst_len, v),
@@ -530,6 +537,7 @@ fn urlarg(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32, dst: i32, dst_len:
     with_call(
         &mut cx,
         wsi,
+        On::Any,
         dst_len.saturating_add(name_len),
         |mem, call| {
             let Some(name) = bytes(mem, name, name_len) else {
@@ -558,14 +566,14 @@ fn urlarg(mut cx: Cx<'_>, wsi: i32, name: i32, name_len: i32, dst: i32, dst_len:
 }
 
 fn peer(mut cx: Cx<'_>, wsi: i32, dst: i32, dst_len: i32) -> i32 {
-    with_call(&mut cx, wsi, dst_len, |mem, call| {
+    with_call(&mut cx, wsi, On::Any, dst_len, |mem, call| {
         let text = call.peer.ip().to_string();
         copy_out(mem, dst, dst_len, text.as_bytes())
     })
 }
 
 fn is_ssl(mut cx: Cx<'_>, wsi: i32) -> i32 {
-    with_call(&mut cx, wsi, 0, |_, call| i32::from(call.tls))
+    with_conn(&mut cx, wsi, On::Any, |call| i32::from(call.tls))
 }
 
 fn log(mut cx: Cx<'_>, level: i32, msg: i32, len: i32) -> i32 {

@@ -41,6 +41,8 @@ pub enum LoadError {
     Init(String),
     /// `wasmgate_wants(reason)` trapped or ran out of fuel.
     Wants(i32, String),
+    /// `wasmgate_fragment_cell()` trapped, or named a cell outside memory.
+    FragmentCell(String),
 }
 
 impl std::fmt::Display for LoadError {
@@ -81,6 +83,7 @@ impl std::fmt::Display for LoadError {
             Self::Start(e) => write!(f, "module failed to start: {e}"),
             Self::Init(e) => write!(f, "PROTOCOL_INIT failed: {e}"),
             Self::Wants(reason, e) => write!(f, "`{WANTS_EXPORT}({reason})` failed: {e}"),
+            Self::FragmentCell(e) => write!(f, "`{FRAGMENT_CELL_EXPORT}()` {e}"),
         }
     }
 }
@@ -91,6 +94,9 @@ const I32: ValType = ValType::I32;
 
 /// The optional export that says which callback reasons the guest handles.
 pub(super) const WANTS_EXPORT: &str = "wasmgate_wants";
+/// The optional export that names where the host writes a `RECEIVE` piece's
+/// fragment word.
+pub(super) const FRAGMENT_CELL_EXPORT: &str = "wasmgate_fragment_cell";
 
 fn signature(params: &[ValType], results: &[ValType]) -> String {
     let list = |tys: &[ValType]| {
@@ -170,6 +176,10 @@ pub(super) fn check_module(
     // Optional: without it every reason is delivered.
     if module.get_export(WANTS_EXPORT).is_some() {
         func_export(WANTS_EXPORT, &[I32], &[I32], "(i32) -> (i32)")?;
+    }
+    // Optional: without it the guest asks `wasmgate_fragment`.
+    if module.get_export(FRAGMENT_CELL_EXPORT).is_some() {
+        func_export(FRAGMENT_CELL_EXPORT, &[], &[I32], "() -> (i32)")?;
     }
     match module.get_export("memory") {
         Some(ExternType::Memory(ty)) => {

@@ -274,6 +274,9 @@ pub struct Instance {
     descriptor: Descriptor,
     /// The reasons the guest asked for (see [`Wanted`]).
     wanted: Wanted,
+    /// Where the guest wants each `RECEIVE` piece's fragment word written,
+    /// if it exported `wasmgate_fragment_cell` (checked to lie in memory).
+    fragment_cell: Option<usize>,
     fuel_per_callback: u64,
     /// One bit per session slot, set when busy.
     busy: Vec<u64>,
@@ -383,6 +386,7 @@ impl Guest {
             .map_err(|e| LoadError::Start(format!("wasmgate_protocol(): {e}")))?;
         let descriptor = load::read_descriptor(memory.data(&store), ptr as u32, self.limits)?;
         let wanted = self.ask_wanted(&mut store, &instance)?;
+        let fragment_cell = self.ask_fragment_cell(&mut store, &instance, memory)?;
         let slots = descriptor.max_sessions as usize;
         let mut instance = Instance {
             generation: self.generation,
@@ -391,6 +395,7 @@ impl Guest {
             memory,
             descriptor,
             wanted,
+            fragment_cell,
             fuel_per_callback: self.limits.fuel_per_callback,
             busy: vec![0; slots.div_ceil(64)],
             bound: 0,
@@ -438,6 +443,43 @@ impl Guest {
             }
         }
         Ok(wanted)
+    }
+
+    /// Asks the guest's optional `wasmgate_fragment_cell() -> i32` where it
+    /// wants the fragment word of each `RECEIVE` piece written, with a
+    /// callback's fuel. Memory only grows, so a cell inside it now stays so.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::FragmentCell`] if the export traps, runs out of fuel or
+    /// names 8 bytes that are not all inside memory.
+    fn ask_fragment_cell(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &wasmi::Instance,
+        memory: Memory,
+    ) -> Result<Option<usize>, LoadError> {
+        if instance
+            .get_export(&*store, load::FRAGMENT_CELL_EXPORT)
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let cell = instance
+            .get_typed_func::<(), i32>(&*store, load::FRAGMENT_CELL_EXPORT)
+            .map_err(|e| LoadError::FragmentCell(e.to_string()))?;
+        refuel(store, self.limits.fuel_per_callback);
+        let at = cell
+            .call(&mut *store, ())
+            .map_err(|e| LoadError::FragmentCell(format!("failed: {}", fault_of(&e))))?;
+        let size = memory.data_size(&*store);
+        match usize::try_from(at as u32) {
+            Ok(at) if at.checked_add(8).is_some_and(|end| end <= size) => Ok(Some(at)),
+            _ => Err(LoadError::FragmentCell(format!(
+                "answered {:#x}: 8 bytes there are not inside memory ({size} bytes)",
+                at as u32
+            ))),
+        }
     }
 }
 
@@ -560,14 +602,26 @@ impl Instance {
         }
         let d = &self.descriptor;
         let len = input.len().min(d.rx_buffer_size as usize);
-        let in_ptr = if len == 0 {
-            0
-        } else {
-            let start = d.rx_buffer as usize;
-            self.memory.data_mut(&mut self.store)[start..start + len]
-                .copy_from_slice(&input[..len]);
-            d.rx_buffer
+        let cell = match (self.fragment_cell, &call) {
+            (Some(at), Some(lent))
+                if matches!(reason, reason::RECEIVE | reason::CLIENT_RECEIVE) =>
+            {
+                Some((
+                    at,
+                    host::pack_fragment(lent.fragment) | host::FRAGMENT_PRESENT,
+                ))
+            }
+            _ => None,
         };
+        if len > 0 || cell.is_some() {
+            let mem = self.memory.data_mut(&mut self.store);
+            let start = d.rx_buffer as usize;
+            mem[start..start + len].copy_from_slice(&input[..len]);
+            if let Some((at, word)) = cell {
+                mem[at..at + 8].copy_from_slice(&word.to_le_bytes());
+            }
+        }
+        let in_ptr = if len == 0 { 0 } else { d.rx_buffer };
         let user = slot.map_or(0, |s| d.sessions + s * d.per_session_data_size);
         let state = self.store.data_mut();
         state.call = call;
