@@ -55,115 +55,8 @@ use wasmgate::{Config, Context};
 
 /// Counts the heap: everything, and separately what the device allocates
 /// (inside a [`counting::DeviceScope`]).
-mod counting {
-    #![allow(
-        unsafe_code,
-        reason = "a global allocator implements the unsafe `GlobalAlloc` trait"
-    )]
-
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
-
-    /// Forwards to the system allocator and counts live bytes and blocks.
-    struct Counting;
-
-    #[global_allocator]
-    static ALLOCATOR: Counting = Counting;
-
-    /// Set while the device runs (the bench is single-threaded).
-    static IN_DEVICE: AtomicBool = AtomicBool::new(false);
-    static ALL_BYTES: AtomicIsize = AtomicIsize::new(0);
-    static DEVICE_BYTES: AtomicIsize = AtomicIsize::new(0);
-    static DEVICE_BLOCKS: AtomicIsize = AtomicIsize::new(0);
-    static DEVICE_PEAK: AtomicIsize = AtomicIsize::new(0);
-
-    fn grew(bytes: isize, blocks: isize) {
-        ALL_BYTES.fetch_add(bytes, Relaxed);
-        if IN_DEVICE.load(Relaxed) {
-            let now = DEVICE_BYTES.fetch_add(bytes, Relaxed) + bytes;
-            DEVICE_BLOCKS.fetch_add(blocks, Relaxed);
-            DEVICE_PEAK.fetch_max(now, Relaxed);
-        }
-    }
-
-    // SAFETY: every method forwards its arguments unchanged to `System`,
-    // which upholds the `GlobalAlloc` contract; the counting touches only
-    // atomics and never allocates.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: the caller's guarantees for `layout` are passed on.
-            let p = unsafe { System.alloc(layout) };
-            if !p.is_null() {
-                grew(layout.size() as isize, 1);
-            }
-            p
-        }
-
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: as for `alloc`.
-            let p = unsafe { System.alloc_zeroed(layout) };
-            if !p.is_null() {
-                grew(layout.size() as isize, 1);
-            }
-            p
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: `ptr` came from `System` with this `layout`.
-            unsafe { System.dealloc(ptr, layout) };
-            grew(-(layout.size() as isize), -1);
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            // SAFETY: `ptr` came from `System` with `layout`; the caller
-            // checked `new_size`.
-            let p = unsafe { System.realloc(ptr, layout, new_size) };
-            if !p.is_null() {
-                grew(new_size as isize - layout.size() as isize, 0);
-            }
-            p
-        }
-    }
-
-    /// While alive, allocations and frees count as the device's.
-    pub struct DeviceScope(bool);
-
-    impl DeviceScope {
-        pub fn enter() -> Self {
-            DeviceScope(IN_DEVICE.swap(true, Relaxed))
-        }
-    }
-
-    impl Drop for DeviceScope {
-        fn drop(&mut self) {
-            IN_DEVICE.store(self.0, Relaxed);
-        }
-    }
-
-    /// Live bytes the device allocated.
-    pub fn device_bytes() -> isize {
-        DEVICE_BYTES.load(Relaxed)
-    }
-
-    /// Live blocks the device allocated.
-    pub fn device_blocks() -> isize {
-        DEVICE_BLOCKS.load(Relaxed)
-    }
-
-    /// Live bytes, device and client together.
-    pub fn all_bytes() -> isize {
-        ALL_BYTES.load(Relaxed)
-    }
-
-    /// The device's most live bytes since [`reset_peak`].
-    pub fn device_peak() -> isize {
-        DEVICE_PEAK.load(Relaxed)
-    }
-
-    pub fn reset_peak() {
-        DEVICE_PEAK.store(device_bytes(), Relaxed);
-    }
-}
+#[path = "../../tests/support/counting.rs"]
+mod counting;
 
 use counting::DeviceScope;
 
@@ -658,8 +551,11 @@ fn table_slot_bytes(leaf: &certs::Leaf) -> f64 {
 /// What the runtime's memory knobs are measured to buy.
 #[derive(Debug)]
 struct Knobs {
-    /// Bytes per connection the 1 s trim gives back after a 16 KiB message.
+    /// Bytes per TLS connection the 1 s trim gives back after a 16 KiB
+    /// message (rustls' receive buffer and the WebSocket buffers).
     trim_gives_back: f64,
+    /// The same for a plain WebSocket (its receive and output buffers).
+    ws_trim_gives_back: f64,
     /// Bytes per connection a plain WebSocket keeps after a 16 KiB message.
     ws_tx_kept_plain: f64,
     /// The same over TLS, after the trim.
@@ -780,6 +676,7 @@ fn main() {
         .map_or(0.0, |r| r.left as f64 / 10.0);
     let knobs = Knobs {
         trim_gives_back: at(Kind::Wss16k).active - at(Kind::Wss16k).idle,
+        ws_trim_gives_back: at(Kind::Ws16k).active - at(Kind::Ws16k).idle,
         ws_tx_kept_plain: at(Kind::Ws16k).idle - at(Kind::Ws).idle,
         ws_tx_kept_tls: at(Kind::Wss16k).idle - at(Kind::Wss).idle,
         largest_tls_flight: at(Kind::Wss16k).largest_flight,
@@ -790,8 +687,10 @@ fn main() {
     println!();
     println!("What the runtime's knobs buy (N = 1000):");
     println!(
-        "  TLS receive buffer trimmed after 1 s idle: {:.0} B/conn given back after a 16 KiB message",
-        knobs.trim_gives_back
+        "  buffers kept for the next message, trimmed after 1 s quiet: {:.0} B/conn given back \
+         after a 16 KiB message (WebSocket receive and output), {:.0} over TLS (and rustls' \
+         receive buffer)",
+        knobs.ws_trim_gives_back, knobs.trim_gives_back
     );
     println!(
         "  ciphertext buffer given back when drained: it grew to >= {} B (largest flight)",
@@ -826,6 +725,7 @@ fn main() {
         "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
         "knobs": {
             "tls_trim_gives_back_bytes_per_conn": knobs.trim_gives_back.round(),
+            "ws_trim_gives_back_bytes_per_conn_plain": knobs.ws_trim_gives_back.round(),
             "largest_tls_flight_bytes": knobs.largest_tls_flight,
             "ws_tx_buffer_kept_after_16k_bytes_per_conn_plain": knobs.ws_tx_kept_plain.round(),
             "ws_tx_buffer_kept_after_16k_bytes_per_conn_tls": knobs.ws_tx_kept_tls.round(),

@@ -47,8 +47,10 @@ const IDLE_WRITEABLE_BACKOFF: std::time::Duration = std::time::Duration::from_mi
 /// Decrypted bytes moved up to the layers above TLS at once.
 const TLS_PLAIN_CHUNK: usize = 16 * 1024;
 
-/// A TLS session quiet for this long gives back its receive buffer.
-const TLS_TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// A connection quiet for this long gives back the memory it keeps for its
+/// next record or message: rustls' receive buffer, a WebSocket session's
+/// receive and output buffers.
+const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest body piece given to a native handler at once.
 pub(crate) const NATIVE_RX_BUFFER: usize = 4096;
@@ -995,7 +997,7 @@ impl Context {
             self.tls_deliver(id, now);
             return None;
         }
-        let quiet_at = last_progress + TLS_TRIM_AFTER;
+        let quiet_at = last_progress + TRIM_AFTER;
         if tls.trimmed() {
             None
         } else if quiet_at <= now {

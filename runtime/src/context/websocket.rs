@@ -253,8 +253,8 @@ impl Context {
 
     /// Timers and writeable callbacks of a WebSocket connection. Returns the
     /// deadlines it wants.
-    pub(super) fn ws_service(&mut self, id: ConnId, now: Instant) -> [Option<Instant>; 5] {
-        let mut due = [None; 5];
+    pub(super) fn ws_service(&mut self, id: ConnId, now: Instant) -> [Option<Instant>; 6] {
+        let mut due = [None; 6];
         if let Some(conn) = self.conn_mut(id)
             && let Some(by) = conn.client_linger
         {
@@ -289,8 +289,19 @@ impl Context {
             .and_then(|c| c.ws.as_ref())
             .map(|w| w.tx().len());
         self.pump_ws(id, now);
-        if let Some(ws) = self.conn_mut(id).and_then(|c| c.ws.as_mut()) {
+        if let Some(conn) = self.conn_mut(id)
+            && let Some(ws) = conn.ws.as_mut()
+        {
             due[0] = ws.poll_timeout(now);
+            // Buffers kept for the next message go back once it is quiet.
+            if ws.holds_spare() {
+                let quiet_at = conn.last_progress + super::TRIM_AFTER;
+                if quiet_at <= now {
+                    ws.trim();
+                } else {
+                    due[5] = Some(quiet_at);
+                }
+            }
             if Some(ws.tx().len()) != before || ws.is_closed() {
                 self.mark_dirty(id);
             }

@@ -272,11 +272,13 @@ fn after(t: Instant, d: Duration) -> Option<Instant> {
 /// Its memory is bounded by [`Limits`]: a receive buffer of at most
 /// `rx_buffer_bytes`, an output buffer of at most `tx_buffer_bytes` (plus at most
 /// one of its own control frames) and one pending pong. Messages are never held
-/// whole. The buffers are allocated as bytes arrive or are queued and give their
-/// memory back (down to 512 bytes) when they drain with nothing in progress: the
-/// receive buffer with no frame nor message partly read, the output buffer with
-/// no message partly sent. A large message streaming through keeps them
-/// meanwhile, so it does not reallocate piece by piece.
+/// whole. The buffers are allocated as bytes arrive or are queued, and keep
+/// their size while the connection is busy, so that message after message
+/// reuses them instead of growing them again; [`Session::trim`] gives their
+/// memory back (down to 512 bytes) once they are drained with nothing in
+/// progress (the receive buffer with no frame nor message partly read, the
+/// output buffer with no message partly sent). The context trims a session
+/// after a second of quiet.
 ///
 /// Choices RFC 6455 leaves open:
 /// - Incoming pings are answered in order with a pong carrying their payload; when
@@ -430,11 +432,7 @@ impl Session {
             }
         };
         Some(match step {
-            Step::Again | Step::Idle => {
-                // No event borrows the buffer now: it may give its memory back.
-                self.give_back_rx();
-                return None;
-            }
+            Step::Again | Step::Idle => return None,
             Step::Data {
                 range,
                 first,
@@ -536,10 +534,36 @@ impl Session {
     pub fn consume_tx(&mut self, n: usize) {
         self.tx.consume(n);
         self.flush_pong();
-        // Drained with no message partly sent: nothing is in progress.
-        if !self.sending {
+    }
+
+    /// True when [`Self::trim`] would give memory back: a buffer is drained,
+    /// with nothing in progress, and holds more than 512 bytes.
+    #[must_use]
+    pub fn holds_spare(&self) -> bool {
+        (self.tx_idle() && self.tx.buf.capacity() > IDLE_KEEP)
+            || (self.rx_idle() && self.rx.capacity() > IDLE_KEEP)
+    }
+
+    /// Gives back the memory of the buffers that are drained with nothing in
+    /// progress, down to 512 bytes each: for a connection gone quiet (a busy
+    /// one keeps them, and would only allocate them again).
+    pub fn trim(&mut self) {
+        if self.tx_idle() {
             self.tx.give_back(IDLE_KEEP);
         }
+        if self.rx_idle() {
+            release_drained(&mut self.rx, &mut self.rx_start);
+        }
+    }
+
+    /// The output buffer is drained with no message partly sent.
+    fn tx_idle(&self) -> bool {
+        self.tx.bytes().is_empty() && !self.sending
+    }
+
+    /// The receive buffer is drained with no frame nor message partly read.
+    fn rx_idle(&self) -> bool {
+        self.rx_len() == 0 && self.frame.is_none() && self.message.is_none()
     }
 
     /// Room left in the output buffer, frame headers included: a frame of `n`
@@ -604,14 +628,6 @@ impl Session {
 
     fn rx_len(&self) -> usize {
         self.rx.len() - self.rx_start
-    }
-
-    /// Drained with no frame nor message partly read: nothing is in progress,
-    /// so the receive buffer keeps at most [`IDLE_KEEP`] bytes.
-    fn give_back_rx(&mut self) {
-        if self.rx_len() == 0 && self.frame.is_none() && self.message.is_none() {
-            release_drained(&mut self.rx, &mut self.rx_start);
-        }
     }
 
     /// Bytes held by the receive and output buffers.

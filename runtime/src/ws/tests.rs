@@ -943,25 +943,33 @@ fn a_new_session_holds_no_buffers_yet_offers_its_whole_limit() {
 }
 
 #[test]
-fn buffers_are_given_back_after_a_16_kib_message() {
+fn buffers_are_kept_after_a_16_kib_message_until_trimmed() {
     let t = Instant::now();
     let mut s = server(t);
     let message: Vec<u8> = (0..16 * 1024).map(|i| (i % 251) as u8).collect();
     let evs = feed_all(&mut s, &masked(BINARY, true, &message), t, 4096);
     assert_eq!(message_of(&evs), (message.clone(), true));
-    assert_idle(&s);
+    assert_eq!(s.buffer_capacity().0, Limits::DEFAULT.rx_buffer_bytes);
+    assert!(
+        s.holds_spare(),
+        "the receive buffer is kept for the next one"
+    );
     // The echo, as big a frame as the output buffer takes.
     let echo = &message[..Limits::DEFAULT.tx_buffer_bytes - 4];
     s.send(SendKind::Binary, echo, true).unwrap();
     assert!(s.buffer_capacity().1 >= echo.len());
     // The peer reads it in two goes.
     s.consume_tx(1000);
+    s.trim();
     assert!(
         s.buffer_capacity().1 >= echo.len() - 1000,
-        "kept while bytes wait"
+        "kept while bytes wait, trimmed or not"
     );
     s.consume_tx(s.tx().len());
+    assert!(s.buffer_capacity().1 >= echo.len(), "kept for the next one");
+    s.trim();
     assert_idle(&s);
+    assert!(!s.holds_spare());
     // And the session goes on as before.
     let evs = feed_all(&mut s, &masked(TEXT, true, b"hi"), t, 4096);
     assert_eq!(evs, [data(b"hi", true, true, false, 0)]);
@@ -993,17 +1001,23 @@ fn buffers_are_kept_while_a_message_is_in_progress() {
     // next frame has not.
     let frame = masked(BINARY, false, &[1; 3000]);
     feed_all(&mut s, &frame[..2000], t, 4096);
+    s.trim();
     assert!(s.buffer_capacity().0 >= 2000);
     feed_all(&mut s, &frame[2000..], t, 4096);
+    s.trim();
     assert!(s.buffer_capacity().0 >= 1000, "the message is still open");
     feed_all(&mut s, &masked(CONT, true, &[2; 10]), t, 4096);
+    s.trim();
     assert_idle(&s);
     // Sent: a message in fragments keeps its buffer until its last frame.
     s.send(SendKind::Binary, &[3; 3000], false).unwrap();
     take_tx(&mut s);
+    assert!(!s.holds_spare());
+    s.trim();
     assert!(s.buffer_capacity().1 >= 3000);
     s.send(SendKind::Continuation, &[4; 3000], true).unwrap();
     take_tx(&mut s);
+    s.trim();
     assert_idle(&s);
 }
 
