@@ -11,6 +11,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::ws_frame::client_frame as frame;
 use support::{Sim, device_toml, read_response};
 
 /// RFC 6455 section 1.3's example: this key must be answered with this accept value.
@@ -54,26 +55,6 @@ fn open(sim: &Sim) -> BufReader<TcpStream> {
     let head = read_response(&mut r, true);
     assert_eq!(head.status, 101, "{head:?}");
     r
-}
-
-/// A client frame: FIN bit, opcode, masked payload (clients must mask).
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    let mut f = vec![u8::from(fin) << 7 | opcode];
-    match payload.len() {
-        n @ 0..=125 => f.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&MASK);
-    f.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
-    f
 }
 
 /// A frame as the server sent it.

@@ -57,6 +57,8 @@ use wasmgate::{Config, Context};
 /// (inside a [`counting::DeviceScope`]).
 #[path = "../../tests/support/counting.rs"]
 mod counting;
+#[path = "../../tests/support/ws_frame.rs"]
+mod ws_frame;
 
 use counting::DeviceScope;
 
@@ -334,29 +336,10 @@ impl Peer {
     /// Sends one masked binary message and waits for it to come back whole.
     fn echo(&mut self, dev: &mut Device, size: usize) {
         let message: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        self.send(&masked_frame(0x2, &message, [0x12, 0x34, 0x56, 0x78]));
+        self.send(&ws_frame::client_frame(true, 0x2, &message));
         self.run(dev, |got| echoed(got).as_deref() == Some(&message[..]));
         self.got.clear();
     }
-}
-
-/// A client frame (FIN set) with `opcode`, masked with `mask`.
-fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        n @ 0..=125 => frame.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
 }
 
 /// The payload of one whole message in the unmasked server frames of

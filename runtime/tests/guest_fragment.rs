@@ -63,7 +63,7 @@ fn guest(cell_at: Option<u32>) -> String {
     GUEST.replace("CELL", &export)
 }
 
-use common::UPGRADE;
+use common::{UPGRADE, client_frame as frame};
 
 const TEXT: u8 = 1;
 const BINARY: u8 = 2;
@@ -106,21 +106,6 @@ impl Report {
 fn device(cell_at: Option<u32>) -> Context {
     let module = wat::parse_str(guest(cell_at)).expect("test WAT parses");
     common::websocket_device("frag", module)
-}
-
-/// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![u8::from(fin) << 7 | opcode];
-    if payload.len() < 126 {
-        out.push(0x80 | payload.len() as u8);
-    } else {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
 }
 
 /// The reports in the server's frames (each a 24-byte binary message).
@@ -269,6 +254,97 @@ fn a_fragment_cell_outside_memory_is_refused_at_load() {
         err.to_string(),
         "`wasmgate_fragment_cell()` answered 0xfff9: 8 bytes there are not inside memory (65536 bytes)"
     );
+    // The receive buffer is 256..768: the word would overwrite the piece.
+    assert!(load(248).is_ok() && load(768).is_ok());
+    let err = load(761).expect_err("a cell in the receive buffer");
+    assert_eq!(
+        err.to_string(),
+        "`wasmgate_fragment_cell()` answered 0x2f9: 8 bytes there overlap the receive buffer (0x100..0x300)"
+    );
+}
+
+#[test]
+fn a_fragment_cell_export_of_another_type_is_refused_at_load() {
+    let wat = guest(None).replace(
+        "(func $report",
+        r#"(func (export "wasmgate_fragment_cell") (param i32) (result i32) (i32.const 3072))
+    (func $report"#,
+    );
+    let wasm = wat::parse_str(wat).expect("test WAT parses");
+    let err = Guest::load(&Guest::engine(), "frag", &wasm, GuestLimits::DEFAULT)
+        .expect_err("a cell export taking a parameter");
+    assert_eq!(
+        err.to_string(),
+        "`wasmgate_fragment_cell` has type (i32) -> (i32), expected () -> (i32)"
+    );
+}
+
+/// The frames a server sent: `(fin, opcode, payload)`.
+fn server_frames(mut tx: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !tx.is_empty() {
+        let (fin, opcode) = (tx[0] & 0x80 != 0, tx[0] & 0x0f);
+        let (len, at) = match tx[1] {
+            126 => (usize::from(u16::from_be_bytes([tx[2], tx[3]])), 4),
+            127 => panic!("no 64-bit lengths here"),
+            n => (usize::from(n), 2),
+        };
+        frames.push((fin, opcode, tx[at..at + len].to_vec()));
+        tx = &tx[at + len..];
+    }
+    frames
+}
+
+/// The `ws-echo` guest's answer to one message sent in three frames, the
+/// last longer than its 1 KiB pieces.
+fn echo_of_three_frames(module: Vec<u8>) -> Vec<(bool, u8, Vec<u8>)> {
+    let mut ctx = common::websocket_device("echo_server", module);
+    let now = Instant::now();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let id = ctx.accept(0, peer, now).unwrap();
+    ctx.receive(id, UPGRADE, now);
+    ctx.service(now);
+    let head = drain(&mut ctx, id, now);
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+    let mut out = Vec::new();
+    for f in [
+        frame(false, TEXT, b"ab"),
+        frame(false, CONTINUATION, b"cd"),
+        frame(true, CONTINUATION, &[b'e'; 1500]),
+    ] {
+        assert_eq!(ctx.receive(id, &f, now), f.len());
+        ctx.service(now);
+        out.extend(drain(&mut ctx, id, now));
+    }
+    server_frames(&out)
+}
+
+#[test]
+fn the_sdk_asks_the_host_call_when_no_runtime_writes_its_cell() {
+    // The same module with its export renamed (same length, still valid):
+    // the runtime does not know it, as one without the cell would not, and
+    // never writes the cell; the SDK must then ask `wasmgate_fragment`.
+    let renamed = {
+        let mut wasm = wasmgate_guests::WS_ECHO.to_vec();
+        let name = b"wasmgate_fragment_cell";
+        let at = wasm
+            .windows(name.len())
+            .position(|w| w == name)
+            .expect("the export's name");
+        wasm[at + name.len() - 1] = b'x';
+        wasm
+    };
+    let expected = vec![
+        (false, TEXT, b"ab".to_vec()),
+        (false, CONTINUATION, b"cd".to_vec()),
+        (false, CONTINUATION, vec![b'e'; 1024]),
+        (true, CONTINUATION, vec![b'e'; 476]),
+    ];
+    assert_eq!(
+        echo_of_three_frames(wasmgate_guests::WS_ECHO.to_vec()),
+        expected
+    );
+    assert_eq!(echo_of_three_frames(renamed), expected);
 }
 
 #[test]

@@ -9,7 +9,8 @@
 )]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
 /// Forwards to the system allocator and counts live bytes and blocks.
 struct Counting;
@@ -17,8 +18,17 @@ struct Counting;
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Set while the device runs (the bench is single-threaded).
-static IN_DEVICE: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Set while the device runs on this thread: what other threads (a test
+    /// harness's) allocate meanwhile is not the device's.
+    static IN_DEVICE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is in a [`DeviceScope`] (false while its
+/// thread-locals are being torn down).
+fn in_device() -> bool {
+    IN_DEVICE.try_with(Cell::get).unwrap_or(false)
+}
 static ALL_BYTES: AtomicIsize = AtomicIsize::new(0);
 static DEVICE_BYTES: AtomicIsize = AtomicIsize::new(0);
 static DEVICE_BLOCKS: AtomicIsize = AtomicIsize::new(0);
@@ -26,7 +36,7 @@ static DEVICE_PEAK: AtomicIsize = AtomicIsize::new(0);
 
 fn grew(bytes: isize, blocks: isize) {
     ALL_BYTES.fetch_add(bytes, Relaxed);
-    if IN_DEVICE.load(Relaxed) {
+    if in_device() {
         let now = DEVICE_BYTES.fetch_add(bytes, Relaxed) + bytes;
         DEVICE_BLOCKS.fetch_add(blocks, Relaxed);
         DEVICE_PEAK.fetch_max(now, Relaxed);
@@ -35,7 +45,8 @@ fn grew(bytes: isize, blocks: isize) {
 
 // SAFETY: every method forwards its arguments unchanged to `System`,
 // which upholds the `GlobalAlloc` contract; the counting touches only
-// atomics and never allocates.
+// atomics and a `const` thread-local `Cell` (no lazy initialisation, no
+// destructor), and never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's guarantees for `layout` are passed on.
@@ -77,13 +88,13 @@ pub struct DeviceScope(bool);
 
 impl DeviceScope {
     pub fn enter() -> Self {
-        DeviceScope(IN_DEVICE.swap(true, Relaxed))
+        DeviceScope(IN_DEVICE.replace(true))
     }
 }
 
 impl Drop for DeviceScope {
     fn drop(&mut self) {
-        IN_DEVICE.store(self.0, Relaxed);
+        IN_DEVICE.set(self.0);
     }
 }
 

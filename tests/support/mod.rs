@@ -5,6 +5,7 @@
 
 pub mod autobahn;
 pub mod certs;
+pub mod ws_frame;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

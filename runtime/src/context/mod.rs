@@ -47,9 +47,10 @@ const IDLE_WRITEABLE_BACKOFF: std::time::Duration = std::time::Duration::from_mi
 /// Decrypted bytes moved up to the layers above TLS at once.
 const TLS_PLAIN_CHUNK: usize = 16 * 1024;
 
-/// A connection quiet for this long gives back the memory it keeps for its
-/// next record or message: rustls' receive buffer, a WebSocket session's
-/// receive and output buffers.
+/// A connection gives back the memory it keeps for its next record or
+/// message this long after it last needed it: rustls' receive buffer after
+/// this long without progress, a WebSocket session's receive and output
+/// buffers this long after the last message larger than 512 bytes.
 const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest body piece given to a native handler at once.

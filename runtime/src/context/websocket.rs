@@ -289,19 +289,9 @@ impl Context {
             .and_then(|c| c.ws.as_ref())
             .map(|w| w.tx().len());
         self.pump_ws(id, now);
-        if let Some(conn) = self.conn_mut(id)
-            && let Some(ws) = conn.ws.as_mut()
-        {
+        if let Some(ws) = self.conn_mut(id).and_then(|c| c.ws.as_mut()) {
             due[0] = ws.poll_timeout(now);
-            // Buffers kept for the next message go back once it is quiet.
-            if ws.holds_spare() {
-                let quiet_at = conn.last_progress + super::TRIM_AFTER;
-                if quiet_at <= now {
-                    ws.trim();
-                } else {
-                    due[5] = Some(quiet_at);
-                }
-            }
+            due[5] = ws.trim_when_quiet(now, super::TRIM_AFTER);
             if Some(ws.tx().len()) != before || ws.is_closed() {
                 self.mark_dirty(id);
             }

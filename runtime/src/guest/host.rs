@@ -131,7 +131,7 @@ fn with_call(
 }
 
 /// [`with_call`] for the calls that touch no guest memory: finding the
-/// memory in the store costs about 60 instructions, a fifth of a small host
+/// memory in the store costs about 40 instructions, a sixth of a small host
 /// call's price to the guest.
 fn with_conn(cx: &mut Cx<'_>, wsi: i32, on: On, f: impl FnOnce(&mut Call) -> i32) -> i32 {
     charge(cx, 0);

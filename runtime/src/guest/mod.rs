@@ -386,7 +386,7 @@ impl Guest {
             .map_err(|e| LoadError::Start(format!("wasmgate_protocol(): {e}")))?;
         let descriptor = load::read_descriptor(memory.data(&store), ptr as u32, self.limits)?;
         let wanted = self.ask_wanted(&mut store, &instance)?;
-        let fragment_cell = self.ask_fragment_cell(&mut store, &instance, memory)?;
+        let fragment_cell = self.ask_fragment_cell(&mut store, &instance, memory, &descriptor)?;
         let slots = descriptor.max_sessions as usize;
         let mut instance = Instance {
             generation: self.generation,
@@ -452,12 +452,14 @@ impl Guest {
     /// # Errors
     ///
     /// [`LoadError::FragmentCell`] if the export traps, runs out of fuel or
-    /// names 8 bytes that are not all inside memory.
+    /// names 8 bytes that are not all inside memory, or that overlap the
+    /// receive buffer (the word is written after the piece).
     fn ask_fragment_cell(
         &self,
         store: &mut Store<HostState>,
         instance: &wasmi::Instance,
         memory: Memory,
+        descriptor: &Descriptor,
     ) -> Result<Option<usize>, LoadError> {
         if instance
             .get_export(&*store, load::FRAGMENT_CELL_EXPORT)
@@ -472,14 +474,22 @@ impl Guest {
         let at = cell
             .call(&mut *store, ())
             .map_err(|e| LoadError::FragmentCell(format!("failed: {}", fault_of(&e))))?;
-        let size = memory.data_size(&*store);
-        match usize::try_from(at as u32) {
-            Ok(at) if at.checked_add(8).is_some_and(|end| end <= size) => Ok(Some(at)),
-            _ => Err(LoadError::FragmentCell(format!(
-                "answered {:#x}: 8 bytes there are not inside memory ({size} bytes)",
-                at as u32
-            ))),
+        let size = memory.data_size(&*store) as u64;
+        let (start, end) = (u64::from(at as u32), u64::from(at as u32) + 8);
+        let rx_start = u64::from(descriptor.rx_buffer);
+        let rx_end = rx_start + u64::from(descriptor.rx_buffer_size);
+        if end > size {
+            return Err(LoadError::FragmentCell(format!(
+                "answered {start:#x}: 8 bytes there are not inside memory ({size} bytes)"
+            )));
         }
+        if start < rx_end && rx_start < end {
+            return Err(LoadError::FragmentCell(format!(
+                "answered {start:#x}: 8 bytes there overlap the receive buffer \
+                 ({rx_start:#x}..{rx_end:#x})"
+            )));
+        }
+        Ok(usize::try_from(start).ok())
     }
 }
 
@@ -602,15 +612,15 @@ impl Instance {
         }
         let d = &self.descriptor;
         let len = input.len().min(d.rx_buffer_size as usize);
-        let cell = match (self.fragment_cell, &call) {
-            (Some(at), Some(lent))
-                if matches!(reason, reason::RECEIVE | reason::CLIENT_RECEIVE) =>
-            {
-                Some((
-                    at,
-                    host::pack_fragment(lent.fragment) | host::FRAGMENT_PRESENT,
-                ))
-            }
+        // Without a connection lent there is no piece: 0, as a cell no host
+        // wrote (the guest then asks, and hears BAD_STATE).
+        let cell = match self.fragment_cell {
+            Some(at) if matches!(reason, reason::RECEIVE | reason::CLIENT_RECEIVE) => Some((
+                at,
+                call.as_ref().map_or(0, |lent| {
+                    host::pack_fragment(lent.fragment) | host::FRAGMENT_PRESENT
+                }),
+            )),
             _ => None,
         };
         if len > 0 || cell.is_some() {

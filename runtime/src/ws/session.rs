@@ -277,8 +277,9 @@ fn after(t: Instant, d: Duration) -> Option<Instant> {
 /// reuses them instead of growing them again; [`Session::trim`] gives their
 /// memory back (down to 512 bytes) once they are drained with nothing in
 /// progress (the receive buffer with no frame nor message partly read, the
-/// output buffer with no message partly sent). The context trims a session
-/// after a second of quiet.
+/// output buffer with no message partly sent).
+/// [`Session::trim_when_quiet`] does it a given time after the last message
+/// that needed them large; the context gives it a second.
 ///
 /// Choices RFC 6455 leaves open:
 /// - Incoming pings are answered in order with a pong carrying their payload; when
@@ -317,6 +318,12 @@ pub struct Session {
     restart_timers: bool,
     /// xorshift64* state for client masking keys.
     rng: u64,
+    /// A buffer held more than 512 bytes since [`Self::trim_when_quiet`]
+    /// last looked: a message that needs them large.
+    used_large: bool,
+    /// When the buffers kept for the next message go back, unless a large
+    /// message comes first.
+    trim_at: Option<Instant>,
 }
 
 impl fmt::Debug for Session {
@@ -364,6 +371,8 @@ impl Session {
             } else {
                 seed
             },
+            used_large: false,
+            trim_at: None,
         }
     }
 
@@ -403,6 +412,7 @@ impl Session {
         // `rx_space` is what `rx_cap` allows, whatever the capacity now.
         reserve_within(&mut self.rx, n, self.rx_cap);
         self.rx.extend_from_slice(&data[..n]);
+        self.used_large |= self.rx.len() > IDLE_KEEP;
         self.last_rx = now;
         self.ping_sent = None;
         n
@@ -501,6 +511,7 @@ impl Session {
         }
         let mask = self.next_mask();
         self.tx.push_frame(opcode, fin, mask, payload);
+        self.used_large |= self.tx.buf.len() > IDLE_KEEP;
         if let OpCode::Data(_) = opcode {
             self.sending = !fin;
         }
@@ -542,6 +553,30 @@ impl Session {
     pub fn holds_spare(&self) -> bool {
         (self.tx_idle() && self.tx.buf.capacity() > IDLE_KEEP)
             || (self.rx_idle() && self.rx.capacity() > IDLE_KEEP)
+    }
+
+    /// Gives the buffers kept for the next message back once `quiet` has
+    /// passed without a message that needed more than 512 bytes of them
+    /// (small messages, pings and pongs do not keep them). Call it at every
+    /// look at the connection; it returns when to look again (`None`:
+    /// nothing is kept, or a message is in progress).
+    pub fn trim_when_quiet(&mut self, now: Instant, quiet: Duration) -> Option<Instant> {
+        let large = std::mem::take(&mut self.used_large);
+        if !self.holds_spare() {
+            self.trim_at = None;
+            return None;
+        }
+        let at = match self.trim_at {
+            Some(at) if !large => at,
+            _ => after(now, quiet)?,
+        };
+        if now < at {
+            self.trim_at = Some(at);
+            return Some(at);
+        }
+        self.trim();
+        self.trim_at = None;
+        None
     }
 
     /// Gives back the memory of the buffers that are drained with nothing in

@@ -978,6 +978,36 @@ fn buffers_are_kept_after_a_16_kib_message_until_trimmed() {
 }
 
 #[test]
+fn kept_buffers_go_back_a_quiet_second_after_the_last_large_message() {
+    let t = Instant::now();
+    let second = Duration::from_secs(1);
+    let mut s = server(t);
+    assert_eq!(s.trim_when_quiet(t, second), None, "nothing kept yet");
+    let large = [7; 3000];
+    let echo_large = |s: &mut Session, at: Instant| {
+        feed_all(s, &masked(BINARY, true, &large), at, 4096);
+        s.send(SendKind::Binary, &large, true).unwrap();
+        take_tx(s);
+    };
+    echo_large(&mut s, t);
+    assert_eq!(s.trim_when_quiet(t, second), Some(t + second));
+    // Small messages in between do not keep them...
+    let t1 = t + Duration::from_millis(500);
+    feed_all(&mut s, &masked(TEXT, true, b"hi"), t1, 4096);
+    s.send(SendKind::Text, b"hi", true).unwrap();
+    take_tx(&mut s);
+    assert_eq!(s.trim_when_quiet(t1, second), Some(t + second));
+    // ...a large one does.
+    let t2 = t + Duration::from_millis(800);
+    echo_large(&mut s, t2);
+    assert_eq!(s.trim_when_quiet(t2, second), Some(t2 + second));
+    assert!(s.buffer_capacity().0 >= 3000 && s.buffer_capacity().1 >= 3000);
+    assert_eq!(s.trim_when_quiet(t2 + second, second), None);
+    assert_idle(&s);
+    assert_eq!(s.trim_when_quiet(t2 + 2 * second, second), None);
+}
+
+#[test]
 fn small_messages_reuse_the_buffers() {
     let t = Instant::now();
     let mut s = server(t);

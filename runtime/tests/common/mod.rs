@@ -60,3 +60,9 @@ pub fn device_with(listener: Listener, protocol: &str, handler: Handler) -> Cont
     };
     Context::new(config, Instant::now()).expect("device starts")
 }
+
+#[path = "../../../tests/support/ws_frame.rs"]
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+mod ws_frame;
+#[allow(unused_imports, reason = "not every test binary uses every helper")]
+pub use ws_frame::client_frame;
