@@ -219,6 +219,12 @@ impl Hold {
         self.seen = queued;
         done_sending || queued < BULK || self.quiet >= QUIET_POLLS || queued >= HOLD_MAX
     }
+
+    /// Notes what is left in the receive queue after the writes to the
+    /// host, so that the next poll compares with it.
+    fn wrote(&mut self, left: usize) {
+        self.seen = left;
+    }
 }
 
 /// What one turn of a connection came to.
@@ -963,7 +969,7 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
             Err(_) => break,
         }
     }
-    c.hold.seen = sock.recv_queue();
+    c.hold.wrote(sock.recv_queue());
     if c.fin_seen && !c.device_eof && sock.recv_queue() == 0 {
         let _ = c.host.shutdown(Shutdown::Write);
         c.device_eof = true;

@@ -41,7 +41,8 @@ pub enum LoadError {
     Init(String),
     /// `wasmgate_wants(reason)` trapped or ran out of fuel.
     Wants(i32, String),
-    /// `wasmgate_fragment_cell()` trapped, or named a cell outside memory.
+    /// `wasmgate_fragment_cell()` trapped or ran out of fuel, or named a
+    /// cell outside memory or over the receive buffer.
     FragmentCell(String),
 }
 

@@ -8,7 +8,10 @@ mod load;
 
 use std::net::SocketAddr;
 
-use wasmi::{Engine, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
+use wasmi::{
+    Engine, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, WasmParams,
+    WasmResults,
+};
 
 use crate::config::GuestLimits;
 use crate::http::{Completion, ServerConn};
@@ -275,7 +278,8 @@ pub struct Instance {
     /// The reasons the guest asked for (see [`Wanted`]).
     wanted: Wanted,
     /// Where the guest wants each `RECEIVE` piece's fragment word written,
-    /// if it exported `wasmgate_fragment_cell` (checked to lie in memory).
+    /// if it exported `wasmgate_fragment_cell` (checked to lie in memory and
+    /// outside the receive buffer).
     fragment_cell: Option<usize>,
     fuel_per_callback: u64,
     /// One bit per session slot, set when busy.
@@ -428,12 +432,9 @@ impl Guest {
         instance: &wasmi::Instance,
     ) -> Result<Wanted, LoadError> {
         let mut wanted = Wanted::ALL;
-        if instance.get_export(&*store, load::WANTS_EXPORT).is_none() {
+        let Some(wants) = optional_export::<i32, i32>(store, instance, load::WANTS_EXPORT)? else {
             return Ok(wanted);
-        }
-        let wants = instance
-            .get_typed_func::<i32, i32>(&*store, load::WANTS_EXPORT)
-            .map_err(|e| LoadError::Start(format!("{}: {e}", load::WANTS_EXPORT)))?;
+        };
         for &reason in reason::ALL {
             refuel(store, self.limits.fuel_per_callback);
             match wants.call(&mut *store, reason) {
@@ -461,15 +462,10 @@ impl Guest {
         memory: Memory,
         descriptor: &Descriptor,
     ) -> Result<Option<usize>, LoadError> {
-        if instance
-            .get_export(&*store, load::FRAGMENT_CELL_EXPORT)
-            .is_none()
-        {
+        let Some(cell) = optional_export::<(), i32>(store, instance, load::FRAGMENT_CELL_EXPORT)?
+        else {
             return Ok(None);
-        }
-        let cell = instance
-            .get_typed_func::<(), i32>(&*store, load::FRAGMENT_CELL_EXPORT)
-            .map_err(|e| LoadError::FragmentCell(e.to_string()))?;
+        };
         refuel(store, self.limits.fuel_per_callback);
         let at = cell
             .call(&mut *store, ())
@@ -491,6 +487,22 @@ impl Guest {
         }
         Ok(usize::try_from(start).ok())
     }
+}
+
+/// The guest's optional export `name`, if it has it (its type was checked
+/// at load).
+fn optional_export<P: WasmParams, R: WasmResults>(
+    store: &Store<HostState>,
+    instance: &wasmi::Instance,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, LoadError> {
+    if instance.get_export(store, name).is_none() {
+        return Ok(None);
+    }
+    instance
+        .get_typed_func::<P, R>(store, name)
+        .map(Some)
+        .map_err(|e| LoadError::Start(format!("{name}: {e}")))
 }
 
 /// A fresh budget for one entry into the guest: `fuel` units, and no host
