@@ -93,6 +93,7 @@ impl Fragment {
     /// dispatched for `wsi`: read from the fragment cell the host wrote before
     /// the callback, or, under a host that does not write it, asked with
     /// [`Fragment::current`].
+    #[inline(always)]
     fn of_callback(wsi: Wsi) -> Result<Self, Error> {
         #[cfg(target_arch = "wasm32")]
         {
@@ -105,6 +106,7 @@ impl Fragment {
     }
 
     /// A `wasmgate_fragment` answer that is not an error.
+    #[inline(always)]
     fn unpack(packed: i64) -> Self {
         let remaining = packed >> abi::FRAGMENT_REMAINING_SHIFT;
         Self {

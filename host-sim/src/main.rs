@@ -348,14 +348,14 @@ fn sim(args: SimArgs) -> Result<(), Box<dyn std::error::Error>> {
     ctx.set_unix_time(now, unix);
 
     enum Network {
-        Host(OsDriver),
+        Host(Box<OsDriver>),
         Smoltcp(Box<SmolNetwork>),
     }
     let (mut network, bound) = match args.net {
         NetMode::Host => {
             let driver = OsDriver::bind(&ctx, &device.addrs)?;
             let bound = driver.local_addrs()?;
-            (Network::Host(driver), bound)
+            (Network::Host(Box::new(driver)), bound)
         }
         NetMode::Smoltcp => {
             let mut forwards: Vec<Forward> = ctx

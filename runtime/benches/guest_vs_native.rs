@@ -68,6 +68,8 @@ fn run(ctx: &mut Context, n: u32) -> Duration {
     let now = Instant::now();
     let id = ctx.accept(0, peer, now).expect("a free slot");
     let mut expected_len = 0;
+    // The drivers keep their list of connections to flush; so does this loop.
+    let mut dirty = Vec::new();
     let start = Instant::now();
     for i in 0..n {
         let taken = ctx.receive(id, REQUEST, now);
@@ -84,7 +86,8 @@ fn run(ctx: &mut Context, n: u32) -> Duration {
         assert_eq!(tx.len(), expected_len, "every response is the same");
         let len = black_box(tx).len();
         ctx.transmitted(id, len, now);
-        let _ = ctx.take_dirty();
+        ctx.drain_dirty(&mut dirty);
+        dirty.clear();
     }
     let per_request = start.elapsed() / n;
     ctx.close(id, now);
@@ -109,6 +112,8 @@ fn run_ws(ctx: &mut Context, n: u32) -> Duration {
     let mut frame = vec![0x82, 0x80 | MESSAGE as u8];
     frame.extend_from_slice(&mask);
     frame.extend((0..MESSAGE).map(|i| (i as u8) ^ mask[i % 4]));
+    // The drivers keep their list of connections to flush; so does this loop.
+    let mut dirty = Vec::new();
     let start = Instant::now();
     for _ in 0..n {
         let taken = ctx.receive(id, &frame, now);
@@ -118,7 +123,8 @@ fn run_ws(ctx: &mut Context, n: u32) -> Duration {
         assert_eq!(tx.len(), 2 + MESSAGE, "the echo comes back whole");
         let len = black_box(tx).len();
         ctx.transmitted(id, len, now);
-        let _ = ctx.take_dirty();
+        ctx.drain_dirty(&mut dirty);
+        dirty.clear();
     }
     let per_message = start.elapsed() / n;
     ctx.close(id, now);

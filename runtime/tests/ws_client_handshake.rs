@@ -63,6 +63,15 @@ fn header<'a>(request: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {request}"))
 }
 
+/// Connects the config's client and lets its handshake request go.
+fn handshake_sent(ctx: &mut Context, now: Instant) -> wasmgate::context::ConnId {
+    let (id, _, _) = ctx.take_connects()[0].clone();
+    ctx.connected(id, now);
+    let n = ctx.transmit(id).len();
+    ctx.transmitted(id, n, now);
+    id
+}
+
 #[test]
 fn the_handshake_is_sent_checked_and_the_guest_writes_on_established() {
     let mut ctx = device();
@@ -100,10 +109,7 @@ fn the_handshake_is_sent_checked_and_the_guest_writes_on_established() {
 fn a_wrong_accept_key_fails_the_connection_and_it_is_retried_later() {
     let mut ctx = device();
     let now = Instant::now();
-    let (id, _, _) = ctx.take_connects()[0].clone();
-    ctx.connected(id, now);
-    let n = ctx.transmit(id).len();
-    ctx.transmitted(id, n, now);
+    let id = handshake_sent(&mut ctx, now);
     ctx.receive(
         id,
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -146,4 +152,38 @@ fn a_refused_connection_is_retried_with_growing_backoff() {
         "backoff grows: {gaps:?}"
     );
     assert!(gaps[0] >= Duration::from_millis(700) && gaps[0] <= Duration::from_millis(1300));
+}
+
+#[test]
+fn a_handshake_never_answered_times_out_at_the_deadline_service_returns() {
+    let mut ctx = device();
+    let start = Instant::now();
+    let id = handshake_sent(&mut ctx, start);
+    // The server never answers. The loop sleeps until what `service`
+    // returns, and nothing else wakes it.
+    let mut now = start;
+    for _ in 0..10 {
+        let Some(next) = ctx.service(now) else {
+            break;
+        };
+        if ctx.should_close(id) {
+            break;
+        }
+        now = next;
+    }
+    assert!(ctx.should_close(id), "the connection timed out");
+    // Ten seconds from the connection's start, just before `start`.
+    let waited = now - start;
+    assert!(
+        waited > Duration::from_millis(9900) && waited <= Duration::from_secs(10),
+        "at the connect timeout, not {waited:?}"
+    );
+    ctx.close(id, now);
+    assert!(ctx.take_connects().is_empty(), "not at once");
+    // The driver calls service after a close: it says when to reconnect.
+    let failed_at = now;
+    now = ctx.service(now).expect("the reconnect has a deadline");
+    assert!(now > failed_at && now - failed_at <= Duration::from_millis(1300));
+    ctx.service(now);
+    assert_eq!(ctx.take_connects().len(), 1, "retried when service said");
 }

@@ -27,6 +27,13 @@ pub(super) struct ClientState {
     pub deadline: Instant,
 }
 
+impl ClientState {
+    /// The handshake is done; `deadline` no longer applies.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+}
+
 #[derive(Debug)]
 pub(super) enum Phase {
     /// Waiting for the driver to connect.
@@ -328,10 +335,14 @@ impl Context {
         });
     }
 
-    /// Client deadlines (connect and handshake timeouts) and due reconnects.
-    /// Returns the next time it wants to run.
-    pub(super) fn client_service(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
+    /// Opens the config's clients whose reconnect is due. (A connection's
+    /// connect and handshake deadline is one of its own deadlines, in
+    /// `Context::conn_deadlines`: a turn of the loop does not look at every
+    /// connection for it.)
+    pub(super) fn start_reconnects(&mut self, now: Instant) {
+        if self.reconnects.iter().all(|r| r.at > now) {
+            return;
+        }
         let due: Vec<Reconnect> = self
             .reconnects
             .iter()
@@ -342,28 +353,11 @@ impl Context {
         for r in due {
             self.open_config_client(r.client, r.attempt, now);
         }
-        for r in &self.reconnects {
-            next = super::earliest(next, Some(r.at));
-        }
-        let waiting: Vec<(ConnId, Instant)> = self
-            .conns
-            .iter()
-            .flatten()
-            .filter_map(|c| match &c.client {
-                Some(cl) if !matches!(cl.phase, Phase::Open) && !c.hard_close => {
-                    Some((c.id, cl.deadline))
-                }
-                _ => None,
-            })
-            .collect();
-        for (id, deadline) in waiting {
-            if deadline <= now {
-                self.client_failed(id, "timed out", now);
-            } else {
-                next = super::earliest(next, Some(deadline));
-            }
-        }
-        next
+    }
+
+    /// When the next reconnect is due.
+    pub(super) fn next_reconnect(&self) -> Option<Instant> {
+        self.reconnects.iter().map(|r| r.at).min()
     }
 }
 

@@ -676,12 +676,20 @@ impl Context {
     /// Connections with news for the driver (output queued, or ready to close)
     /// since the last call.
     pub fn take_dirty(&mut self) -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        self.drain_dirty(&mut ids);
+        ids
+    }
+
+    /// [`take_dirty`](Self::take_dirty) into the driver's own list: both
+    /// lists keep their capacity, so a turn of the loop allocates nothing.
+    pub fn drain_dirty(&mut self, into: &mut Vec<ConnId>) {
         for id in &self.dirty {
             if let Some(c) = self.conns[id.index()].as_mut() {
                 c.dirty = false;
             }
         }
-        std::mem::take(&mut self.dirty)
+        into.append(&mut self.dirty);
     }
 
     /// Runs what is due at `now`: timeouts and `HTTP_WRITEABLE` callbacks.
@@ -689,7 +697,7 @@ impl Context {
     pub fn service(&mut self, now: Instant) -> Option<Instant> {
         self.wake = false;
         self.fire_timers(now);
-        let next = self.client_service(now);
+        self.start_reconnects(now);
         // A connection is looked at when something happened to it (it is on
         // `scan_list`) or one of its deadlines has come; the others keep the
         // deadline found last time. So a turn of the loop costs nothing per
@@ -724,9 +732,10 @@ impl Context {
             }
         }
         self.conns_due = conns_due;
-        // The next timer, read last: any callback above may have armed one.
+        // The next timer and reconnect, read last: any callback above may
+        // have armed one (a client that timed out waits to reconnect).
         let timer = self.timers.peek().map(|r| r.0.0);
-        earliest(earliest(next, conns_due), timer)
+        earliest(earliest(self.next_reconnect(), conns_due), timer)
     }
 
     /// Runs what is due at `now` for connection `id` (TLS timers, WebSocket
@@ -757,8 +766,18 @@ impl Context {
             at(self.tls_service(id, now));
         }
         let conn = self.conn_mut(id)?;
-        if conn.client.is_some() && !conn.upgraded {
-            return next; // client_service watches the handshake
+        if let Some(client) = conn.client.as_ref()
+            && !conn.upgraded
+        {
+            // A client's connect and handshake have one deadline.
+            if !client.is_open() && !conn.hard_close {
+                if client.deadline <= now {
+                    self.client_failed(id, "timed out", now);
+                } else {
+                    at(Some(client.deadline));
+                }
+            }
+            return next;
         }
         if conn.upgraded {
             self.ws_service(id, now).into_iter().for_each(&mut at);

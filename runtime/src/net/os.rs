@@ -58,6 +58,9 @@ pub struct OsDriver {
     lingering: Vec<Option<Lingering>>,
     /// How many `lingering` entries are in use.
     lingering_count: usize,
+    /// The connections a flush writes, kept between flushes for its
+    /// capacity.
+    flushing: Vec<ConnId>,
     buf: Vec<u8>,
 }
 
@@ -99,6 +102,7 @@ impl OsDriver {
             retry: Vec::with_capacity(max),
             lingering: (0..max).map(|_| None).collect(),
             lingering_count: 0,
+            flushing: Vec::with_capacity(max),
             buf: vec![0; READ_CHUNK],
         })
     }
@@ -376,7 +380,8 @@ impl OsDriver {
     /// Sends what the context queued, and closes what it is done with.
     fn flush(&mut self, ctx: &mut Context, now: Instant) {
         self.start_connects(ctx, now);
-        let mut ids = ctx.take_dirty();
+        let mut ids = std::mem::take(&mut self.flushing);
+        ctx.drain_dirty(&mut ids);
         // Sockets that could not take everything last time, and outgoing
         // ones still connecting (their first bytes wait for the connection):
         // a short list, not a look at every connection, as this runs twice
@@ -387,7 +392,7 @@ impl OsDriver {
                 .drain(..)
                 .filter_map(|slot| sockets[slot].as_ref().map(|s| s.id)),
         );
-        for id in ids {
+        for &id in &ids {
             let slot = id.index();
             let Some(sock) = self.sockets[slot].as_mut().filter(|s| s.id == id) else {
                 continue;
@@ -421,6 +426,8 @@ impl OsDriver {
                 self.retry.push(slot);
             }
         }
+        ids.clear();
+        self.flushing = ids;
     }
 
     fn drop_socket(&mut self, ctx: &mut Context, slot: usize, now: Instant, graceful: bool) {

@@ -213,6 +213,9 @@ pub struct SmolDriver {
     resolving: Vec<Resolving>,
     /// Outgoing connections with an address, waiting for a free socket.
     waiting: Vec<(ConnId, IpEndpoint)>,
+    /// The connections a flush writes, kept between flushes for its
+    /// capacity.
+    flushing: Vec<ConnId>,
     next_port: u16,
 }
 
@@ -321,6 +324,7 @@ impl SmolDriver {
             ipv4,
             resolving: Vec::new(),
             waiting: Vec::new(),
+            flushing: Vec::new(),
             next_port: EPHEMERAL_FIRST + (net.random_seed % u64::from(EPHEMERAL_COUNT)) as u16,
         };
         driver.refill_pools();
@@ -643,7 +647,8 @@ impl SmolDriver {
     /// starts the connections it asked for.
     fn flush(&mut self, ctx: &mut Context, now: Instant) -> bool {
         let mut progress = self.start_connects(ctx, now);
-        let mut ids = ctx.take_dirty();
+        let mut ids = std::mem::take(&mut self.flushing);
+        ctx.drain_dirty(&mut ids);
         // Connections that could not send everything last time.
         for tcp in &self.tcp {
             if let Role::Conn {
@@ -658,7 +663,7 @@ impl SmolDriver {
         }
         ids.sort_unstable();
         ids.dedup();
-        for id in ids {
+        for &id in &ids {
             let Some(i) = self
                 .tcp
                 .iter()
@@ -695,6 +700,8 @@ impl SmolDriver {
                 progress = true;
             }
         }
+        ids.clear();
+        self.flushing = ids;
         progress
     }
 
