@@ -180,9 +180,13 @@ impl<const N: usize> FmtBuf<N> {
         while !s.is_char_boundary(take) {
             take -= 1;
         }
-        let room = self.buf.get_mut(self.len..).unwrap_or_default();
-        for (dst, src) in room.iter_mut().zip(s.as_bytes().iter().take(take)) {
-            *dst = *src;
+        // Both ranges are `take` long when they exist: one `memory.copy` in
+        // the guest, and no panic path.
+        if let (Some(dst), Some(src)) = (
+            self.buf.get_mut(self.len..self.len + take),
+            s.as_bytes().get(..take),
+        ) {
+            dst.copy_from_slice(src);
         }
         self.len += take;
         self.truncated = take < s.len();

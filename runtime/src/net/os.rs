@@ -144,20 +144,18 @@ impl OsDriver {
         let now = Instant::now();
         let due = ctx.service(now);
         self.flush(ctx, now);
-        let mut wait = timeout;
-        if let Some(due) = due {
-            let until_due = due.saturating_duration_since(now);
-            wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
-        }
         let lingering_due = if self.lingering_count == 0 {
             None
         } else {
             self.lingering.iter().flatten().map(|l| l.until).min()
         };
-        if let Some(due) = lingering_due {
-            let until_due = due.saturating_duration_since(now);
-            wait = Some(wait.map_or(until_due, |w| w.min(until_due)));
-        }
+        // The caller's tick, the context's next deadline or a lingering
+        // socket's, whichever comes first.
+        let until = |at: Instant| at.saturating_duration_since(now);
+        let mut wait = [timeout, due.map(until), lingering_due.map(until)]
+            .into_iter()
+            .flatten()
+            .min();
         if self.has_pending_reads(ctx) || ctx.wants_service() {
             wait = Some(Duration::ZERO);
         }
