@@ -333,6 +333,10 @@ impl Context {
             client,
             attempt: attempt + 1,
         });
+        // Scheduled from `close`, after the `service` whose deadline the
+        // driver is about to sleep to: it calls `service` again first, and
+        // hears the reconnect's time.
+        self.wake = true;
     }
 
     /// Opens the config's clients whose reconnect is due. (A connection's

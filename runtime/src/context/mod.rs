@@ -639,8 +639,9 @@ impl Context {
     }
 
     /// True when guest callbacks ran since the last [`service`](Self::service)
-    /// outside it (decrypted bytes delivered from `transmitted`): the driver
-    /// should call `service` again without waiting.
+    /// outside it (decrypted bytes delivered from `transmitted`), or a
+    /// closed client connection scheduled its reconnect: the driver should
+    /// call `service` again without waiting.
     pub fn wants_service(&self) -> bool {
         self.wake
     }
