@@ -19,6 +19,9 @@ use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
 use wasmgate::context::native::{Echo, HELLO_BODY as BODY, Hello};
 use wasmgate::{Config, Context};
 
+#[path = "../../tests/support/ws_frame.rs"]
+mod ws_frame;
+
 const REQUEST: &[u8] = b"GET /hello HTTP/1.1\r\nHost: device\r\nUser-Agent: bench\r\n\r\n";
 
 /// The upgrade to the echo protocol.
@@ -108,10 +111,8 @@ fn run_ws(ctx: &mut Context, n: u32) -> Duration {
     ctx.transmitted(id, len, now);
     let _ = ctx.take_dirty();
     // A masked binary frame, as a client sends it.
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x82, 0x80 | MESSAGE as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend((0..MESSAGE).map(|i| (i as u8) ^ mask[i % 4]));
+    let payload: Vec<u8> = (0..MESSAGE).map(|i| i as u8).collect();
+    let frame = ws_frame::client_frame(true, 0x2, &payload);
     // The drivers keep their list of connections to flush; so does this loop.
     let mut dirty = Vec::new();
     let start = Instant::now();

@@ -314,8 +314,8 @@ impl Context {
         if let Some(i) = client.config
             && self.config.clients[i].reconnect
         {
-            let established = matches!(client.phase, Phase::Open);
-            self.schedule_reconnect(i, if established { 0 } else { client.attempt }, now);
+            let attempt = if client.is_open() { 0 } else { client.attempt };
+            self.schedule_reconnect(i, attempt, now);
         }
     }
 
@@ -344,16 +344,8 @@ impl Context {
     /// `Context::conn_deadlines`: a turn of the loop does not look at every
     /// connection for it.)
     pub(super) fn start_reconnects(&mut self, now: Instant) {
-        if self.reconnects.iter().all(|r| r.at > now) {
-            return;
-        }
-        let due: Vec<Reconnect> = self
-            .reconnects
-            .iter()
-            .copied()
-            .filter(|r| r.at <= now)
-            .collect();
-        self.reconnects.retain(|r| r.at > now);
+        // Allocates only when one is due.
+        let due: Vec<Reconnect> = self.reconnects.extract_if(.., |r| r.at <= now).collect();
         for r in due {
             self.open_config_client(r.client, r.attempt, now);
         }

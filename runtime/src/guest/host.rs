@@ -101,12 +101,14 @@ enum On {
 }
 
 impl On {
-    fn admits(self, call: &Call) -> bool {
-        match self {
-            On::Any => true,
-            On::Http => call.ws.is_none(),
-            On::Ws => call.ws.is_some(),
-        }
+    /// Whether `call` is `wsi`'s, and of this kind.
+    fn admits(self, call: &Call, wsi: i32) -> bool {
+        call.wsi == wsi
+            && match self {
+                On::Any => true,
+                On::Http => call.ws.is_none(),
+                On::Ws => call.ws.is_some(),
+            }
     }
 }
 
@@ -125,7 +127,7 @@ fn with_call(
     };
     let (mem, state) = memory.data_and_store_mut(cx);
     match state.call.as_mut() {
-        Some(call) if call.wsi == wsi && on.admits(call) => f(mem, call),
+        Some(call) if on.admits(call, wsi) => f(mem, call),
         _ => BAD_STATE,
     }
 }
@@ -136,7 +138,7 @@ fn with_call(
 fn with_conn(cx: &mut Cx<'_>, wsi: i32, on: On, f: impl FnOnce(&mut Call) -> i32) -> i32 {
     charge(cx, 0);
     match cx.data_mut().call.as_mut() {
-        Some(call) if call.wsi == wsi && on.admits(call) => f(call),
+        Some(call) if on.admits(call, wsi) => f(call),
         _ => BAD_STATE,
     }
 }
