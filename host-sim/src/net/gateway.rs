@@ -156,6 +156,10 @@ struct Conn {
     /// edge-triggered).
     readable: bool,
     writable: bool,
+    /// A readiness event said the host closed its side (or the socket
+    /// failed): reads go on to the end of stream, since no new event will
+    /// come after a short read.
+    host_closing: bool,
     /// The host sent FIN (passed on to the device).
     host_eof: bool,
     /// The device sent FIN (passed on to the host).
@@ -416,6 +420,7 @@ impl Gateway {
                 }
             } else if let Some(Some(c)) = self.conns.get_mut(t - CONN_BASE) {
                 c.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                c.host_closing |= event.is_read_closed() || event.is_error();
                 c.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
             }
         }
@@ -502,6 +507,7 @@ impl Gateway {
             waiting: Some((device, device_port)),
             readable: true,
             writable: true,
+            host_closing: false,
             host_eof: false,
             device_eof: false,
             established: false,
@@ -717,6 +723,7 @@ impl Gateway {
                 waiting: None,
                 readable: false,
                 writable: false,
+                host_closing: false,
                 host_eof: false,
                 device_eof: false,
                 established: false,
@@ -982,16 +989,22 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
                 return (0, Ok(None));
             }
             match c.host.read(buf) {
-                Ok(n) => (n, Ok(Some(n))),
+                Ok(n) => (n, Ok(Some((n, buf.len())))),
                 Err(e) => (0, Err(e)),
             }
         });
         match r {
             Ok(Ok(None)) | Err(_) => break,
-            Ok(Ok(Some(0))) => {
+            Ok(Ok(Some((0, _)))) => {
                 c.host_eof = true;
                 sock.close();
             }
+            // A short read emptied the host socket's receive queue: the
+            // next arrival raises a new (edge-triggered) readiness event,
+            // so the read that would only say WouldBlock is saved. Not
+            // after the host closed: its FIN came with the event already
+            // taken, and only reading on finds the end of the stream.
+            Ok(Ok(Some((n, space)))) if n < space && !c.host_closing => c.readable = false,
             Ok(Ok(Some(_))) => {}
             Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -25,6 +25,10 @@ struct Socket {
     id: ConnId,
     /// The socket may have bytes to read (mio is edge-triggered).
     readable: bool,
+    /// A readiness event said the peer closed its side (or the socket
+    /// failed): reads go on to the end of stream, since no new event will
+    /// come after a short read.
+    closing: bool,
     /// The peer sent FIN.
     eof: bool,
     /// An outgoing connection still being made.
@@ -173,6 +177,7 @@ impl OsDriver {
                 t if t < SOCKET_BASE => accept_on.push(t),
                 t if t < LINGER_BASE => {
                     if let Some(s) = self.sockets[t - SOCKET_BASE].as_mut() {
+                        s.closing |= event.is_read_closed() || event.is_error();
                         if s.connecting
                             && (event.is_writable() || event.is_error() || event.is_write_closed())
                         {
@@ -254,6 +259,7 @@ impl OsDriver {
                         stream,
                         id,
                         readable: true,
+                        closing: false,
                         eof: false,
                         connecting: false,
                         blocked: false,
@@ -288,12 +294,15 @@ impl OsDriver {
                 }
                 Ok(n) => {
                     ctx.receive(id, &self.buf[..n], now);
-                    if n < space {
+                    if n < space && !sock.closing {
                         // A short read emptied the socket's receive queue:
                         // bytes arriving later raise a new readiness event
                         // (edge-triggered epoll and kqueue both signal every
                         // arrival), so the read that would only say
                         // WouldBlock is saved, one system call per message.
+                        // Not once the peer closed: its FIN came with the
+                        // event already taken, and only reading on finds
+                        // the end of the stream.
                         sock.readable = false;
                         return;
                     }
@@ -344,6 +353,7 @@ impl OsDriver {
                 stream,
                 id,
                 readable: false,
+                closing: false,
                 eof: false,
                 connecting: true,
                 blocked: false,
