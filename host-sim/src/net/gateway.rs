@@ -19,6 +19,8 @@ use smoltcp::wire::{
     IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
 };
 
+use wasmgate::net::os::SHORT_READ_EMPTIES;
+
 use super::dhcp::DhcpServer;
 use super::dns::{self, DnsTable};
 use super::phy::LinkEnd;
@@ -159,7 +161,7 @@ struct Conn {
     /// A readiness event said the host closed its side (or the socket
     /// failed): reads go on to the end of stream, since no new event will
     /// come after a short read.
-    host_closing: bool,
+    host_read_closed: bool,
     /// The host sent FIN (passed on to the device).
     host_eof: bool,
     /// The device sent FIN (passed on to the host).
@@ -420,7 +422,7 @@ impl Gateway {
                 }
             } else if let Some(Some(c)) = self.conns.get_mut(t - CONN_BASE) {
                 c.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
-                c.host_closing |= event.is_read_closed() || event.is_error();
+                c.host_read_closed |= event.is_read_closed() || event.is_error();
                 c.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
             }
         }
@@ -507,7 +509,7 @@ impl Gateway {
             waiting: Some((device, device_port)),
             readable: true,
             writable: true,
-            host_closing: false,
+            host_read_closed: false,
             host_eof: false,
             device_eof: false,
             established: false,
@@ -723,7 +725,7 @@ impl Gateway {
                 waiting: None,
                 readable: false,
                 writable: false,
-                host_closing: false,
+                host_read_closed: false,
                 host_eof: false,
                 device_eof: false,
                 established: false,
@@ -999,12 +1001,15 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
                 c.host_eof = true;
                 sock.close();
             }
-            // A short read emptied the host socket's receive queue: the
-            // next arrival raises a new (edge-triggered) readiness event,
-            // so the read that would only say WouldBlock is saved. Not
-            // after the host closed: its FIN came with the event already
-            // taken, and only reading on finds the end of the stream.
-            Ok(Ok(Some((n, space)))) if n < space && !c.host_closing => c.readable = false,
+            // A read shorter than the free part of the ring emptied the
+            // host socket (one as long may have left more, read next round,
+            // into the part past the ring's wrap): the read that would only
+            // say WouldBlock is saved, as in the OS driver. Not after the
+            // host closed: its FIN came with the event already taken, and
+            // only reading on finds the end of the stream.
+            Ok(Ok(Some((n, space)))) if SHORT_READ_EMPTIES && n < space && !c.host_read_closed => {
+                c.readable = false;
+            }
             Ok(Ok(Some(_))) => {}
             Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1355,6 +1360,41 @@ mod tests {
     #[test]
     fn a_host_connection_is_forwarded_to_the_device_and_back() {
         forward_echo("127.0.0.1:0".parse().unwrap(), LinkFaults::NONE, 300_000);
+    }
+
+    #[test]
+    fn a_host_fin_that_comes_with_the_last_bytes_reaches_the_device() {
+        // The host's last bytes and its FIN reach the gateway's host socket
+        // between two polls: one readiness event carries both, and the read
+        // of the bytes is short. Reading must go on to find the FIN.
+        let (mut net, handles, addr) = forward_to_station(1);
+        let mut host = forward_stream(addr);
+        host.set_nonblocking(true).unwrap();
+        let up = net.run_until(Duration::from_secs(5), |dev| {
+            dev.get(handles[0]).state() == tcp::State::Established
+        });
+        assert!(up, "the forward did not reach the device");
+        host.write_all(b"last words").unwrap();
+        host.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut back = Vec::new();
+        let ended = net.run_until(Duration::from_secs(2), |dev| {
+            echo(dev, &handles);
+            let mut buf = [0u8; 64];
+            loop {
+                match host.read(&mut buf) {
+                    Ok(0) => return true,
+                    Ok(n) => back.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                    Err(e) => panic!("host read failed: {e}"),
+                }
+            }
+        });
+        assert_eq!(back, b"last words", "the echo");
+        assert!(
+            ended,
+            "the device never saw the host's FIN, so never closed"
+        );
     }
 
     #[test]

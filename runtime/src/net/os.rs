@@ -19,6 +19,15 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Whether a short read means the socket's receive queue is empty and the
+/// next arrival raises a new readiness event: with epoll and kqueue, which
+/// signal every arrival to an edge-triggered registration, but not with
+/// mio's Windows backend, which arms a socket again only after a read said
+/// `WouldBlock`. (A read also stops short at TCP urgent data; no HTTP or
+/// WebSocket peer sends any, and the rest is read with the peer's next
+/// bytes.)
+pub const SHORT_READ_EMPTIES: bool = !cfg!(windows);
+
 #[derive(Debug)]
 struct Socket {
     stream: TcpStream,
@@ -28,7 +37,7 @@ struct Socket {
     /// A readiness event said the peer closed its side (or the socket
     /// failed): reads go on to the end of stream, since no new event will
     /// come after a short read.
-    closing: bool,
+    read_closed: bool,
     /// The peer sent FIN.
     eof: bool,
     /// An outgoing connection still being made.
@@ -177,7 +186,7 @@ impl OsDriver {
                 t if t < SOCKET_BASE => accept_on.push(t),
                 t if t < LINGER_BASE => {
                     if let Some(s) = self.sockets[t - SOCKET_BASE].as_mut() {
-                        s.closing |= event.is_read_closed() || event.is_error();
+                        s.read_closed |= event.is_read_closed() || event.is_error();
                         if s.connecting
                             && (event.is_writable() || event.is_error() || event.is_write_closed())
                         {
@@ -259,7 +268,7 @@ impl OsDriver {
                         stream,
                         id,
                         readable: true,
-                        closing: false,
+                        read_closed: false,
                         eof: false,
                         connecting: false,
                         blocked: false,
@@ -294,15 +303,12 @@ impl OsDriver {
                 }
                 Ok(n) => {
                     ctx.receive(id, &self.buf[..n], now);
-                    if n < space && !sock.closing {
-                        // A short read emptied the socket's receive queue:
-                        // bytes arriving later raise a new readiness event
-                        // (edge-triggered epoll and kqueue both signal every
-                        // arrival), so the read that would only say
-                        // WouldBlock is saved, one system call per message.
-                        // Not once the peer closed: its FIN came with the
-                        // event already taken, and only reading on finds
-                        // the end of the stream.
+                    if SHORT_READ_EMPTIES && n < space && !sock.read_closed {
+                        // The read that would only say WouldBlock is saved,
+                        // one system call per message. Not once the peer
+                        // closed: its FIN came with the event already
+                        // taken, and only reading on finds the end of the
+                        // stream.
                         sock.readable = false;
                         return;
                     }
@@ -353,7 +359,7 @@ impl OsDriver {
                 stream,
                 id,
                 readable: false,
-                closing: false,
+                read_closed: false,
                 eof: false,
                 connecting: true,
                 blocked: false,
