@@ -147,7 +147,7 @@ impl Context {
 
     fn open_config_client(&mut self, i: usize, attempt: u32, now: Instant) {
         let c = self.config.clients[i].clone();
-        let Some(slot) = self.conns.iter().position(Option::is_none) else {
+        let Some(slot) = self.free_slots().next() else {
             tracing::warn!(client = %c.name, "no free connection for the client; retrying later");
             self.schedule_reconnect(i, attempt, now);
             return;
@@ -202,10 +202,10 @@ impl Context {
             phase: Phase::Connecting,
             deadline: now + CONNECT_TIMEOUT,
         });
-        self.conns[slot] = Some(conn);
+        self.put_conn(slot, conn);
         self.touch_now(id);
         if let Err((_, why)) = self.bind_protocol(id, protocol, now) {
-            self.conns[slot] = None;
+            self.take_conn(slot);
             return Err(why.into());
         }
         tracing::debug!(

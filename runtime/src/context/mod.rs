@@ -330,6 +330,10 @@ pub struct Context {
     unix_at_epoch: u64,
     protocols: Vec<ProtocolState>,
     conns: Vec<Option<Conn>>,
+    /// Every slot below it is taken: the search for a free slot (each
+    /// accept, and the client `wsi`s a callback may hand out) starts here
+    /// instead of at the first of up to `max_connections` slots.
+    free_from: usize,
     generations: Vec<u16>,
     dirty: Vec<ConnId>,
     /// Connections whose `scan` is set, for the next `service`.
@@ -445,6 +449,7 @@ impl Context {
             unix_at_epoch: 0,
             protocols,
             conns: (0..max).map(|_| None).collect(),
+            free_from: 0,
             generations: vec![0; max],
             dirty: Vec::with_capacity(max),
             scan_list: Vec::with_capacity(max),
@@ -509,7 +514,7 @@ impl Context {
         if listener >= self.config.listeners.len() {
             return Err(AcceptError::UnknownListener);
         }
-        let Some(slot) = self.conns.iter().position(Option::is_none) else {
+        let Some(slot) = self.free_slots().next() else {
             self.stats.refused += 1;
             tracing::warn!(%peer, "connection refused: all {} slots busy", self.conns.len());
             return Err(AcceptError::Full);
@@ -519,7 +524,7 @@ impl Context {
         let mut conn = Conn::new(id, listener, peer, self.config.limits.http, now);
         conn.tls =
             crate::tls::Session::for_listener(self.config.listeners[listener].tls.as_ref(), now);
-        self.conns[slot] = Some(conn);
+        self.put_conn(slot, conn);
         self.touch(id);
         self.stats.accepted += 1;
         tracing::debug!(%peer, wsi = id.wsi(), "accepted");
@@ -668,7 +673,8 @@ impl Context {
         if let Some(binding) = self.conns[slot].as_mut().and_then(|c| c.binding.take()) {
             self.unbind(binding, now);
         }
-        if let Some(client) = self.conns[slot].take().and_then(|c| c.client) {
+        let gone = self.take_conn(slot);
+        if let Some(client) = gone.and_then(|c| c.client) {
             self.client_gone(&client, now);
         }
         tracing::debug!(wsi = id.wsi(), "closed");
@@ -1037,13 +1043,43 @@ impl Context {
     fn free_wsis(&mut self, n: usize) -> Vec<i32> {
         let mut wsis = std::mem::take(&mut self.spare_wsis);
         wsis.clear();
-        let free = self.conns.iter().enumerate().filter(|(_, c)| c.is_none());
+        let generations = &self.generations;
         wsis.extend(
-            free.take(n)
-                .map(|(slot, _)| ConnId::new(slot, self.generations[slot].wrapping_add(1)).wsi()),
+            self.free_slots()
+                .take(n)
+                .map(|slot| ConnId::new(slot, generations[slot].wrapping_add(1)).wsi()),
         );
         wsis.reverse(); // `pop` hands out the lowest slot first
         wsis
+    }
+
+    /// The free connection slots, lowest first.
+    fn free_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        debug_assert!(
+            self.conns[..self.free_from].iter().all(Option::is_some),
+            "a free slot below free_from"
+        );
+        let from = self.free_from;
+        self.conns[from..]
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_none())
+            .map(move |(i, _)| from + i)
+    }
+
+    /// Puts `conn` into the free slot `slot`.
+    fn put_conn(&mut self, slot: usize, conn: Conn) {
+        debug_assert!(self.conns[slot].is_none(), "slot {slot} is taken");
+        self.conns[slot] = Some(conn);
+        if slot == self.free_from {
+            self.free_from += 1;
+        }
+    }
+
+    /// Takes the connection out of `slot`, which is free after.
+    fn take_conn(&mut self, slot: usize) -> Option<Conn> {
+        self.free_from = self.free_from.min(slot);
+        self.conns[slot].take()
     }
 
     /// Sets (`Some`) or cancels (`None`) connection `id`'s timer.
