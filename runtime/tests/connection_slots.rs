@@ -34,10 +34,10 @@ fn a_new_connection_takes_the_lowest_free_slot() {
     assert_eq!(accept(&mut ctx, now).expect("slot 5").index(), 5);
     assert!(matches!(accept(&mut ctx, now), Err(AcceptError::Full)));
 
-    // Free the first and the last: both come back, lowest first, and a
-    // reused slot gets a new handle.
-    ctx.close(ids[max - 1], now);
+    // Free the first and then the last: both come back, lowest first, and
+    // a reused slot gets a new handle.
     ctx.close(ids[0], now);
+    ctx.close(ids[max - 1], now);
     let again = accept(&mut ctx, now).expect("slot 0");
     assert_eq!(again.index(), 0);
     assert_ne!(again, ids[0], "a new generation, so a new wsi");

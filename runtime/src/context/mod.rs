@@ -330,9 +330,10 @@ pub struct Context {
     unix_at_epoch: u64,
     protocols: Vec<ProtocolState>,
     conns: Vec<Option<Conn>>,
-    /// Every slot below it is taken: the search for a free slot (each
-    /// accept, and the client `wsi`s a callback may hand out) starts here
-    /// instead of at the first of up to `max_connections` slots.
+    /// The first free slot (`conns.len()` when all are taken): the search
+    /// for a free slot (each accept, and the client `wsi`s a callback may
+    /// hand out) starts here instead of at the first of up to
+    /// `max_connections` slots.
     free_from: usize,
     generations: Vec<u16>,
     dirty: Vec<ConnId>,
@@ -1056,8 +1057,9 @@ impl Context {
     /// The free connection slots, lowest first.
     fn free_slots(&self) -> impl Iterator<Item = usize> + '_ {
         debug_assert!(
-            self.conns[..self.free_from].iter().all(Option::is_some),
-            "a free slot below free_from"
+            self.conns[..self.free_from].iter().all(Option::is_some)
+                && self.conns.get(self.free_from).is_none_or(Option::is_none),
+            "free_from is not the first free slot"
         );
         let from = self.free_from;
         self.conns[from..]
@@ -1071,7 +1073,10 @@ impl Context {
     fn put_conn(&mut self, slot: usize, conn: Conn) {
         debug_assert!(self.conns[slot].is_none(), "slot {slot} is taken");
         self.conns[slot] = Some(conn);
-        if slot == self.free_from {
+        // Past the run of taken slots after it too, so that `free_from`
+        // stays the first free slot: a connection that closes and comes
+        // back into slot 0 must not leave the next search to walk the rest.
+        while self.conns.get(self.free_from).is_some_and(Option::is_some) {
             self.free_from += 1;
         }
     }
