@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
-use wasmgate::context::native::{Echo, HELLO_BODY as BODY, Hello};
-use wasmgate::{Config, Context};
+use wasmgate::Context;
+use wasmgate::context::native::HELLO_BODY as BODY;
 
+#[path = "../../tests/support/hello_echo.rs"]
+mod hello_echo;
 #[path = "../../tests/support/ws_frame.rs"]
 mod ws_frame;
 
@@ -30,40 +31,6 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
 Sec-WebSocket-Version: 13\r\n\r\n";
 /// Size of the echoed messages.
 const MESSAGE: usize = 64;
-
-/// The bench device: `hello` at `/hello`, WebSocket upgrades to `echo`.
-fn device(hello: Handler, echo: Handler) -> Context {
-    let config = Config {
-        name: "bench".into(),
-        listeners: vec![Listener {
-            name: "http".into(),
-            port: 80,
-            mounts: vec![Mount {
-                prefix: "/hello".into(),
-                protocol: "hello".into(),
-            }],
-            websocket: vec!["echo".into()],
-            default_websocket: Some("echo".into()),
-            tls: None,
-        }],
-        protocols: vec![
-            Protocol {
-                name: "hello".into(),
-                handler: hello,
-            },
-            Protocol {
-                name: "echo".into(),
-                handler: echo,
-            },
-        ],
-        limits: Limits::DEFAULT,
-        guest: GuestLimits::DEFAULT,
-        admin: None,
-        clients: Vec::new(),
-        trust: None,
-    };
-    Context::new(config, Instant::now()).expect("bench device starts")
-}
 
 /// Serves `n` requests on one connection; returns the time per request.
 fn run(ctx: &mut Context, n: u32) -> Duration {
@@ -140,14 +107,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, per_round) = if quick { (5, 2_000) } else { (15, 20_000) };
-    let mut guest = device(
-        Handler::Wasm(wasmgate_guests::HELLO.to_vec()),
-        Handler::Wasm(wasmgate_guests::WS_ECHO.to_vec()),
-    );
-    let mut native = device(
-        Handler::Native(|| Box::new(Hello)),
-        Handler::Native(|| Box::new(Echo)),
-    );
+    let (mut guest, mut native) = hello_echo::guest_and_native();
     // Warm up both (first instance creation, caches).
     for ctx in [&mut guest, &mut native] {
         run(ctx, 1_000);

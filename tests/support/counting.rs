@@ -33,10 +33,14 @@ static ALL_BYTES: AtomicIsize = AtomicIsize::new(0);
 static DEVICE_BYTES: AtomicIsize = AtomicIsize::new(0);
 static DEVICE_BLOCKS: AtomicIsize = AtomicIsize::new(0);
 static DEVICE_PEAK: AtomicIsize = AtomicIsize::new(0);
+static DEVICE_ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
 
 fn grew(bytes: isize, blocks: isize) {
     ALL_BYTES.fetch_add(bytes, Relaxed);
     if in_device() {
+        if blocks > 0 || bytes > 0 {
+            DEVICE_ALLOCATIONS.fetch_add(1, Relaxed);
+        }
         let now = DEVICE_BYTES.fetch_add(bytes, Relaxed) + bytes;
         DEVICE_BLOCKS.fetch_add(blocks, Relaxed);
         DEVICE_PEAK.fetch_max(now, Relaxed);
@@ -106,6 +110,16 @@ pub fn device_bytes() -> isize {
 /// Live blocks the device allocated.
 pub fn device_blocks() -> isize {
     DEVICE_BLOCKS.load(Relaxed)
+}
+
+/// Calls the device made that took memory from the allocator (a new block,
+/// or a block grown in place or moved), since the program started.
+#[allow(
+    dead_code,
+    reason = "the allocation tests use it, the memory bench does not"
+)]
+pub fn device_allocations() -> isize {
+    DEVICE_ALLOCATIONS.load(Relaxed)
 }
 
 /// Live bytes, device and client together.

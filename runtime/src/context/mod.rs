@@ -344,6 +344,9 @@ pub struct Context {
     /// over the table when it comes, never a missed deadline.
     conns_due: Option<Instant>,
     scratch: Vec<u8>,
+    /// The path of the request being routed, kept between requests so that
+    /// routing one allocates nothing.
+    path_buf: String,
     /// The [`Call::free_wsis`] buffer, kept between callbacks so that lending
     /// a connection allocates nothing.
     spare_wsis: Vec<i32>,
@@ -456,6 +459,7 @@ impl Context {
             scan_list: Vec::with_capacity(max),
             conns_due: None,
             scratch: Vec::new(),
+            path_buf: String::new(),
             spare_wsis: Vec::new(),
             fragment: crate::guest::Fragment::default(),
             timers: std::collections::BinaryHeap::new(),
@@ -1327,19 +1331,30 @@ impl Context {
         self.stats.requests += 1;
         let conn = self.conn_mut(id).expect("caller checked");
         conn.last_progress = now;
+        // The path outlives the borrow of the request (a callback lends the
+        // connection out), so it is copied, into a buffer kept for the next.
+        let mut path = std::mem::take(&mut self.path_buf);
         let conn = self.conn(id).expect("caller checked");
         let req = conn
             .http
             .as_deref()
             .and_then(ServerConn::request)
             .expect("head");
-        let path = req.path().to_string();
+        path.clear();
+        path.push_str(req.path());
         tracing::debug!(wsi = id.wsi(), method = req.method(), path = %path, "request");
         // A listener without WebSocket protocols serves the request as HTTP.
         let listener = &self.config.listeners[conn.listener];
         let ws_here = !listener.websocket.is_empty() || listener.default_websocket.is_some();
         let upgrade = ws_here && crate::ws::is_upgrade(req);
-        if self.admin_head(id, &path) {
+        self.route(id, &path, upgrade, now);
+        self.path_buf = path;
+    }
+
+    /// Hands a complete request head to the admin API, the WebSocket
+    /// upgrade or the protocol mounted at `path`.
+    fn route(&mut self, id: ConnId, path: &str, upgrade: bool, now: Instant) {
+        if self.admin_head(id, path) {
             return;
         }
         if upgrade {
@@ -1348,9 +1363,9 @@ impl Context {
         }
         let conn = self.conn(id).expect("caller checked");
         let listener = &self.config.listeners[conn.listener];
-        let mount = listener.mount_for(&path).map(|m| m.protocol.clone());
+        let mounted = listener.mount_for(path);
         let Some(protocol) =
-            mount.and_then(|name| self.protocols.iter().position(|p| p.name == name))
+            mounted.and_then(|m| self.protocols.iter().position(|p| p.name == m.protocol))
         else {
             self.answer(id, 404, "no handler for this path\n", false);
             return;
