@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{
+    Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+};
 use smoltcp::socket::{Socket, tcp, udp};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpCidr, IpListenEndpoint,
@@ -383,12 +385,21 @@ impl Gateway {
         self.start_forward_connects(now);
         self.prepare_syn_listeners(link_end);
         let ts = self.timestamp(now);
-        self.iface.poll(ts, link_end, &mut self.sockets);
+        // The frames from the device first, the segments out once after the
+        // host's bytes are pumped in: acknowledgements ride on data, and
+        // smoltcp's passes over every socket for segments to send are made
+        // once per turn (see the device's driver).
+        self.iface.poll_maintenance(ts);
+        while self
+            .iface
+            .poll_ingress_single(ts, link_end, &mut self.sockets)
+            != PollIngressSingleResult::None
+        {}
         self.start_forward_connects(now);
         self.serve_udp();
         self.take_device_syns(now);
         self.pump_all(now);
-        self.iface.poll(ts, link_end, &mut self.sockets);
+        while self.iface.poll_egress(ts, link_end, &mut self.sockets) != PollResult::None {}
         self.reap(now);
         self.deadline(now)
     }

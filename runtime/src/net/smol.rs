@@ -13,7 +13,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::iface::{
+    Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+    SocketStorage,
+};
 use smoltcp::phy::Device;
 use smoltcp::socket::{dhcpv4, dns, tcp};
 use smoltcp::wire::{
@@ -30,8 +33,9 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Local ports of outgoing connections (the IANA dynamic range).
 const EPHEMERAL_FIRST: u16 = 49152;
 const EPHEMERAL_COUNT: u16 = 16384;
-/// Most interface polls in one [`SmolDriver::poll`]; more work waits for the
-/// next call (the returned deadline is then "now").
+/// Most rounds of taking frames in and serving the context in one
+/// [`SmolDriver::poll`]; more work waits for the next call (the returned
+/// deadline is then "now").
 const MAX_ROUNDS: usize = 8;
 
 /// How the interface gets its IPv4 address.
@@ -348,10 +352,22 @@ impl SmolDriver {
         now: Instant,
     ) -> Option<Instant> {
         let timestamp = self.smol_time(now);
+        // Every frame the device has is taken in first, and the segments go
+        // out after the context answered: an acknowledgement rides on the
+        // answer's first segment instead of going ahead alone. A round that
+        // changed nothing sends nothing new, so after the first only rounds
+        // with progress pass over the sockets for segments to send (smoltcp
+        // asks every socket, busy or not, and a pass ends only when one
+        // sends nothing).
+        self.iface.poll_maintenance(timestamp);
         let mut due;
         let mut rounds = 0;
         loop {
-            self.iface.poll(timestamp, device, &mut self.sockets);
+            while self
+                .iface
+                .poll_ingress_single(timestamp, device, &mut self.sockets)
+                != PollIngressSingleResult::None
+            {}
             let mut progress = self.dhcp_events();
             progress |= self.dns_results(ctx, now);
             progress |= self.service_sockets(ctx, now);
@@ -359,6 +375,11 @@ impl SmolDriver {
             progress |= self.flush(ctx, now);
             progress |= self.start_waiting(ctx, now);
             progress |= self.refill_pools();
+            if rounds == 0 || progress {
+                while self.iface.poll_egress(timestamp, device, &mut self.sockets)
+                    != PollResult::None
+                {}
+            }
             rounds += 1;
             if !progress {
                 break;
