@@ -377,6 +377,14 @@ impl Gateway {
     /// relays. Returns when it next wants a turn (`now` if it has more to do
     /// at once, `None` if only an event can wake it).
     pub fn poll(&mut self, link_end: &mut LinkEnd, now: Instant) -> Option<Instant> {
+        self.turn(link_end, now);
+        self.next_wake(now)
+    }
+
+    /// [`poll`](Self::poll)'s work without working out when to run next, for
+    /// a loop that runs again at once anyway (frames are on the link):
+    /// finding the next deadline asks every socket.
+    pub fn turn(&mut self, link_end: &mut LinkEnd, now: Instant) {
         if let Err(e) = self.take_events(Some(Duration::ZERO)) {
             tracing::warn!("gateway: polling host sockets failed: {e}");
         }
@@ -401,7 +409,6 @@ impl Gateway {
         self.pump_all(now);
         while self.iface.poll_egress(ts, link_end, &mut self.sockets) != PollResult::None {}
         self.reap(now);
-        self.deadline(now)
     }
 
     /// Blocks until a host socket has news, at most `timeout`; the next
@@ -912,7 +919,10 @@ impl Gateway {
         });
     }
 
-    fn deadline(&mut self, now: Instant) -> Option<Instant> {
+    /// When the gateway wants a turn after the last [`turn`](Self::turn),
+    /// host sockets' events aside: `now` if it has more to do at once,
+    /// smoltcp's timers, connects and closes that time out.
+    pub fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         let ts = self.timestamp(now);
         let mut next = self
             .iface

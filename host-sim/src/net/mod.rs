@@ -170,17 +170,21 @@ impl SmolNetwork {
             &mut self.gateway_end,
             now,
         );
-        let device_due = self.driver.poll(ctx, &mut self.device_end, now);
-        let gateway_due = self.gateway.poll(&mut self.gateway_end, now);
+        let device_again = self.driver.turn(ctx, &mut self.device_end, now);
+        self.gateway.turn(&mut self.gateway_end, now);
         let delivered = shuttle(
             &mut self.link,
             &mut self.device_end,
             &mut self.gateway_end,
             now,
         );
-        if delivered {
-            return Ok(()); // frames to read: again at once
+        if delivered || device_again {
+            // Frames to read, or work left: again at once (and the next
+            // deadlines, which ask every socket, are not needed).
+            return Ok(());
         }
+        let device_due = self.driver.next_wake(now);
+        let gateway_due = self.gateway.next_wake(now);
         let mut until = now + max_wait;
         for t in [device_due, gateway_due, self.link.next_delivery()]
             .into_iter()

@@ -6,9 +6,9 @@
 //! accepts. Each listener port keeps a small pool of listening sockets
 //! ([`NetConfig::listen_backlog`]), refilled while the socket set has room; a
 //! SYN that finds no listening socket is answered with a reset by smoltcp. The
-//! set is sized once (see [`SmolDriver::new`]) and never grows: sockets are
-//! only added below its capacity, so smoltcp's "full socket set" panic cannot
-//! happen.
+//! set's room is taken once (see [`SmolDriver::new`]) and never grows:
+//! sockets are only added below its capacity, so smoltcp's "full socket set"
+//! panic cannot happen and its storage never moves.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -221,6 +221,8 @@ pub struct SmolDriver {
     /// capacity.
     flushing: Vec<ConnId>,
     next_port: u16,
+    /// The context's next deadline, as the last [`SmolDriver::turn`] saw it.
+    ctx_due: Option<Instant>,
 }
 
 impl std::fmt::Debug for SmolDriver {
@@ -301,8 +303,13 @@ impl SmolDriver {
             + net.reserve_sockets
             + usize::from(dhcp_wanted)
             + usize::from(dns_wanted);
-        let storage: Vec<SocketStorage<'static>> =
-            (0..capacity).map(|_| SocketStorage::EMPTY).collect();
+        // Room for `capacity` sockets is taken once; a slot is made when a
+        // socket first needs one. smoltcp walks every slot of the set for
+        // every frame taken in and on every pass for segments to send, so a
+        // device sized for 116 connections that serves 50 walks 50-odd
+        // slots, not 120. Sockets are only added below the capacity (see
+        // `make_room`), so the storage never moves.
+        let storage: Vec<SocketStorage<'static>> = Vec::with_capacity(capacity);
         let mut sockets = SocketSet::new(storage);
         let dhcp = dhcp_wanted.then(|| sockets.add(dhcpv4::Socket::new()));
         let dns = dns_wanted.then(|| {
@@ -330,6 +337,7 @@ impl SmolDriver {
             waiting: Vec::new(),
             flushing: Vec::new(),
             next_port: EPHEMERAL_FIRST + (net.random_seed % u64::from(EPHEMERAL_COUNT)) as u16,
+            ctx_due: None,
         };
         driver.refill_pools();
         tracing::info!(
@@ -351,6 +359,22 @@ impl SmolDriver {
         device: &mut D,
         now: Instant,
     ) -> Option<Instant> {
+        if self.turn(ctx, device, now) {
+            return Some(now);
+        }
+        self.next_wake(now)
+    }
+
+    /// [`poll`](Self::poll)'s work without working out when to run next, for
+    /// a loop that runs again at once anyway (the simulator's, while frames
+    /// are on the link): finding the next deadline asks every socket.
+    /// Returns true if work is left for a call right away.
+    pub fn turn<D: Device + ?Sized>(
+        &mut self,
+        ctx: &mut Context,
+        device: &mut D,
+        now: Instant,
+    ) -> bool {
         let timestamp = self.smol_time(now);
         // Every frame the device has is taken in first, and the segments go
         // out after the context answered: an acknowledgement rides on the
@@ -360,7 +384,6 @@ impl SmolDriver {
         // asks every socket, busy or not, and a pass ends only when one
         // sends nothing).
         self.iface.poll_maintenance(timestamp);
-        let mut due;
         let mut rounds = 0;
         loop {
             while self
@@ -371,7 +394,7 @@ impl SmolDriver {
             let mut progress = self.dhcp_events();
             progress |= self.dns_results(ctx, now);
             progress |= self.service_sockets(ctx, now);
-            due = ctx.service(now);
+            self.ctx_due = ctx.service(now);
             progress |= self.flush(ctx, now);
             progress |= self.start_waiting(ctx, now);
             progress |= self.refill_pools();
@@ -382,13 +405,20 @@ impl SmolDriver {
             }
             rounds += 1;
             if !progress {
-                break;
+                return false;
             }
             if rounds == MAX_ROUNDS {
-                return Some(now);
+                return true;
             }
         }
-        let mut next = due;
+    }
+
+    /// When the device wants to run next after the last
+    /// [`turn`](Self::turn), frames aside: the context's deadline, smoltcp's
+    /// timers, the end of a closing socket's linger.
+    pub fn next_wake(&mut self, now: Instant) -> Option<Instant> {
+        let timestamp = self.smol_time(now);
+        let mut next = self.ctx_due;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         if let Some(t) = self.iface.poll_at(timestamp, &self.sockets) {
             at(self.std_time(t).max(now));
