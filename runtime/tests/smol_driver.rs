@@ -820,10 +820,9 @@ fn the_answer_carries_the_acknowledgement_of_the_request() {
     // The driver takes every frame in, lets the context answer, and only
     // then sends: the acknowledgement of a request of two segments (more
     // than a full one unread, which smoltcp acknowledges at once, without
-    // its 10 ms delay) rides
-    // on the response's first segment instead of going ahead as a segment
-    // of its own: one frame fewer per exchange, for the link and both
-    // stacks.
+    // its 10 ms delay) rides on the response's first segment instead of
+    // going ahead as a segment of its own: one frame fewer per exchange,
+    // for the link and both stacks.
     let mut net = Net::new(http_device(&[80], 8), |_| {});
     let h = net.connect((DEVICE_V4, 80));
     net.run_until("connected", |net| net.tcp(h).may_send());
@@ -862,4 +861,61 @@ fn the_answer_carries_the_acknowledgement_of_the_request() {
     let response = String::from_utf8_lossy(&net.exchange(h, b"")).into_owned();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.ends_with(ACK), "{response}");
+}
+
+#[test]
+fn a_socket_in_time_wait_makes_room_only_after_its_last_ack_is_out() {
+    // A set with room for two sockets: one connection and one listening
+    // socket. The device closes connection A first; the peer's FIN then
+    // arrives together with the ACK that completes connection C's
+    // handshake. C takes the listening socket, and refilling the pool needs
+    // room: A's socket, in TIME-WAIT, may give it only once the ACK of A's
+    // FIN has gone out. Dropped before, the peer would wait in LAST-ACK,
+    // resend its FIN a second later and get a reset.
+    let mut net = Net::new(http_device(&[80], 1), |n| {
+        n.listen_backlog = 1;
+        n.reserve_sockets = 0;
+    });
+    let a = net.connect((DEVICE_V4, 80));
+    let mut sent = false;
+    let mut response = Vec::new();
+    net.run_until("the device answers A and closes its side", |net| {
+        let socket = net.tcp(a);
+        if !sent && socket.can_send() {
+            sent = socket.send_slice(GET).unwrap() == GET.len();
+        }
+        read_into(socket, &mut response);
+        finished(socket)
+    });
+    assert_eq!(status(&response), "HTTP/1.1 200 OK");
+    net.run_for(Duration::from_millis(20));
+    assert_eq!(
+        net.tcp(a).state(),
+        tcp::State::CloseWait,
+        "the device's FIN is acknowledged"
+    );
+
+    let c = net.connect((DEVICE_V4, 80));
+    net.turn(); // C's SYN goes out
+    assert_eq!(tcp_segments(&net.to_device).len(), 1, "C's SYN");
+    net.tcp(a).close();
+    net.turn(); // the SYN-ACK comes back; C's ACK and A's FIN go out together
+    assert_eq!(net.tcp(c).state(), tcp::State::Established);
+    assert_eq!(net.tcp(a).state(), tcp::State::LastAck);
+    assert_eq!(tcp_segments(&net.to_device).len(), 2, "C's ACK and A's FIN");
+
+    let closing = net.now;
+    net.run_until("A's close finishes", |net| {
+        net.tcp(a).state() == tcp::State::Closed
+    });
+    let took = net.now - closing;
+    assert!(
+        took < Duration::from_millis(100),
+        "A's FIN was acknowledged after {took:?} (a retransmission: its socket went first)"
+    );
+    let response = String::from_utf8_lossy(&net.exchange(c, GET)).into_owned();
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK"),
+        "C is served: {response}"
+    );
 }

@@ -113,7 +113,7 @@ pub fn device_blocks() -> isize {
 }
 
 /// Calls the device made that took memory from the allocator (a new block,
-/// or a block grown in place or moved), since the program started.
+/// or a block grown), since the program started.
 #[allow(
     dead_code,
     reason = "the allocation tests use it, the memory bench does not"

@@ -174,11 +174,11 @@ impl phy::TxToken for TxToken<'_> {
     {
         let mut frame = self.free.pop().unwrap_or_default();
         // A used buffer keeps its old bytes, as a network card's ring does:
-        // smoltcp writes every field of the frame (only option padding after
-        // an end-of-list may keep an old byte, which no reader looks at and
-        // the checksum covers as sent), so only the part past the old
-        // frame's end is zeroed. Zeroing the whole frame first was 1% of the
-        // simulator's work.
+        // smoltcp writes every field of the frame (only the unused word of
+        // an ICMP "unreachable" or "time exceeded" may keep old bytes, which
+        // no reader looks at and the checksum covers as sent), so only the
+        // part past the old frame's end is zeroed. Zeroing the whole frame
+        // first was 1% of the simulator's work.
         frame.resize(len, 0);
         let r = f(&mut frame);
         self.tx.push_back(frame);

@@ -34,7 +34,7 @@ const LINGER: Duration = Duration::from_secs(2);
 const EPHEMERAL_FIRST: u16 = 49152;
 const EPHEMERAL_COUNT: u16 = 16384;
 /// Most rounds of taking frames in and serving the context in one
-/// [`SmolDriver::poll`]; more work waits for the next call (the returned
+/// [`SmolDriver::turn`]; more work waits for the next call (the returned
 /// deadline is then "now").
 const MAX_ROUNDS: usize = 8;
 
@@ -150,14 +150,15 @@ enum Role {
         queued: usize,
     },
     /// Closed, and both FINs through (TIME-WAIT): freed at the next pass,
-    /// after the interface poll that acknowledged the peer's FIN (see
-    /// [`close`]). smoltcp would keep it 10 s and meanwhile drop a SYN that
+    /// after the segments sent since acknowledged the peer's FIN (see
+    /// [`close`]); until they have gone (the driver's count of sending
+    /// passes moved past `marked_at`), not even to make room. smoltcp would keep it 10 s and meanwhile drop a SYN that
     /// reuses its addresses and ports, so a client that comes back from the
     /// same port (the simulator's gateway cycles through its 16,384 past
     /// 8,000 connections a second) would wait a second for the SYN's
     /// retransmission. lwIP, too, frees TIME-WAIT blocks early when it needs
     /// them.
-    TimeWait,
+    TimeWait { marked_at: u64 },
     /// Aborted: the reset goes out at the next interface poll, then the slot
     /// is freed.
     Aborted,
@@ -172,9 +173,9 @@ struct Tcp {
 /// Starts the TCP close of a connection's socket (FIN after the queued
 /// bytes). From now on it acknowledges at once: smoltcp answers a bare FIN
 /// at once anyway, but delays the ACK of data by 10 ms, and a peer's last
-/// bytes may come with its FIN. So the ACK of the peer's FIN leaves in the
-/// interface poll that takes it, and the socket can go in the next pass
-/// ([`Role::TimeWait`]).
+/// bytes may come with its FIN. So the ACK of the peer's FIN leaves with the
+/// segments sent in the turn that takes it, and the socket can go in the
+/// next pass ([`Role::TimeWait`]).
 fn close(socket: &mut tcp::Socket<'_>, now: Instant) -> Role {
     socket.close();
     socket.set_ack_delay(None);
@@ -223,6 +224,9 @@ pub struct SmolDriver {
     next_port: u16,
     /// The context's next deadline, as the last [`SmolDriver::turn`] saw it.
     ctx_due: Option<Instant>,
+    /// Sending passes made so far (each `poll_egress` loop): a socket marked
+    /// in TIME-WAIT before the current count has had its last ACK sent.
+    sends: u64,
 }
 
 impl std::fmt::Debug for SmolDriver {
@@ -306,8 +310,8 @@ impl SmolDriver {
         // Room for `capacity` sockets is taken once; a slot is made when a
         // socket first needs one. smoltcp walks every slot of the set for
         // every frame taken in and on every pass for segments to send, so a
-        // device sized for 116 connections that serves 50 walks 50-odd
-        // slots, not 120. Sockets are only added below the capacity (see
+        // device sized for 116 connections walks the most slots it has had
+        // in use at once (50-odd while it serves 50), not 120. Sockets are only added below the capacity (see
         // `make_room`), so the storage never moves.
         let storage: Vec<SocketStorage<'static>> = Vec::with_capacity(capacity);
         let mut sockets = SocketSet::new(storage);
@@ -338,6 +342,7 @@ impl SmolDriver {
             flushing: Vec::new(),
             next_port: EPHEMERAL_FIRST + (net.random_seed % u64::from(EPHEMERAL_COUNT)) as u16,
             ctx_due: None,
+            sends: 0,
         };
         driver.refill_pools();
         tracing::info!(
@@ -379,18 +384,21 @@ impl SmolDriver {
         // Every frame the device has is taken in first, and the segments go
         // out after the context answered: an acknowledgement rides on the
         // answer's first segment instead of going ahead alone. A round that
-        // changed nothing sends nothing new, so after the first only rounds
-        // with progress pass over the sockets for segments to send (smoltcp
-        // asks every socket, busy or not, and a pass ends only when one
-        // sends nothing).
+        // took no frame in and changed nothing has nothing new to send, so
+        // after the first only rounds that did pass over the sockets for
+        // segments to send (smoltcp asks every socket, busy or not, and a
+        // pass ends only when one sends nothing).
         self.iface.poll_maintenance(timestamp);
         let mut rounds = 0;
         loop {
+            let mut took = false;
             while self
                 .iface
                 .poll_ingress_single(timestamp, device, &mut self.sockets)
                 != PollIngressSingleResult::None
-            {}
+            {
+                took = true;
+            }
             let mut progress = self.dhcp_events();
             progress |= self.dns_results(ctx, now);
             progress |= self.service_sockets(ctx, now);
@@ -398,10 +406,11 @@ impl SmolDriver {
             progress |= self.flush(ctx, now);
             progress |= self.start_waiting(ctx, now);
             progress |= self.refill_pools();
-            if rounds == 0 || progress {
+            if rounds == 0 || progress || took {
                 while self.iface.poll_egress(timestamp, device, &mut self.sockets)
                     != PollResult::None
                 {}
+                self.sends += 1;
             }
             rounds += 1;
             if !progress {
@@ -670,7 +679,9 @@ impl SmolDriver {
                     return (false, true);
                 }
                 if state == tcp::State::TimeWait {
-                    self.tcp[i].role = Role::TimeWait;
+                    self.tcp[i].role = Role::TimeWait {
+                        marked_at: self.sends,
+                    };
                     return (true, true);
                 }
                 let left = socket.send_queue();
@@ -689,8 +700,8 @@ impl SmolDriver {
                     (true, true)
                 }
             }
-            // An interface poll has run since: the reset, or the last ACK, is out.
-            Role::Aborted | Role::TimeWait => (false, true),
+            // A sending pass has run since: the reset, or the last ACK, is out.
+            Role::Aborted | Role::TimeWait { .. } => (false, true),
         }
     }
 
@@ -901,16 +912,18 @@ impl SmolDriver {
     }
 
     /// True if a socket can be added: the set is below capacity, or a socket
-    /// in TIME-WAIT (which has nothing left to send) could be dropped for it.
+    /// in TIME-WAIT whose last ACK is out could be dropped for it. (A
+    /// closing socket that reached TIME-WAIT is marked so by
+    /// `service_sockets`, which runs before anything asks for room.)
     fn make_room(&mut self) -> bool {
         if self.sockets.iter().count() < self.capacity {
             return true;
         }
-        let done = self.tcp.iter().position(|t| {
-            matches!(t.role, Role::TimeWait)
-                || matches!(t.role, Role::Closing { .. })
-                    && self.sockets.get::<tcp::Socket<'_>>(t.handle).state() == tcp::State::TimeWait
-        });
+        let sends = self.sends;
+        let done = self
+            .tcp
+            .iter()
+            .position(|t| matches!(t.role, Role::TimeWait { marked_at } if marked_at < sends));
         match done {
             Some(i) => {
                 let tcp = self.tcp.swap_remove(i);
