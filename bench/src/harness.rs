@@ -339,6 +339,11 @@ pub fn run(args: &RunArgs) -> Result<Results, Box<dyn std::error::Error>> {
 
 /// Per server and load, the median of the rounds (by rate; its latencies and
 /// CPU go with it).
+/// Per server and load, the round with the median rate, with its p50, p99
+/// and server CPU per operation each replaced by their own median over the
+/// rounds (generator CPU and RSS stay that round's). The p99 of the one
+/// round whose rate was the median is that round's luck: one pause of the
+/// machine in it decides it, in either direction.
 fn medians(samples: &[Sample], servers: &[Server], loads: &[Load]) -> Vec<Sample> {
     let mut out = Vec::new();
     for &load in loads {
@@ -351,10 +356,22 @@ fn medians(samples: &[Sample], servers: &[Server], loads: &[Load]) -> Vec<Sample
                 continue;
             }
             runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-            out.push(runs[runs.len() / 2].clone());
+            let mut m = runs[runs.len() / 2].clone();
+            m.p50_us = median(runs.iter().map(|r| r.p50_us));
+            m.p99_us = median(runs.iter().map(|r| r.p99_us));
+            m.server_us_per_op = median(runs.iter().map(|r| r.server_us_per_op));
+            out.push(m);
         }
     }
     out
+}
+
+/// The median of `values` (the upper one of an even count); `values` is
+/// not empty.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// A free port on 127.0.0.1 (bound, then released for the server to take).
@@ -904,6 +921,48 @@ fn machine(lws_version: String) -> Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_latency_and_cost_is_its_own_median_over_the_rounds() {
+        let sample = |round, rate, p99_us, server_us_per_op| Sample {
+            server: "wasmgate",
+            load: Load::Http,
+            round,
+            rate,
+            p50_us: p99_us / 4.0,
+            p99_us,
+            errors: 0,
+            server_cpu: 0.9,
+            generator_cpu: 0.9,
+            server_us_per_op,
+            steal: 0.0,
+            others: 0.0,
+            rss_kib: round as u64,
+            peak_rss_kib: 0,
+        };
+        // The round with the median rate (round 2) had the worst p99.
+        let samples = [
+            sample(1, 100.0, 500.0, 6.0),
+            sample(2, 120.0, 3_000.0, 5.0),
+            sample(3, 140.0, 600.0, 7.0),
+        ];
+        let server = Server {
+            name: "wasmgate",
+            what: "a name only",
+            children: Vec::new(),
+            plain: Endpoint {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                pid: 0,
+            },
+            tls: None,
+        };
+        let m = medians(&samples, &[server], &[Load::Http]);
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].round, m[0].rate, m[0].rss_kib), (2, 120.0, 2));
+        assert_eq!(m[0].p99_us, 600.0);
+        assert_eq!(m[0].p50_us, 150.0);
+        assert_eq!(m[0].server_us_per_op, 6.0);
+    }
 
     #[test]
     fn steal_is_read_for_cores_0_and_1() {
