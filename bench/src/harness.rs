@@ -337,8 +337,6 @@ pub fn run(args: &RunArgs) -> Result<Results, Box<dyn std::error::Error>> {
     })
 }
 
-/// Per server and load, the median of the rounds (by rate; its latencies and
-/// CPU go with it).
 /// Per server and load, the round with the median rate, with its p50, p99
 /// and server CPU per operation each replaced by their own median over the
 /// rounds (generator CPU and RSS stay that round's). The p99 of the one

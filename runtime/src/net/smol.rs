@@ -149,19 +149,18 @@ enum Role {
         /// Bytes still unacknowledged when `until` was set.
         queued: usize,
     },
-    /// Closed, and both FINs through (TIME-WAIT): freed at the next pass,
-    /// after the segments sent since acknowledged the peer's FIN (see
-    /// [`close`]); until they have gone (the driver's count of sending
-    /// passes moved past `marked_at`), not even to make room. smoltcp would keep it 10 s and meanwhile drop a SYN that
-    /// reuses its addresses and ports, so a client that comes back from the
-    /// same port (the simulator's gateway cycles through its 16,384 past
-    /// 8,000 connections a second) would wait a second for the SYN's
+    /// Closed, and both FINs through (TIME-WAIT): freed once the ACK of the
+    /// peer's FIN is out (see [`close`]), that is at the first pass after a
+    /// completed sending pass ([`SmolDriver::sends`] past `marked_at`).
+    /// smoltcp would keep it 10 s and meanwhile drop a SYN that reuses its
+    /// addresses and ports, so a client that comes back from the same port
+    /// (the simulator's gateway cycles through its 16,384 past 8,000
+    /// connections a second) would wait a second for the SYN's
     /// retransmission. lwIP, too, frees TIME-WAIT blocks early when it needs
     /// them.
     TimeWait { marked_at: u64 },
-    /// Aborted: the reset goes out at the next interface poll, then the slot
-    /// is freed.
-    Aborted,
+    /// Aborted: freed once the reset is out, as [`Role::TimeWait`].
+    Aborted { marked_at: u64 },
 }
 
 #[derive(Debug)]
@@ -224,8 +223,10 @@ pub struct SmolDriver {
     next_port: u16,
     /// The context's next deadline, as the last [`SmolDriver::turn`] saw it.
     ctx_due: Option<Instant>,
-    /// Sending passes made so far (each `poll_egress` loop): a socket marked
-    /// in TIME-WAIT before the current count has had its last ACK sent.
+    /// Sending passes completed so far (`poll_egress` until a pass sent
+    /// nothing, and the device still had room after it): a socket marked in
+    /// TIME-WAIT or aborted before the current count has had its last
+    /// segment sent.
     sends: u64,
 }
 
@@ -410,7 +411,11 @@ impl SmolDriver {
                 while self.iface.poll_egress(timestamp, device, &mut self.sockets)
                     != PollResult::None
                 {}
-                self.sends += 1;
+                // smoltcp stops a pass when the device has no room: then
+                // some sockets have not sent, and nothing counts as out.
+                if device.transmit(timestamp).is_some() {
+                    self.sends += 1;
+                }
             }
             rounds += 1;
             if !progress {
@@ -696,12 +701,20 @@ impl SmolDriver {
                 } else {
                     tracing::debug!("close timed out: aborting");
                     socket.abort();
-                    self.tcp[i].role = Role::Aborted;
+                    self.tcp[i].role = Role::Aborted {
+                        marked_at: self.sends,
+                    };
                     (true, true)
                 }
             }
-            // A sending pass has run since: the reset, or the last ACK, is out.
-            Role::Aborted | Role::TimeWait { .. } => (false, true),
+            // A sending pass has completed since: the reset, or the last
+            // ACK, is out.
+            Role::Aborted { marked_at } | Role::TimeWait { marked_at }
+                if marked_at < self.sends =>
+            {
+                (false, true)
+            }
+            Role::Aborted { .. } | Role::TimeWait { .. } => (true, false),
         }
     }
 
@@ -911,27 +924,13 @@ impl SmolDriver {
         progress
     }
 
-    /// True if a socket can be added: the set is below capacity, or a socket
-    /// in TIME-WAIT whose last ACK is out could be dropped for it. (A
-    /// closing socket that reached TIME-WAIT is marked so by
-    /// `service_sockets`, which runs before anything asks for room.)
+    /// True if a socket can be added: the set is below capacity. A socket in
+    /// TIME-WAIT is not taken for room here: `service_sockets`, which runs
+    /// before anything asks for room, frees every one whose last ACK is
+    /// out, and one still there waits for a sending pass (marked this
+    /// round, or the device had no room), so room comes a round later.
     fn make_room(&mut self) -> bool {
-        if self.sockets.iter().count() < self.capacity {
-            return true;
-        }
-        let sends = self.sends;
-        let done = self
-            .tcp
-            .iter()
-            .position(|t| matches!(t.role, Role::TimeWait { marked_at } if marked_at < sends));
-        match done {
-            Some(i) => {
-                let tcp = self.tcp.swap_remove(i);
-                self.sockets.remove(tcp.handle);
-                true
-            }
-            None => false,
-        }
+        self.sockets.iter().count() < self.capacity
     }
 
     /// Adds a TCP socket; the caller checked [`make_room`](Self::make_room).
