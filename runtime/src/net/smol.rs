@@ -312,8 +312,9 @@ impl SmolDriver {
         // socket first needs one. smoltcp walks every slot of the set for
         // every frame taken in and on every pass for segments to send, so a
         // device sized for 116 connections walks the most slots it has had
-        // in use at once (50-odd while it serves 50), not 120. Sockets are only added below the capacity (see
-        // `make_room`), so the storage never moves.
+        // in use at once (50-odd while it serves 50), not 120. Sockets are
+        // only added below the capacity (see `has_room`), so the storage
+        // never moves.
         let storage: Vec<SocketStorage<'static>> = Vec::with_capacity(capacity);
         let mut sockets = SocketSet::new(storage);
         let dhcp = dhcp_wanted.then(|| sockets.add(dhcpv4::Socket::new()));
@@ -860,7 +861,7 @@ impl SmolDriver {
                 i += 1;
                 continue;
             }
-            if !self.make_room() {
+            if !self.has_room() {
                 break;
             }
             let (id, remote) = self.waiting.remove(i);
@@ -904,7 +905,7 @@ impl SmolDriver {
                 .filter(|t| matches!(t.role, Role::Pool { listener: l } if l == listener))
                 .count();
             for _ in pooled..self.listen_backlog {
-                if !self.make_room() {
+                if !self.has_room() {
                     return progress;
                 }
                 let handle = self.add_tcp();
@@ -925,15 +926,15 @@ impl SmolDriver {
     }
 
     /// True if a socket can be added: the set is below capacity. A socket in
-    /// TIME-WAIT is not taken for room here: `service_sockets`, which runs
-    /// before anything asks for room, frees every one whose last ACK is
-    /// out, and one still there waits for a sending pass (marked this
-    /// round, or the device had no room), so room comes a round later.
-    fn make_room(&mut self) -> bool {
+    /// TIME-WAIT is not taken for room: `service_sockets`, which runs before
+    /// anything asks for room, frees every one whose last ACK is out, and
+    /// one still there waits for a sending pass (marked this round, or the
+    /// device had no room), so room comes a round later.
+    fn has_room(&self) -> bool {
         self.sockets.iter().count() < self.capacity
     }
 
-    /// Adds a TCP socket; the caller checked [`make_room`](Self::make_room).
+    /// Adds a TCP socket; the caller checked [`has_room`](Self::has_room).
     fn add_tcp(&mut self) -> SocketHandle {
         let rx = tcp::SocketBuffer::new(vec![0; self.tcp_rx_buffer]);
         let tx = tcp::SocketBuffer::new(vec![0; self.tcp_tx_buffer]);
