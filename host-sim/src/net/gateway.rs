@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use smoltcp::iface::{
-    Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
-};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult};
 use smoltcp::socket::{Socket, tcp, udp};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpCidr, IpListenEndpoint,
@@ -22,6 +20,7 @@ use smoltcp::wire::{
 };
 
 use wasmgate::net::os::SHORT_READ_EMPTIES;
+use wasmgate::net::sockets::{Handle as SocketHandle, Sockets};
 
 use super::dhcp::DhcpServer;
 use super::dns::{self, DnsTable};
@@ -247,7 +246,7 @@ enum Step {
 pub struct Gateway {
     cfg: GatewayConfig,
     iface: Interface,
-    sockets: SocketSet<'static>,
+    sockets: Sockets,
     epoch: Instant,
     poll: Poll,
     events: Events,
@@ -306,7 +305,7 @@ impl Gateway {
         // silence.
         iface.set_any_ip(true);
 
-        let mut sockets = SocketSet::new(Vec::new());
+        let mut sockets = Sockets::new();
         let dhcp = sockets.add(udp_socket(67));
         let dns = sockets.add(udp_socket(53));
 
@@ -398,16 +397,13 @@ impl Gateway {
         // smoltcp's passes over every socket for segments to send are made
         // once per turn (see the device's driver).
         self.iface.poll_maintenance(ts);
-        while self
-            .iface
-            .poll_ingress_single(ts, link_end, &mut self.sockets)
-            != PollIngressSingleResult::None
-        {}
+        while self.sockets.ingress(&mut self.iface, ts, link_end) != PollIngressSingleResult::None {
+        }
         self.start_forward_connects(now);
         self.serve_udp();
         self.take_device_syns(now);
         self.pump_all(now);
-        while self.iface.poll_egress(ts, link_end, &mut self.sockets) != PollResult::None {}
+        while self.sockets.egress(&mut self.iface, ts, link_end) != PollResult::None {}
         self.reap(now);
     }
 
@@ -598,7 +594,7 @@ impl Gateway {
 
     /// A local port no gateway socket uses.
     fn ephemeral_port(&mut self) -> u16 {
-        let in_use = |sockets: &SocketSet<'_>, port: u16| {
+        let in_use = |sockets: &Sockets, port: u16| {
             sockets.iter().any(|(_, s)| match s {
                 Socket::Tcp(t) => t.local_endpoint().is_some_and(|e| e.port == port),
                 _ => false,
@@ -925,8 +921,8 @@ impl Gateway {
     pub fn next_wake(&mut self, now: Instant) -> Option<Instant> {
         let ts = self.timestamp(now);
         let mut next = self
-            .iface
-            .poll_at(ts, &self.sockets)
+            .sockets
+            .poll_at(&mut self.iface, ts)
             .map(|t| self.epoch + Duration::from_micros(t.total_micros().max(0) as u64));
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for c in self.conns.iter().flatten() {
@@ -1055,11 +1051,7 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
 
 /// Takes a closed TCP socket out of the set, and keeps it for a later
 /// connection if there are fewer than `SPARE_SOCKETS`.
-fn keep_spare(
-    spare: &mut Vec<tcp::Socket<'static>>,
-    sockets: &mut SocketSet<'static>,
-    handle: SocketHandle,
-) {
+fn keep_spare(spare: &mut Vec<tcp::Socket<'static>>, sockets: &mut Sockets, handle: SocketHandle) {
     if let Socket::Tcp(sock) = sockets.remove(handle)
         && spare.len() < SPARE_SOCKETS
     {
@@ -1148,7 +1140,7 @@ mod tests {
 
     use super::*;
     use crate::net::{Link, LinkFaults, shuttle};
-    use smoltcp::iface::SocketHandle;
+    use smoltcp::iface::{SocketHandle, SocketSet};
     use smoltcp::socket::{dhcpv4, dns as dns_socket};
     use smoltcp::wire::{DnsQueryType, Ipv4Cidr};
 

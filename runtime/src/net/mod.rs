@@ -8,6 +8,7 @@
 
 pub mod os;
 pub mod smol;
+pub mod sockets;
 
 pub use os::OsDriver;
 pub use smol::SmolDriver;

@@ -1,22 +1,20 @@
 //! The smoltcp driver: one smoltcp `Interface` over any `phy::Device`, a
-//! fixed-capacity socket set, and the same calls into the [`Context`] as the
-//! OS-socket driver. Time comes from the caller; nothing here blocks.
+//! fixed number of sockets ([`Sockets`]: each TCP socket in a set of its own,
+//! picked by the frame's addresses and ports), and the same calls into the
+//! [`Context`] as the OS-socket driver. Time comes from the caller; nothing
+//! here blocks.
 //!
 //! smoltcp has no accept queue: a listening socket *becomes* the connection it
 //! accepts. Each listener port keeps a small pool of listening sockets
-//! ([`NetConfig::listen_backlog`]), refilled while the socket set has room; a
-//! SYN that finds no listening socket is answered with a reset by smoltcp. The
-//! set's room is taken once (see [`SmolDriver::new`]) and never grows:
-//! sockets are only added below its capacity, so smoltcp's "full socket set"
-//! panic cannot happen and its storage never moves.
+//! ([`NetConfig::listen_backlog`]), refilled while the driver has room for
+//! sockets; a SYN that finds no listening socket is answered with a reset by
+//! smoltcp. Sockets are only added below the capacity (see
+//! [`SmolDriver::new`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{
-    Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
-    SocketStorage,
-};
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult};
 use smoltcp::phy::Device;
 use smoltcp::socket::{dhcpv4, dns, tcp};
 use smoltcp::wire::{
@@ -24,6 +22,7 @@ use smoltcp::wire::{
     Ipv4Cidr,
 };
 
+use super::sockets::{Handle as SocketHandle, Sockets};
 use crate::context::{ConnId, Context};
 
 /// How long a closed connection's socket may take to finish the TCP close
@@ -196,8 +195,8 @@ struct Resolving {
 /// Serves a [`Context`] on a smoltcp interface.
 pub struct SmolDriver {
     iface: Interface,
-    sockets: SocketSet<'static>,
-    /// Sockets the set may hold at once.
+    sockets: Sockets,
+    /// Sockets the driver may hold at once.
     capacity: usize,
     tcp: Vec<Tcp>,
     /// Listener ports, in config order.
@@ -249,7 +248,7 @@ impl SmolDriver {
     /// One interface over `device`; listening sockets for every
     /// `ctx.config().listeners[i].port`.
     ///
-    /// The socket set holds `max_connections + listeners * listen_backlog +
+    /// The driver holds at most `max_connections + listeners * listen_backlog +
     /// reserve_sockets` TCP sockets, plus one DHCP socket with
     /// [`Ipv4Setup::Dhcp`] and one DNS socket when there can be DNS servers
     /// (DHCP, or `dns_servers` not empty).
@@ -308,15 +307,11 @@ impl SmolDriver {
             + net.reserve_sockets
             + usize::from(dhcp_wanted)
             + usize::from(dns_wanted);
-        // Room for `capacity` sockets is taken once; a slot is made when a
-        // socket first needs one. smoltcp walks every slot of the set for
-        // every frame taken in and on every pass for segments to send, so a
-        // device sized for 116 connections walks the most slots it has had
-        // in use at once (50-odd while it serves 50), not 120. Sockets are
-        // only added below the capacity (see `has_room`), so the storage
-        // never moves.
-        let storage: Vec<SocketStorage<'static>> = Vec::with_capacity(capacity);
-        let mut sockets = SocketSet::new(storage);
+        // Each TCP socket has a set of its own (see `Sockets`): smoltcp
+        // matches a frame against the one socket its addresses and ports
+        // pick, not every socket in turn. Sockets are only added below the
+        // capacity (see `has_room`).
+        let mut sockets = Sockets::new();
         let dhcp = dhcp_wanted.then(|| sockets.add(dhcpv4::Socket::new()));
         let dns = dns_wanted.then(|| {
             let queries: Vec<Option<dns::DnsQuery>> =
@@ -394,9 +389,7 @@ impl SmolDriver {
         let mut rounds = 0;
         loop {
             let mut took = false;
-            while self
-                .iface
-                .poll_ingress_single(timestamp, device, &mut self.sockets)
+            while self.sockets.ingress(&mut self.iface, timestamp, device)
                 != PollIngressSingleResult::None
             {
                 took = true;
@@ -409,9 +402,7 @@ impl SmolDriver {
             progress |= self.start_waiting(ctx, now);
             progress |= self.refill_pools();
             if rounds == 0 || progress || took {
-                while self.iface.poll_egress(timestamp, device, &mut self.sockets)
-                    != PollResult::None
-                {}
+                while self.sockets.egress(&mut self.iface, timestamp, device) != PollResult::None {}
                 // smoltcp stops a pass when the device has no room: then
                 // some sockets have not sent, and nothing counts as out.
                 if device.transmit(timestamp).is_some() {
@@ -435,7 +426,7 @@ impl SmolDriver {
         let timestamp = self.smol_time(now);
         let mut next = self.ctx_due;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        if let Some(t) = self.iface.poll_at(timestamp, &self.sockets) {
+        if let Some(t) = self.sockets.poll_at(&mut self.iface, timestamp) {
             at(self.std_time(t).max(now));
         }
         for tcp in &self.tcp {
@@ -453,7 +444,7 @@ impl SmolDriver {
 
     /// Sockets in use and the capacity of the socket set, for logs and tests.
     pub fn sockets_in_use(&self) -> (usize, usize) {
-        (self.sockets.iter().count(), self.capacity)
+        (self.sockets.len(), self.capacity)
     }
 
     fn smol_time(&self, now: Instant) -> smoltcp::time::Instant {
@@ -931,7 +922,7 @@ impl SmolDriver {
     /// one still there waits for a sending pass (marked this round, or the
     /// device had no room), so room comes a round later.
     fn has_room(&self) -> bool {
-        self.sockets.iter().count() < self.capacity
+        self.sockets.len() < self.capacity
     }
 
     /// Adds a TCP socket; the caller checked [`has_room`](Self::has_room).

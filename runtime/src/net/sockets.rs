@@ -1,0 +1,590 @@
+//! The sockets of one smoltcp [`Interface`], each TCP socket in a set of its
+//! own, and the frame's addresses and ports choose the set.
+//!
+//! smoltcp hands every TCP segment it takes in to the first socket of the
+//! set it is given that accepts it, asking them in turn: a device serving 50
+//! connections asks 25 sockets on average for each segment, and a socket's
+//! state, endpoints and listen endpoint lie in three cache lines. Here a
+//! segment's 4-tuple finds its socket in a hash map first (checked against
+//! the socket, so a stale entry only costs the walk), and smoltcp gets a set
+//! that holds that one socket. What the map does not know (a SYN for a
+//! listening socket, the first segment of a connection after it) finds its
+//! socket as smoltcp would, by asking every TCP socket; a segment no socket
+//! accepts goes to the set of the other sockets, where smoltcp answers it
+//! with a reset as before.
+//!
+//! Sending passes, timers and everything that is not TCP work as with one
+//! set: a pass asks every set in turn, and [`Sockets::poll_at`] is the
+//! earliest of the sets'.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use smoltcp::iface::{Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, PacketMeta, RxToken, TxToken};
+use smoltcp::socket::{AnySocket, Socket, tcp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpAddress, IpEndpoint, IpProtocol, Ipv4Packet, TcpPacket,
+};
+
+/// Which set, and which socket in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handle {
+    /// 0: the set of the sockets that are not TCP; `i + 1`: `tcp[i]`.
+    set: usize,
+    socket: SocketHandle,
+}
+
+/// A TCP socket's set, kept (empty) for the next TCP socket when the socket
+/// is removed.
+struct TcpSet {
+    set: SocketSet<'static>,
+    /// The socket in the set, if any.
+    socket: Option<SocketHandle>,
+    /// The 4-tuple the map sends to this set, if any.
+    key: Option<Tuple>,
+}
+
+/// (local, remote) endpoints: the frame's destination and source.
+type Tuple = (IpEndpoint, IpEndpoint);
+
+/// The sockets of one interface. See the module docs.
+pub struct Sockets {
+    others: SocketSet<'static>,
+    tcp: Vec<TcpSet>,
+    /// Indexes of `tcp` without a socket.
+    free: Vec<usize>,
+    by_tuple: HashMap<Tuple, usize, BuildHasherDefault<TupleHasher>>,
+    len: usize,
+}
+
+impl std::fmt::Debug for Sockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sockets")
+            .field("len", &self.len)
+            .field("tcp_sets", &self.tcp.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Sockets {
+    fn default() -> Self {
+        Sockets::new()
+    }
+}
+
+impl Sockets {
+    /// No sockets.
+    pub fn new() -> Sockets {
+        Sockets {
+            others: SocketSet::new(Vec::new()),
+            tcp: Vec::new(),
+            free: Vec::new(),
+            by_tuple: HashMap::default(),
+            len: 0,
+        }
+    }
+
+    /// Sockets held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if no socket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds a socket: a TCP socket in a set of its own (one left by a removed
+    /// socket if there is one), any other in the set they share.
+    pub fn add<T: AnySocket<'static>>(&mut self, socket: T) -> Handle {
+        self.len += 1;
+        let socket = socket.upcast();
+        if !matches!(socket, Socket::Tcp(_)) {
+            return Handle {
+                set: 0,
+                socket: self.others.add(socket),
+            };
+        }
+        let i = self.free.pop().unwrap_or_else(|| {
+            self.tcp.push(TcpSet {
+                set: SocketSet::new(Vec::with_capacity(1)),
+                socket: None,
+                key: None,
+            });
+            self.tcp.len() - 1
+        });
+        let handle = self.tcp[i].set.add(socket);
+        self.tcp[i].socket = Some(handle);
+        Handle {
+            set: i + 1,
+            socket: handle,
+        }
+    }
+
+    /// Removes a socket and returns it.
+    ///
+    /// # Panics
+    ///
+    /// If `handle` is not in use, as `SocketSet::remove`.
+    pub fn remove(&mut self, handle: Handle) -> Socket<'static> {
+        self.len -= 1;
+        if handle.set == 0 {
+            return self.others.remove(handle.socket);
+        }
+        let i = handle.set - 1;
+        let t = &mut self.tcp[i];
+        let socket = t.set.remove(handle.socket);
+        t.socket = None;
+        if let Some(key) = t.key.take()
+            && self.by_tuple.get(&key) == Some(&i)
+        {
+            self.by_tuple.remove(&key);
+        }
+        self.free.push(i);
+        socket
+    }
+
+    /// The socket of `handle`.
+    ///
+    /// # Panics
+    ///
+    /// If `handle` is not in use or holds another kind of socket, as
+    /// `SocketSet::get`.
+    pub fn get<T: AnySocket<'static>>(&self, handle: Handle) -> &T {
+        match handle.set {
+            0 => self.others.get(handle.socket),
+            i => self.tcp[i - 1].set.get(handle.socket),
+        }
+    }
+
+    /// The socket of `handle`, to change. Panics as [`get`](Self::get).
+    pub fn get_mut<T: AnySocket<'static>>(&mut self, handle: Handle) -> &mut T {
+        match handle.set {
+            0 => self.others.get_mut(handle.socket),
+            i => self.tcp[i - 1].set.get_mut(handle.socket),
+        }
+    }
+
+    /// Every socket.
+    pub fn iter(&self) -> impl Iterator<Item = (Handle, &Socket<'static>)> {
+        let others = self
+            .others
+            .iter()
+            .map(|(socket, s)| (Handle { set: 0, socket }, s));
+        let tcp = self.tcp.iter().enumerate().flat_map(|(i, t)| {
+            t.set
+                .iter()
+                .map(move |(socket, s)| (Handle { set: i + 1, socket }, s))
+        });
+        others.chain(tcp)
+    }
+
+    /// Takes one frame from `device` in, as `Interface::poll_ingress_single`
+    /// does, with the set of the socket it is for.
+    pub fn ingress<D: Device + ?Sized>(
+        &mut self,
+        iface: &mut Interface,
+        timestamp: Instant,
+        device: &mut D,
+    ) -> PollIngressSingleResult {
+        let caps = device.capabilities();
+        let Some((rx, tx)) = device.receive(timestamp) else {
+            return PollIngressSingleResult::None;
+        };
+        let meta = rx.meta();
+        rx.consume(|frame| {
+            let set = match segment(frame).and_then(|s| self.socket_for(&s)) {
+                Some(i) => &mut self.tcp[i].set,
+                None => &mut self.others,
+            };
+            let mut one = OneFrame {
+                frame: Some((frame, meta)),
+                tx: Some(tx),
+                caps,
+            };
+            iface.poll_ingress_single(timestamp, &mut one, set)
+        })
+    }
+
+    /// One sending pass, as `Interface::poll_egress`: every set in turn.
+    pub fn egress<D: Device + ?Sized>(
+        &mut self,
+        iface: &mut Interface,
+        timestamp: Instant,
+        device: &mut D,
+    ) -> PollResult {
+        let mut result = iface.poll_egress(timestamp, device, &mut self.others);
+        for t in self.tcp.iter_mut().filter(|t| t.socket.is_some()) {
+            if iface.poll_egress(timestamp, device, &mut t.set) == PollResult::SocketStateChanged {
+                result = PollResult::SocketStateChanged;
+            }
+        }
+        result
+    }
+
+    /// When the interface wants to be polled next, as `Interface::poll_at`.
+    pub fn poll_at(&self, iface: &mut Interface, timestamp: Instant) -> Option<Instant> {
+        let sets = std::iter::once(&self.others).chain(
+            self.tcp
+                .iter()
+                .filter(|t| t.socket.is_some())
+                .map(|t| &t.set),
+        );
+        sets.filter_map(|set| iface.poll_at(timestamp, set)).min()
+    }
+
+    /// The TCP set whose socket accepts `seg`, if any: the map's, else the
+    /// first that accepts it (remembered if the socket is connected).
+    fn socket_for(&mut self, seg: &Segment) -> Option<usize> {
+        let key = (seg.dst, seg.src);
+        if let Some(&i) = self.by_tuple.get(&key)
+            && self.tcp[i].accepts(seg)
+        {
+            return Some(i);
+        }
+        let i = self.tcp.iter().position(|t| t.accepts(seg))?;
+        let t = &mut self.tcp[i];
+        let socket = t.socket.map(|h| t.set.get::<tcp::Socket<'static>>(h))?;
+        if socket.remote_endpoint().is_some() {
+            if let Some(old) = t.key.replace(key)
+                && self.by_tuple.get(&old) == Some(&i)
+            {
+                self.by_tuple.remove(&old);
+            }
+            self.by_tuple.insert(key, i);
+        }
+        Some(i)
+    }
+}
+
+impl TcpSet {
+    /// smoltcp's own test (`tcp::Socket::accepts`), through the socket's
+    /// public state.
+    fn accepts(&self, seg: &Segment) -> bool {
+        let Some(h) = self.socket else {
+            return false;
+        };
+        let socket = self.set.get::<tcp::Socket<'static>>(h);
+        match socket.state() {
+            tcp::State::Closed => false,
+            // A listening socket takes only SYNs; another socket may listen
+            // on the same endpoint.
+            tcp::State::Listen if seg.ack || seg.rst => false,
+            _ => match (socket.local_endpoint(), socket.remote_endpoint()) {
+                (Some(local), Some(remote)) => local == seg.dst && remote == seg.src,
+                _ => {
+                    let listen = socket.listen_endpoint();
+                    listen.addr.is_none_or(|a| a == seg.dst.addr)
+                        && seg.dst.port != 0
+                        && seg.dst.port == listen.port
+                }
+            },
+        }
+    }
+}
+
+/// The map's hash: rustc's FxHash, a multiply and a rotate per word. The
+/// map holds at most one key per TCP socket, so keys a peer chose to collide
+/// cost at worst the walk over the sockets that the map saves; the standard
+/// SipHash cost a third of what the walk did.
+#[derive(Default)]
+struct TupleHasher(u64);
+
+impl TupleHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for TupleHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let (words, rest) = bytes.as_chunks::<8>();
+        for w in words {
+            self.add(u64::from_le_bytes(*w));
+        }
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(last));
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// What picks a TCP segment's socket.
+#[derive(Debug)]
+struct Segment {
+    /// The segment's destination: the socket's local endpoint.
+    dst: IpEndpoint,
+    src: IpEndpoint,
+    ack: bool,
+    rst: bool,
+}
+
+/// The TCP segment in an Ethernet frame, if it is one (IPv4, or IPv6
+/// without extension headers). Anything else, or a frame too short for its
+/// headers, goes to the other sockets' set, and smoltcp deals with it as
+/// before.
+fn segment(frame: &[u8]) -> Option<Segment> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let (src, dst, payload) = match eth.ethertype() {
+        EthernetProtocol::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+                return None;
+            }
+            (
+                IpAddress::Ipv4(ip.src_addr()),
+                IpAddress::Ipv4(ip.dst_addr()),
+                ip.payload(),
+            )
+        }
+        #[cfg(feature = "ipv6")]
+        EthernetProtocol::Ipv6 => {
+            let ip = smoltcp::wire::Ipv6Packet::new_checked(eth.payload()).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            (
+                IpAddress::Ipv6(ip.src_addr()),
+                IpAddress::Ipv6(ip.dst_addr()),
+                ip.payload(),
+            )
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    Some(Segment {
+        dst: IpEndpoint::new(dst, tcp.dst_port()),
+        src: IpEndpoint::new(src, tcp.src_port()),
+        ack: tcp.ack(),
+        rst: tcp.rst(),
+    })
+}
+
+/// A device that has the one frame already taken from the real one, and
+/// that frame's transmit token for the answer.
+struct OneFrame<'f, T> {
+    frame: Option<(&'f [u8], PacketMeta)>,
+    tx: Option<T>,
+    caps: DeviceCapabilities,
+}
+
+struct Frame<'f>(&'f [u8], PacketMeta);
+
+impl RxToken for Frame<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+
+    fn meta(&self) -> PacketMeta {
+        self.1
+    }
+}
+
+impl<'f, T: TxToken> Device for OneFrame<'f, T> {
+    type RxToken<'a>
+        = Frame<'f>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = T
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _: Instant) -> Option<(Frame<'f>, T)> {
+        let (frame, meta) = self.frame.take()?;
+        Some((Frame(frame, meta), self.tx.take()?))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<T> {
+        self.tx.take()
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::iface::Config;
+    use smoltcp::phy::{Loopback, Medium};
+    use smoltcp::wire::{EthernetAddress, IpCidr, Ipv4Address};
+
+    const ADDR: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
+
+    /// An interface at `ADDR` whose frames come back to it: its client
+    /// sockets talk to its listening ones.
+    struct Station {
+        iface: Interface,
+        device: Loopback,
+        sockets: Sockets,
+        now: Instant,
+    }
+
+    impl Station {
+        fn new() -> Station {
+            let mut device = Loopback::new(Medium::Ethernet);
+            let config = Config::new(EthernetAddress([2, 0, 0, 0, 0, 1]).into());
+            let mut iface = Interface::new(config, &mut device, Instant::ZERO);
+            iface.update_ip_addrs(|a| a.push(IpCidr::new(ADDR.into(), 24)).unwrap());
+            Station {
+                iface,
+                device,
+                sockets: Sockets::new(),
+                now: Instant::ZERO,
+            }
+        }
+
+        fn add_tcp(&mut self) -> Handle {
+            let buffer = || tcp::SocketBuffer::new(vec![0; 1024]);
+            self.sockets.add(tcp::Socket::new(buffer(), buffer()))
+        }
+
+        fn listen(&mut self, port: u16) -> Handle {
+            let h = self.add_tcp();
+            self.tcp(h).listen(port).unwrap();
+            h
+        }
+
+        fn connect(&mut self, from: u16, to: u16) -> Handle {
+            let h = self.add_tcp();
+            let cx = self.iface.context();
+            let socket = self.sockets.get_mut::<tcp::Socket<'static>>(h);
+            socket.connect(cx, (ADDR, to), from).unwrap();
+            h
+        }
+
+        fn tcp(&mut self, h: Handle) -> &mut tcp::Socket<'static> {
+            self.sockets.get_mut(h)
+        }
+
+        /// Frames in and segments out until nothing moves, over a second of
+        /// simulated time (smoltcp's delayed ACKs go out).
+        fn settle(&mut self) {
+            for _ in 0..100 {
+                self.now += smoltcp::time::Duration::from_millis(10);
+                let s = &mut self.sockets;
+                while s.ingress(&mut self.iface, self.now, &mut self.device)
+                    != PollIngressSingleResult::None
+                {}
+                while s.egress(&mut self.iface, self.now, &mut self.device) != PollResult::None {}
+            }
+        }
+
+        fn received(&mut self, h: Handle) -> Vec<u8> {
+            let socket = self.tcp(h);
+            let mut buf = vec![0; socket.recv_queue()];
+            socket.recv_slice(&mut buf).unwrap();
+            buf
+        }
+    }
+
+    #[test]
+    fn each_segment_reaches_the_socket_of_its_connection() {
+        let mut st = Station::new();
+        let servers: Vec<Handle> = (0..8).map(|_| st.listen(80)).collect();
+        let clients: Vec<Handle> = (0..8).map(|i| st.connect(50_000 + i, 80)).collect();
+        st.settle();
+        for (i, &c) in clients.iter().enumerate() {
+            assert_eq!(st.tcp(c).state(), tcp::State::Established, "client {i}");
+            st.tcp(c)
+                .send_slice(format!("from {}", 50_000 + i).as_bytes())
+                .unwrap();
+        }
+        st.settle();
+        for &s in &servers {
+            let peer = st
+                .tcp(s)
+                .remote_endpoint()
+                .expect("every listener took a client");
+            let got = st.received(s);
+            assert_eq!(got, format!("from {}", peer.port).as_bytes());
+        }
+        // One cached 4-tuple per connected socket, no more.
+        assert_eq!(st.sockets.by_tuple.len(), 16);
+        assert_eq!(st.sockets.len(), 16);
+    }
+
+    #[test]
+    fn a_segment_no_socket_accepts_is_answered_with_a_reset() {
+        let mut st = Station::new();
+        st.listen(80);
+        let client = st.connect(50_000, 81);
+        st.settle();
+        assert_eq!(st.tcp(client).state(), tcp::State::Closed);
+    }
+
+    #[test]
+    fn a_removed_sockets_entry_sends_nothing_to_the_socket_that_took_its_set() {
+        let mut st = Station::new();
+        let server = st.listen(80);
+        let client = st.connect(50_000, 80);
+        st.settle();
+        st.tcp(client).send_slice(b"first").unwrap();
+        st.settle();
+        assert_eq!(st.received(server), b"first");
+        // The server's socket goes without a word, and a new listener takes
+        // its set; the map still names that set for the client's segments.
+        st.sockets.remove(server);
+        let listener = st.listen(80);
+        assert_eq!(listener.set, server.set, "the freed set is reused");
+        st.tcp(client).send_slice(b"second").unwrap();
+        st.settle();
+        assert_eq!(st.tcp(client).state(), tcp::State::Closed, "reset");
+        assert_eq!(st.tcp(listener).state(), tcp::State::Listen);
+        assert_eq!(st.tcp(listener).recv_queue(), 0);
+        assert!(st.sockets.by_tuple.len() <= 1);
+    }
+
+    #[test]
+    fn an_entry_whose_socket_moved_on_is_checked_and_passed_over() {
+        let mut st = Station::new();
+        let old = st.listen(80);
+        let client = st.connect(50_000, 80);
+        st.settle();
+        st.tcp(client).send_slice(b"first").unwrap();
+        st.settle();
+        assert_eq!(st.received(old), b"first");
+        // The server's socket aborts (and stays, closed); the client comes
+        // back from the same port to another listener. The map still sends
+        // that 4-tuple to the old socket's set.
+        st.tcp(old).abort();
+        st.settle();
+        st.sockets.remove(client);
+        let new = st.listen(80);
+        let client = st.connect(50_000, 80);
+        st.settle();
+        assert_eq!(st.tcp(client).state(), tcp::State::Established);
+        assert_eq!(st.tcp(new).state(), tcp::State::Established);
+        assert_eq!(st.tcp(old).state(), tcp::State::Closed);
+        st.tcp(client).send_slice(b"second").unwrap();
+        st.settle();
+        assert_eq!(st.received(new), b"second");
+    }
+}
