@@ -13,9 +13,17 @@
 //! accepts goes to the set of the other sockets, where smoltcp answers it
 //! with a reset as before.
 //!
+//! One difference: where two sockets accept a segment, smoltcp takes the
+//! first in its set, and here the socket the map knows wins. Only a bare SYN
+//! can find two, a listening socket and one whose 4-tuple it repeats (a
+//! client reusing its port while the old connection's socket is still
+//! there): it goes to the old socket, which drops it, and the client's next
+//! SYN finds the listener once the old socket is gone (the device's driver
+//! frees TIME-WAIT sockets after the next sending pass).
+//!
 //! Sending passes, timers and everything that is not TCP work as with one
-//! set: a pass asks every set in turn, and [`Sockets::poll_at`] is the
-//! earliest of the sets'.
+//! set: a pass asks every set in turn until the device has no room, and
+//! [`Sockets::poll_at`] is the earliest of the sets'.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -129,13 +137,15 @@ impl Sockets {
     ///
     /// If `handle` is not in use, as `SocketSet::remove`.
     pub fn remove(&mut self, handle: Handle) -> Socket<'static> {
-        self.len -= 1;
         if handle.set == 0 {
-            return self.others.remove(handle.socket);
+            let socket = self.others.remove(handle.socket);
+            self.len -= 1;
+            return socket;
         }
         let i = handle.set - 1;
         let t = &mut self.tcp[i];
         let socket = t.set.remove(handle.socket);
+        self.len -= 1;
         t.socket = None;
         if let Some(key) = t.key.take()
             && self.by_tuple.get(&key) == Some(&i)
@@ -208,16 +218,27 @@ impl Sockets {
         })
     }
 
-    /// One sending pass, as `Interface::poll_egress`: every set in turn.
+    /// One sending pass, as `Interface::poll_egress`: every set in turn,
+    /// until the device has no room for a frame (smoltcp ends its pass
+    /// there too).
     pub fn egress<D: Device + ?Sized>(
         &mut self,
         iface: &mut Interface,
         timestamp: Instant,
         device: &mut D,
     ) -> PollResult {
-        let mut result = iface.poll_egress(timestamp, device, &mut self.others);
+        let mut device = Room {
+            device,
+            full: false,
+        };
+        let mut result = iface.poll_egress(timestamp, &mut device, &mut self.others);
         for t in self.tcp.iter_mut().filter(|t| t.socket.is_some()) {
-            if iface.poll_egress(timestamp, device, &mut t.set) == PollResult::SocketStateChanged {
+            if device.full {
+                break;
+            }
+            if iface.poll_egress(timestamp, &mut device, &mut t.set)
+                == PollResult::SocketStateChanged
+            {
                 result = PollResult::SocketStateChanged;
             }
         }
@@ -344,10 +365,10 @@ struct Segment {
     rst: bool,
 }
 
-/// The TCP segment in an Ethernet frame, if it is one (IPv4, or IPv6
-/// without extension headers). Anything else, or a frame too short for its
-/// headers, goes to the other sockets' set, and smoltcp deals with it as
-/// before.
+/// The TCP segment in an Ethernet frame, if it is one (IPv4, or IPv6 with
+/// at most a Hop-by-Hop header, as smoltcp takes them). Anything else, or a
+/// frame too short for its headers, goes to the other sockets' set, and
+/// smoltcp deals with it as before.
 fn segment(frame: &[u8]) -> Option<Segment> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let (src, dst, payload) = match eth.ethertype() {
@@ -365,13 +386,22 @@ fn segment(frame: &[u8]) -> Option<Segment> {
         #[cfg(feature = "ipv6")]
         EthernetProtocol::Ipv6 => {
             let ip = smoltcp::wire::Ipv6Packet::new_checked(eth.payload()).ok()?;
-            if ip.next_header() != IpProtocol::Tcp {
+            let (mut next, mut payload) = (ip.next_header(), ip.payload());
+            // smoltcp reads past a Hop-by-Hop header to the segment (and
+            // answers any other extension header with a Parameter Problem).
+            if next == IpProtocol::HopByHop {
+                let ext = smoltcp::wire::Ipv6ExtHeader::new_checked(payload).ok()?;
+                // The header's length counts 8-byte units after the first 8.
+                let len = 8 * (usize::from(ext.header_len()) + 1);
+                (next, payload) = (ext.next_header(), payload.get(len..)?);
+            }
+            if next != IpProtocol::Tcp {
                 return None;
             }
             (
                 IpAddress::Ipv6(ip.src_addr()),
                 IpAddress::Ipv6(ip.dst_addr()),
-                ip.payload(),
+                payload,
             )
         }
         _ => return None,
@@ -383,6 +413,37 @@ fn segment(frame: &[u8]) -> Option<Segment> {
         ack: tcp.ack(),
         rst: tcp.rst(),
     })
+}
+
+/// A device that notes when it had no room for a frame.
+struct Room<'d, D: ?Sized> {
+    device: &'d mut D,
+    full: bool,
+}
+
+impl<D: Device + ?Sized> Device for Room<'_, D> {
+    type RxToken<'a>
+        = D::RxToken<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = D::TxToken<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, timestamp: Instant) -> Option<(D::RxToken<'_>, D::TxToken<'_>)> {
+        self.device.receive(timestamp)
+    }
+
+    fn transmit(&mut self, timestamp: Instant) -> Option<D::TxToken<'_>> {
+        let token = self.device.transmit(timestamp);
+        self.full |= token.is_none();
+        token
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.device.capabilities()
+    }
 }
 
 /// A device that has the one frame already taken from the real one, and
@@ -549,9 +610,10 @@ mod tests {
         st.tcp(client).send_slice(b"first").unwrap();
         st.settle();
         assert_eq!(st.received(server), b"first");
-        // The server's socket goes without a word, and a new listener takes
-        // its set; the map still names that set for the client's segments.
+        // The server's socket goes without a word (its map entry with it),
+        // and a new listener takes its set.
         st.sockets.remove(server);
+        assert!(!st.sockets.by_tuple.values().any(|&i| i + 1 == server.set));
         let listener = st.listen(80);
         assert_eq!(listener.set, server.set, "the freed set is reused");
         st.tcp(client).send_slice(b"second").unwrap();
@@ -586,5 +648,81 @@ mod tests {
         st.tcp(client).send_slice(b"second").unwrap();
         st.settle();
         assert_eq!(st.received(new), b"second");
+    }
+
+    /// A device that takes no frame to send and counts the asking.
+    struct Full<'d> {
+        inner: &'d mut Loopback,
+        asked: usize,
+    }
+
+    impl Device for Full<'_> {
+        type RxToken<'a>
+            = <Loopback as Device>::RxToken<'a>
+        where
+            Self: 'a;
+        type TxToken<'a>
+            = <Loopback as Device>::TxToken<'a>
+        where
+            Self: 'a;
+
+        fn receive(&mut self, t: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+            self.inner.receive(t)
+        }
+
+        fn transmit(&mut self, _: Instant) -> Option<Self::TxToken<'_>> {
+            self.asked += 1;
+            None
+        }
+
+        fn capabilities(&self) -> DeviceCapabilities {
+            self.inner.capabilities()
+        }
+    }
+
+    #[test]
+    fn a_sending_pass_ends_when_the_device_has_no_room() {
+        let mut st = Station::new();
+        let servers: Vec<Handle> = (0..4).map(|_| st.listen(80)).collect();
+        let clients: Vec<Handle> = (0..4).map(|i| st.connect(50_000 + i, 80)).collect();
+        st.settle();
+        for &c in &clients {
+            st.tcp(c).send_slice(b"waiting").unwrap();
+        }
+        let mut full = Full {
+            inner: &mut st.device,
+            asked: 0,
+        };
+        st.sockets.egress(&mut st.iface, st.now, &mut full);
+        assert_eq!(full.asked, 1, "smoltcp's pass stops at the first refusal");
+        // With room, every client's bytes go.
+        st.settle();
+        for &s in &servers {
+            assert_eq!(st.received(s), b"waiting");
+        }
+    }
+
+    #[cfg(feature = "ipv6")]
+    #[test]
+    fn a_segment_behind_a_hop_by_hop_header_is_read() {
+        let mut frame = vec![0u8; 14 + 40 + 8 + 20];
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]); // IPv6
+        let ip = &mut frame[14..];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&28u16.to_be_bytes()); // payload length
+        ip[6] = 0; // next: Hop-by-Hop
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        ip[24..40].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        ip[40..48].copy_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]); // next: TCP, PadN
+        let tcp = &mut ip[48..];
+        tcp[0..2].copy_from_slice(&50_000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x10; // ACK
+        let seg = segment(&frame).expect("a TCP segment");
+        assert_eq!(seg.src.port, 50_000);
+        assert_eq!(seg.dst.port, 80);
+        assert!(seg.ack && !seg.rst);
     }
 }
