@@ -442,7 +442,7 @@ impl SmolDriver {
         self.ipv4
     }
 
-    /// Sockets in use and the capacity of the socket set, for logs and tests.
+    /// Sockets in use and the most the driver holds, for logs and tests.
     pub fn sockets_in_use(&self) -> (usize, usize) {
         (self.sockets.len(), self.capacity)
     }
@@ -841,7 +841,8 @@ impl SmolDriver {
     }
 
     /// Opens sockets for the client connections that have an address, while
-    /// the socket set has room (the others wait; the context times them out).
+    /// the driver has room for sockets (the others wait; the context times them
+    /// out).
     fn start_waiting(&mut self, ctx: &mut Context, now: Instant) -> bool {
         let mut progress = false;
         let mut i = 0;
@@ -886,7 +887,7 @@ impl SmolDriver {
     }
 
     /// Tops up every listener's pool of listening sockets, as far as the
-    /// socket set has room.
+    /// driver has room for sockets.
     fn refill_pools(&mut self) -> bool {
         let mut progress = false;
         for listener in 0..self.ports.len() {
