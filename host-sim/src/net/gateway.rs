@@ -1016,7 +1016,7 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
             Ok(Ok(None)) | Err(_) => break,
             Ok(Ok(Some((0, _)))) => {
                 c.host_eof = true;
-                sock.close();
+                wasmgate::net::sockets::close(sock);
             }
             // A read shorter than the free part of the ring emptied the
             // host socket (one as long may have left more, read next round,

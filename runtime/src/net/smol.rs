@@ -22,7 +22,7 @@ use smoltcp::wire::{
     Ipv4Cidr,
 };
 
-use super::sockets::{Handle as SocketHandle, Sockets};
+use super::sockets::{self, Handle as SocketHandle, Sockets};
 use crate::context::{ConnId, Context};
 
 /// How long a closed connection's socket may take to finish the TCP close
@@ -169,13 +169,13 @@ struct Tcp {
 }
 
 /// Starts the TCP close of a connection's socket (FIN after the queued
-/// bytes). From now on it acknowledges at once: smoltcp answers a bare FIN
-/// at once anyway, but delays the ACK of data by 10 ms, and a peer's last
-/// bytes may come with its FIN. So the ACK of the peer's FIN leaves with the
-/// segments sent in the turn that takes it, and the socket can go in the
-/// next pass ([`Role::TimeWait`]).
+/// bytes; see [`sockets::close`]). From now on it acknowledges at once:
+/// smoltcp answers a bare FIN at once anyway, but delays the ACK of data by
+/// 10 ms, and a peer's last bytes may come with its FIN. So the ACK of the
+/// peer's FIN leaves with the segments sent in the turn that takes it, and
+/// the socket can go in the next pass ([`Role::TimeWait`]).
 fn close(socket: &mut tcp::Socket<'_>, now: Instant) -> Role {
-    socket.close();
+    sockets::close(socket);
     socket.set_ack_delay(None);
     Role::Closing {
         until: now + LINGER,
