@@ -14,10 +14,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult};
 use smoltcp::socket::{Socket, tcp, udp};
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpCidr, IpListenEndpoint,
-    IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket,
-};
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpListenEndpoint};
 
 use wasmgate::net::os::SHORT_READ_EMPTIES;
 use wasmgate::net::sockets::{Handle as SocketHandle, Sockets};
@@ -1108,29 +1105,15 @@ fn udp_socket(port: u16) -> udp::Socket<'static> {
 /// `(src, src port, dst, dst port)` of a TCP SYN (not SYN-ACK) in an Ethernet
 /// frame.
 fn parse_syn(frame: &[u8]) -> Option<(IpAddr, u16, IpAddr, u16)> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    let (src, dst, payload): (IpAddr, IpAddr, &[u8]) = match eth.ethertype() {
-        EthernetProtocol::Ipv4 => {
-            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-            if ip.next_header() != IpProtocol::Tcp || ip.frag_offset() != 0 {
-                return None;
-            }
-            let len = (ip.total_len() as usize).min(eth.payload().len());
-            let payload = eth.payload().get(ip.header_len() as usize..len)?;
-            (ip.src_addr().into(), ip.dst_addr().into(), payload)
-        }
-        EthernetProtocol::Ipv6 => {
-            let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
-            if ip.next_header() != IpProtocol::Tcp {
-                return None;
-            }
-            let payload = eth.payload().get(40..)?;
-            (ip.src_addr().into(), ip.dst_addr().into(), payload)
-        }
-        _ => return None,
-    };
-    let tcp = TcpPacket::new_checked(payload).ok()?;
-    (tcp.syn() && !tcp.ack()).then(|| (src, tcp.src_port(), dst, tcp.dst_port()))
+    let seg = wasmgate::net::sockets::segment(frame)?;
+    (seg.syn && !seg.ack).then(|| {
+        (
+            seg.src.addr.into(),
+            seg.src.port,
+            seg.dst.addr.into(),
+            seg.dst.port,
+        )
+    })
 }
 
 #[cfg(test)]

@@ -80,13 +80,16 @@ struct TcpSet {
 /// (local, remote) endpoints: the frame's destination and source.
 type Tuple = (IpEndpoint, IpEndpoint);
 
+/// Which TCP set a 4-tuple's segments go to.
+type TupleMap = HashMap<Tuple, usize, BuildHasherDefault<TupleHasher>>;
+
 /// The sockets of one interface. See the module docs.
 pub struct Sockets {
     others: SocketSet<'static>,
     tcp: Vec<TcpSet>,
     /// Indexes of `tcp` without a socket.
     free: Vec<usize>,
-    by_tuple: HashMap<Tuple, usize, BuildHasherDefault<TupleHasher>>,
+    by_tuple: TupleMap,
     len: usize,
 }
 
@@ -170,10 +173,8 @@ impl Sockets {
         let socket = t.set.remove(handle.socket);
         self.len -= 1;
         t.socket = None;
-        if let Some(key) = t.key.take()
-            && self.by_tuple.get(&key) == Some(&i)
-        {
-            self.by_tuple.remove(&key);
+        if let Some(key) = t.key.take() {
+            unmap(&mut self.by_tuple, key, i);
         }
         self.free.push(i);
         socket
@@ -292,14 +293,20 @@ impl Sockets {
         let t = &mut self.tcp[i];
         let socket = t.socket.map(|h| t.set.get::<tcp::Socket<'static>>(h))?;
         if socket.remote_endpoint().is_some() {
-            if let Some(old) = t.key.replace(key)
-                && self.by_tuple.get(&old) == Some(&i)
-            {
-                self.by_tuple.remove(&old);
+            if let Some(old) = t.key.replace(key) {
+                unmap(&mut self.by_tuple, old, i);
             }
             self.by_tuple.insert(key, i);
         }
         Some(i)
+    }
+}
+
+/// Drops `key` from the map if it still sends it to set `i` (another set's
+/// socket may have taken the 4-tuple since).
+fn unmap(by_tuple: &mut TupleMap, key: Tuple, i: usize) {
+    if by_tuple.get(&key) == Some(&i) {
+        by_tuple.remove(&key);
     }
 }
 
@@ -378,21 +385,27 @@ impl Hasher for TupleHasher {
     }
 }
 
-/// What picks a TCP segment's socket.
-#[derive(Debug)]
-struct Segment {
+/// A TCP segment's addresses, ports and the flags that pick its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
     /// The segment's destination: the socket's local endpoint.
-    dst: IpEndpoint,
-    src: IpEndpoint,
-    ack: bool,
-    rst: bool,
+    pub dst: IpEndpoint,
+    /// The segment's source: a connected socket's remote endpoint.
+    pub src: IpEndpoint,
+    /// SYN is set.
+    pub syn: bool,
+    /// ACK is set.
+    pub ack: bool,
+    /// RST is set.
+    pub rst: bool,
 }
 
-/// The TCP segment in an Ethernet frame, if it is one (IPv4, or IPv6 with
-/// at most a Hop-by-Hop header, as smoltcp takes them). Anything else, or a
-/// frame too short for its headers, goes to the other sockets' set, and
-/// smoltcp deals with it as before.
-fn segment(frame: &[u8]) -> Option<Segment> {
+/// The TCP segment in an Ethernet frame, if it is one (IPv4 and not a
+/// fragment, or IPv6 with at most a Hop-by-Hop header: what smoltcp takes
+/// in). Anything else, or a frame too short for its headers, is `None`:
+/// [`Sockets::ingress`] gives it to the other sockets' set, and smoltcp deals
+/// with it as before.
+pub fn segment(frame: &[u8]) -> Option<Segment> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let (src, dst, payload) = match eth.ethertype() {
         EthernetProtocol::Ipv4 => {
@@ -433,6 +446,7 @@ fn segment(frame: &[u8]) -> Option<Segment> {
     Some(Segment {
         dst: IpEndpoint::new(dst, tcp.dst_port()),
         src: IpEndpoint::new(src, tcp.src_port()),
+        syn: tcp.syn(),
         ack: tcp.ack(),
         rst: tcp.rst(),
     })
