@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult};
 use smoltcp::socket::{Socket, tcp, udp};
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpListenEndpoint};
 
@@ -400,7 +400,7 @@ impl Gateway {
         self.serve_udp();
         self.take_device_syns(now);
         self.pump_all(now);
-        while self.sockets.egress(&mut self.iface, ts, link_end) != PollResult::None {}
+        self.sockets.egress(&mut self.iface, ts, link_end);
         self.reap(now);
     }
 

@@ -14,7 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult};
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult};
 use smoltcp::phy::Device;
 use smoltcp::socket::{dhcpv4, dns, tcp};
 use smoltcp::wire::{
@@ -222,8 +222,8 @@ pub struct SmolDriver {
     next_port: u16,
     /// The context's next deadline, as the last [`SmolDriver::turn`] saw it.
     ctx_due: Option<Instant>,
-    /// Sending passes completed so far (`poll_egress` until a pass sent
-    /// nothing, and the device still had room after it): a socket marked in
+    /// Sending passes completed so far (`Sockets::egress`, and the device
+    /// still had room after it): a socket marked in
     /// TIME-WAIT or aborted before the current count has had its last
     /// segment sent.
     sends: u64,
@@ -383,8 +383,7 @@ impl SmolDriver {
         // answer's first segment instead of going ahead alone. A round that
         // took no frame in and changed nothing has nothing new to send, so
         // after the first only rounds that did pass over the sockets for
-        // segments to send (smoltcp asks every socket, busy or not, and a
-        // pass ends only when one sends nothing).
+        // segments to send (smoltcp asks every socket, busy or not).
         self.iface.poll_maintenance(timestamp);
         let mut rounds = 0;
         loop {
@@ -402,9 +401,9 @@ impl SmolDriver {
             progress |= self.start_waiting(ctx, now);
             progress |= self.refill_pools();
             if rounds == 0 || progress || took {
-                while self.sockets.egress(&mut self.iface, timestamp, device) != PollResult::None {}
-                // smoltcp stops a pass when the device has no room: then
-                // some sockets have not sent, and nothing counts as out.
+                self.sockets.egress(&mut self.iface, timestamp, device);
+                // A pass stops when the device has no room: then some
+                // sockets have not sent, and nothing counts as out.
                 if device.transmit(timestamp).is_some() {
                     self.sends += 1;
                 }

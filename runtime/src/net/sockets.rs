@@ -21,9 +21,12 @@
 //! SYN finds the listener once the old socket is gone (the device's driver
 //! frees TIME-WAIT sockets after the next sending pass).
 //!
-//! Sending passes, timers and everything that is not TCP work as with one
-//! set: a pass asks every set in turn until the device has no room, and
-//! [`Sockets::poll_at`] is the earliest of the sets'.
+//! Timers and everything that is not TCP work as with one set, and
+//! [`Sockets::poll_at`] is the earliest of the sets'. Sending differs in
+//! its order only: smoltcp's pass asks every socket for one segment, and is
+//! repeated until a pass sends nothing; [`Sockets::egress`] asks each set
+//! until it has nothing more to send, then the next, so a socket with
+//! three segments to send no longer costs three passes over every socket.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -91,6 +94,8 @@ pub struct Sockets {
     free: Vec<usize>,
     by_tuple: TupleMap,
     len: usize,
+    /// The TCP set the next sending pass begins with.
+    first_egress: usize,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -117,6 +122,7 @@ impl Sockets {
             free: Vec::new(),
             by_tuple: HashMap::default(),
             len: 0,
+            first_egress: 0,
         }
     }
 
@@ -242,9 +248,16 @@ impl Sockets {
         })
     }
 
-    /// One sending pass, as `Interface::poll_egress`: every set in turn,
-    /// until the device has no room for a frame (smoltcp ends its pass
-    /// there too).
+    /// Sends what the sockets have, until the device has no room for a
+    /// frame (where smoltcp ends its pass too): each set is asked again
+    /// until it has nothing more, then the next. smoltcp's own pass asks
+    /// every socket once for one segment, so a socket with three to send
+    /// took three passes over every socket, busy or not. The next call
+    /// begins with the set that found no room, so one busy socket cannot
+    /// keep the others from the device turn after turn.
+    ///
+    /// [`PollResult::SocketStateChanged`] if anything was sent; nothing is
+    /// left to send (but what did not fit) when it returns.
     pub fn egress<D: Device + ?Sized>(
         &mut self,
         iface: &mut Interface,
@@ -255,15 +268,25 @@ impl Sockets {
             device,
             full: false,
         };
-        let mut result = iface.poll_egress(timestamp, &mut device, &mut self.others);
-        for t in self.tcp.iter_mut().filter(|t| t.socket.is_some()) {
-            if device.full {
-                break;
-            }
-            if iface.poll_egress(timestamp, &mut device, &mut t.set)
-                == PollResult::SocketStateChanged
+        let mut result = PollResult::None;
+        let mut drain = |set: &mut SocketSet<'static>, device: &mut Room<'_, D>| {
+            while !device.full
+                && iface.poll_egress(timestamp, device, set) == PollResult::SocketStateChanged
             {
                 result = PollResult::SocketStateChanged;
+            }
+            !device.full
+        };
+        if !drain(&mut self.others, &mut device) {
+            return result;
+        }
+        let n = self.tcp.len();
+        let first = self.first_egress.min(n);
+        for i in (first..n).chain(0..first) {
+            let t = &mut self.tcp[i];
+            if t.socket.is_some() && !drain(&mut t.set, &mut device) {
+                self.first_egress = i;
+                return result;
             }
         }
         result
@@ -547,9 +570,16 @@ mod tests {
 
     impl Station {
         fn new() -> Station {
+            Station::with_mtu(None)
+        }
+
+        /// A station whose interface sends frames of at most `mtu` bytes.
+        fn with_mtu(mtu: Option<usize>) -> Station {
             let mut device = Loopback::new(Medium::Ethernet);
             let config = Config::new(EthernetAddress([2, 0, 0, 0, 0, 1]).into());
-            let mut iface = Interface::new(config, &mut device, Instant::ZERO);
+            let mut sized = Narrow::new(&mut device, usize::MAX);
+            sized.mtu = mtu;
+            let mut iface = Interface::new(config, &mut sized, Instant::ZERO);
             iface.update_ip_addrs(|a| a.push(IpCidr::new(ADDR.into(), 24)).unwrap());
             Station {
                 iface,
@@ -591,7 +621,7 @@ mod tests {
                 while s.ingress(&mut self.iface, self.now, &mut self.device)
                     != PollIngressSingleResult::None
                 {}
-                while s.egress(&mut self.iface, self.now, &mut self.device) != PollResult::None {}
+                s.egress(&mut self.iface, self.now, &mut self.device);
             }
         }
 
@@ -687,13 +717,26 @@ mod tests {
         assert_eq!(st.received(new), b"second");
     }
 
-    /// A device that takes no frame to send and counts the asking.
-    struct Full<'d> {
+    /// A device with room for `room` more frames, that counts the asking.
+    struct Narrow<'d> {
         inner: &'d mut Loopback,
+        room: usize,
         asked: usize,
+        mtu: Option<usize>,
     }
 
-    impl Device for Full<'_> {
+    impl<'d> Narrow<'d> {
+        fn new(inner: &'d mut Loopback, room: usize) -> Narrow<'d> {
+            Narrow {
+                inner,
+                room,
+                asked: 0,
+                mtu: None,
+            }
+        }
+    }
+
+    impl Device for Narrow<'_> {
         type RxToken<'a>
             = <Loopback as Device>::RxToken<'a>
         where
@@ -707,13 +750,16 @@ mod tests {
             self.inner.receive(t)
         }
 
-        fn transmit(&mut self, _: Instant) -> Option<Self::TxToken<'_>> {
+        fn transmit(&mut self, t: Instant) -> Option<Self::TxToken<'_>> {
             self.asked += 1;
-            None
+            self.room = self.room.checked_sub(1)?;
+            self.inner.transmit(t)
         }
 
         fn capabilities(&self) -> DeviceCapabilities {
-            self.inner.capabilities()
+            let mut caps = self.inner.capabilities();
+            caps.max_transmission_unit = self.mtu.unwrap_or(caps.max_transmission_unit);
+            caps
         }
     }
 
@@ -726,10 +772,7 @@ mod tests {
         for &c in &clients {
             st.tcp(c).send_slice(b"waiting").unwrap();
         }
-        let mut full = Full {
-            inner: &mut st.device,
-            asked: 0,
-        };
+        let mut full = Narrow::new(&mut st.device, 0);
         st.sockets.egress(&mut st.iface, st.now, &mut full);
         assert_eq!(full.asked, 1, "smoltcp's pass stops at the first refusal");
         // With room, every client's bytes go.
@@ -737,6 +780,65 @@ mod tests {
         for &s in &servers {
             assert_eq!(st.received(s), b"waiting");
         }
+    }
+
+    /// Three connected clients on a station whose frames carry at most 546
+    /// bytes of TCP payload, each with 1,000 bytes (two segments) to send.
+    fn three_clients_with_two_segments_each() -> (Station, Vec<Handle>) {
+        let mut st = Station::with_mtu(Some(600));
+        for _ in 0..3 {
+            st.listen(80);
+        }
+        let clients: Vec<Handle> = (0..3).map(|i| st.connect(50_000 + i, 80)).collect();
+        st.settle();
+        for &c in &clients {
+            // The second segment, shorter than the first, goes while the
+            // first is unacknowledged only without Nagle.
+            st.tcp(c).set_nagle_enabled(false);
+            assert_eq!(st.tcp(c).send_slice(&[7; 1000]), Ok(1000));
+        }
+        (st, clients)
+    }
+
+    /// The source ports of the frames sent since the last call, in order.
+    fn sent_from(st: &mut Station) -> Vec<u16> {
+        let mut ports = Vec::new();
+        while let Some((rx, _)) = st.device.receive(st.now) {
+            let seg = rx.consume(segment).expect("a TCP segment");
+            ports.push(seg.src.port);
+        }
+        ports
+    }
+
+    #[test]
+    fn one_call_sends_everything_the_sockets_have() {
+        let (mut st, _) = three_clients_with_two_segments_each();
+        assert_eq!(
+            st.sockets.egress(&mut st.iface, st.now, &mut st.device),
+            PollResult::SocketStateChanged
+        );
+        // smoltcp's own pass would have sent one segment of each.
+        let each_twice = [50_000, 50_000, 50_001, 50_001, 50_002, 50_002];
+        assert_eq!(sent_from(&mut st), each_twice);
+        assert_eq!(
+            st.sockets.egress(&mut st.iface, st.now, &mut st.device),
+            PollResult::None
+        );
+    }
+
+    #[test]
+    fn the_next_call_begins_with_the_socket_that_found_no_room() {
+        let (mut st, clients) = three_clients_with_two_segments_each();
+        let mut three = Narrow::new(&mut st.device, 3);
+        st.sockets.egress(&mut st.iface, st.now, &mut three);
+        assert_eq!(sent_from(&mut st), [50_000, 50_000, 50_001]);
+        // The first client has more; the second's last segment goes first.
+        assert_eq!(st.tcp(clients[0]).send_slice(&[8; 20]), Ok(20));
+        let mut one = Narrow::new(&mut st.device, 1);
+        st.sockets.egress(&mut st.iface, st.now, &mut one);
+        assert_eq!(sent_from(&mut st), [50_001]);
+        st.sockets.egress(&mut st.iface, st.now, &mut st.device);
+        assert_eq!(sent_from(&mut st), [50_002, 50_002, 50_000]);
     }
 
     #[cfg(feature = "ipv6")]
