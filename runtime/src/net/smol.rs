@@ -222,8 +222,8 @@ pub struct SmolDriver {
     next_port: u16,
     /// The context's next deadline, as the last [`SmolDriver::turn`] saw it.
     ctx_due: Option<Instant>,
-    /// Sending passes completed so far (`Sockets::egress`, and the device
-    /// still had room after it): a socket marked in
+    /// Sending passes completed so far (`Sockets::egress` without a frame
+    /// the device refused): a socket marked in
     /// TIME-WAIT or aborted before the current count has had its last
     /// segment sent.
     sends: u64,
@@ -401,10 +401,13 @@ impl SmolDriver {
             progress |= self.start_waiting(ctx, now);
             progress |= self.refill_pools();
             if rounds == 0 || progress || took {
-                self.sockets.egress(&mut self.iface, timestamp, device);
                 // A pass stops when the device has no room: then some
                 // sockets have not sent, and nothing counts as out.
-                if device.transmit(timestamp).is_some() {
+                if self
+                    .sockets
+                    .egress(&mut self.iface, timestamp, device)
+                    .complete
+                {
                     self.sends += 1;
                 }
             }

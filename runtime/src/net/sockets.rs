@@ -70,6 +70,16 @@ pub struct Handle {
     socket: SocketHandle,
 }
 
+/// What a call of [`Sockets::egress`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Egress {
+    /// At least one frame went out.
+    pub sent: bool,
+    /// The device took every frame it was offered: each socket was asked
+    /// until it had nothing more to send (a completed sending pass).
+    pub complete: bool,
+}
+
 /// A TCP socket's set, kept (empty) for the next TCP socket when the socket
 /// is removed.
 struct TcpSet {
@@ -252,44 +262,52 @@ impl Sockets {
     /// frame (where smoltcp ends its pass too): each set is asked again
     /// until it has nothing more, then the next. smoltcp's own pass asks
     /// every socket once for one segment, so a socket with three to send
-    /// took three passes over every socket, busy or not. The next call
-    /// begins with the set that found no room, so one busy socket cannot
-    /// keep the others from the device turn after turn.
+    /// took three passes over every socket, busy or not.
     ///
-    /// [`PollResult::SocketStateChanged`] if anything was sent; nothing is
-    /// left to send (but what did not fit) when it returns.
+    /// The sockets take turns at a device without room for everything: the
+    /// next call begins after the socket that had sent when the device
+    /// refused it, or with that socket if it had sent nothing. The other
+    /// sockets' set (DHCP, DNS, UDP; a datagram or two each) goes first.
     pub fn egress<D: Device + ?Sized>(
         &mut self,
         iface: &mut Interface,
         timestamp: Instant,
         device: &mut D,
-    ) -> PollResult {
+    ) -> Egress {
         let mut device = Room {
             device,
             full: false,
         };
-        let mut result = PollResult::None;
+        let mut sent = false;
+        // Whether the set sent anything.
         let mut drain = |set: &mut SocketSet<'static>, device: &mut Room<'_, D>| {
+            let mut any = false;
             while !device.full
                 && iface.poll_egress(timestamp, device, set) == PollResult::SocketStateChanged
             {
-                result = PollResult::SocketStateChanged;
+                any = true;
             }
-            !device.full
+            sent |= any;
+            any
         };
-        if !drain(&mut self.others, &mut device) {
-            return result;
-        }
+        drain(&mut self.others, &mut device);
         let n = self.tcp.len();
         let first = self.first_egress.min(n);
         for i in (first..n).chain(0..first) {
+            if device.full {
+                break;
+            }
             let t = &mut self.tcp[i];
-            if t.socket.is_some() && !drain(&mut t.set, &mut device) {
+            if t.socket.is_some() && drain(&mut t.set, &mut device) && device.full {
+                self.first_egress = i + 1;
+            } else if device.full {
                 self.first_egress = i;
-                return result;
             }
         }
-        result
+        Egress {
+            sent,
+            complete: !device.full,
+        }
     }
 
     /// When the interface wants to be polled next, as `Interface::poll_at`.
@@ -813,32 +831,44 @@ mod tests {
     #[test]
     fn one_call_sends_everything_the_sockets_have() {
         let (mut st, _) = three_clients_with_two_segments_each();
+        let all = Egress {
+            sent: true,
+            complete: true,
+        };
         assert_eq!(
             st.sockets.egress(&mut st.iface, st.now, &mut st.device),
-            PollResult::SocketStateChanged
+            all
         );
         // smoltcp's own pass would have sent one segment of each.
         let each_twice = [50_000, 50_000, 50_001, 50_001, 50_002, 50_002];
         assert_eq!(sent_from(&mut st), each_twice);
+        let nothing = Egress {
+            sent: false,
+            complete: true,
+        };
         assert_eq!(
             st.sockets.egress(&mut st.iface, st.now, &mut st.device),
-            PollResult::None
+            nothing
         );
     }
 
     #[test]
-    fn the_next_call_begins_with_the_socket_that_found_no_room() {
-        let (mut st, clients) = three_clients_with_two_segments_each();
-        let mut three = Narrow::new(&mut st.device, 3);
-        st.sockets.egress(&mut st.iface, st.now, &mut three);
-        assert_eq!(sent_from(&mut st), [50_000, 50_000, 50_001]);
-        // The first client has more; the second's last segment goes first.
-        assert_eq!(st.tcp(clients[0]).send_slice(&[8; 20]), Ok(20));
-        let mut one = Narrow::new(&mut st.device, 1);
-        st.sockets.egress(&mut st.iface, st.now, &mut one);
-        assert_eq!(sent_from(&mut st), [50_001]);
-        st.sockets.egress(&mut st.iface, st.now, &mut st.device);
-        assert_eq!(sent_from(&mut st), [50_002, 50_002, 50_000]);
+    fn sockets_take_turns_at_a_device_with_room_for_one_frame() {
+        let (mut st, _) = three_clients_with_two_segments_each();
+        let mut order = Vec::new();
+        for call in 0..6 {
+            let mut one = Narrow::new(&mut st.device, 1);
+            let did = st.sockets.egress(&mut st.iface, st.now, &mut one);
+            // Only the last frame leaves nothing that was refused.
+            assert_eq!((did.sent, did.complete), (true, call == 5));
+            order.extend(sent_from(&mut st));
+        }
+        // A socket cut off after sending goes last next time (not
+        // 50,000 twice, then 50,001 twice...); one refused before it sent
+        // anything goes first (the fourth call's 50,001, refused at the end
+        // of the third, after 50,000 had sent its second segment).
+        let turns = [50_000, 50_001, 50_002, 50_000, 50_001, 50_002];
+        assert_eq!(order, turns);
     }
 
     #[cfg(feature = "ipv6")]
