@@ -444,30 +444,27 @@ impl Link {
         let f = self.faults;
         let dir = &mut self.dirs[Self::dir(from)];
         self.stats.sent += 1;
-        if self.perfect {
-            // What the path below does with no faults, without its four
-            // draws and its float time arithmetic (about 150 instructions
-            // per frame): nothing else draws from a perfect link's
-            // generator, so skipping the draws changes no decision.
-            if frame.len() > f.max_frame() || dir.queue.len() >= QUEUE_FRAMES {
-                self.stats.dropped += 1;
-                return;
-            }
-            let at = dir.last_at.map_or(now, |last| last.max(now));
-            dir.last_at = Some(at);
-            dir.insert(at, frame, false);
-            return;
-        }
         // Four draws per frame whatever the faults, so that one setting does
-        // not shift the others' decisions.
-        let lose = dir.rng.next_f64() < f.loss;
-        let duplicate = dir.rng.next_f64() < f.duplicate;
-        let reorder = dir.rng.next_f64() < f.reorder;
-        let jitter = dir.rng.next_f64() * 2.0 - 1.0;
+        // not shift the others' decisions. None on a perfect link, where
+        // nothing else draws from the generator either: the draws and the
+        // float time arithmetic below cost about 150 instructions a frame.
+        let draws = (!self.perfect).then(|| {
+            let lose = dir.rng.next_f64() < f.loss;
+            let duplicate = dir.rng.next_f64() < f.duplicate;
+            let reorder = dir.rng.next_f64() < f.reorder;
+            (lose, duplicate, reorder, dir.rng.next_f64() * 2.0 - 1.0)
+        });
         if frame.len() > f.max_frame() || dir.queue.len() >= QUEUE_FRAMES {
             self.stats.dropped += 1;
             return;
         }
+        let Some((lose, duplicate, reorder, jitter)) = draws else {
+            // What the rest does with every fault at zero.
+            let at = dir.last_at.map_or(now, |last| last.max(now));
+            dir.last_at = Some(at);
+            dir.insert(at, frame, false);
+            return;
+        };
         // On the wire (bandwidth), then the trip (delay and jitter).
         let start = dir.busy_until.map_or(now, |b| b.max(now));
         let wire_done = match f.bandwidth {

@@ -223,9 +223,8 @@ pub struct SmolDriver {
     /// The context's next deadline, as the last [`SmolDriver::turn`] saw it.
     ctx_due: Option<Instant>,
     /// Sending passes completed so far (`Sockets::egress` without a frame
-    /// the device refused): a socket marked in
-    /// TIME-WAIT or aborted before the current count has had its last
-    /// segment sent.
+    /// the device refused): a socket marked in TIME-WAIT or aborted before
+    /// the current count has had its last segment sent.
     sends: u64,
 }
 

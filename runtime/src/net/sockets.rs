@@ -298,10 +298,12 @@ impl Sockets {
                 break;
             }
             let t = &mut self.tcp[i];
-            if t.socket.is_some() && drain(&mut t.set, &mut device) && device.full {
-                self.first_egress = i + 1;
-            } else if device.full {
-                self.first_egress = i;
+            if t.socket.is_none() {
+                continue;
+            }
+            let sent_here = drain(&mut t.set, &mut device);
+            if device.full {
+                self.first_egress = if sent_here { i + 1 } else { i };
             }
         }
         Egress {
@@ -639,8 +641,14 @@ mod tests {
                 while s.ingress(&mut self.iface, self.now, &mut self.device)
                     != PollIngressSingleResult::None
                 {}
-                s.egress(&mut self.iface, self.now, &mut self.device);
+                self.egress();
             }
+        }
+
+        /// Sends what the sockets have, on a device with room for all of it.
+        fn egress(&mut self) -> Egress {
+            self.sockets
+                .egress(&mut self.iface, self.now, &mut self.device)
         }
 
         fn received(&mut self, h: Handle) -> Vec<u8> {
@@ -835,10 +843,7 @@ mod tests {
             sent: true,
             complete: true,
         };
-        assert_eq!(
-            st.sockets.egress(&mut st.iface, st.now, &mut st.device),
-            all
-        );
+        assert_eq!(st.egress(), all);
         // smoltcp's own pass would have sent one segment of each.
         let each_twice = [50_000, 50_000, 50_001, 50_001, 50_002, 50_002];
         assert_eq!(sent_from(&mut st), each_twice);
@@ -846,10 +851,7 @@ mod tests {
             sent: false,
             complete: true,
         };
-        assert_eq!(
-            st.sockets.egress(&mut st.iface, st.now, &mut st.device),
-            nothing
-        );
+        assert_eq!(st.egress(), nothing);
     }
 
     #[test]
