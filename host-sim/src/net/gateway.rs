@@ -682,8 +682,7 @@ impl Gateway {
         let mut i = 0;
         while i < self.syn_listeners.len() {
             let handle = self.syn_listeners[i];
-            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
-            match sock.state() {
+            match self.sockets.get::<tcp::Socket<'_>>(handle).state() {
                 tcp::State::Listen => {
                     i += 1;
                     continue;
@@ -696,6 +695,7 @@ impl Gateway {
                 }
             }
             self.syn_listeners.swap_remove(i);
+            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
             let (Some(local), Some(remote)) = (sock.local_endpoint(), sock.remote_endpoint())
             else {
                 sock.abort();
@@ -757,10 +757,12 @@ impl Gateway {
             let Some(since) = c.connecting else {
                 continue;
             };
-            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(c.handle);
-            if sock.state() != tcp::State::SynReceived {
+            // Read first: a socket taken with `get_mut` is asked by the next
+            // sending pass, and one still connecting has nothing to send.
+            let handle = c.handle;
+            if self.sockets.get::<tcp::Socket<'_>>(handle).state() != tcp::State::SynReceived {
                 // The device gave up (its reset put the socket back to LISTEN).
-                sock.abort();
+                self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
                 self.drop_conn(slot, now);
                 continue;
             }
@@ -782,18 +784,20 @@ impl Gateway {
             match failure {
                 None => {
                     tracing::debug!("gateway: relay {}: connected", c.label);
-                    sock.pause_synack(false);
+                    self.sockets
+                        .get_mut::<tcp::Socket<'_>>(handle)
+                        .pause_synack(false);
                     c.connecting = None;
                     c.readable = true;
                 }
                 Some(why) if !why.is_empty() => {
                     tracing::debug!("gateway: relay {}: {why}", c.label);
-                    sock.abort();
+                    self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
                     self.drop_conn(slot, now);
                 }
                 Some(_) if now.saturating_duration_since(since) >= CONNECT_TIMEOUT => {
                     tracing::debug!("gateway: relay {}: connect timed out", c.label);
-                    sock.abort();
+                    self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
                     self.drop_conn(slot, now);
                 }
                 Some(_) => {}
@@ -841,8 +845,7 @@ impl Gateway {
             if c.connecting.is_some() || c.waiting.is_some() {
                 continue;
             }
-            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(c.handle);
-            if let Step::Done = pump(c, sock) {
+            if let Step::Done = pump(c, &mut self.sockets, c.handle) {
                 self.drop_conn(slot, now);
             }
         }
@@ -893,7 +896,7 @@ impl Gateway {
         let sockets = &mut self.sockets;
         let spare = &mut self.spare;
         self.closing.retain_mut(|(handle, until)| {
-            let sock = sockets.get_mut::<tcp::Socket<'_>>(*handle);
+            let sock = sockets.get::<tcp::Socket<'_>>(*handle);
             let state = sock.state();
             if state == tcp::State::Closed && sock.remote_endpoint().is_none() {
                 keep_spare(spare, sockets, *handle);
@@ -906,7 +909,7 @@ impl Gateway {
                     return false;
                 }
             } else if now >= *until && state != tcp::State::Closed {
-                sock.abort();
+                sockets.get_mut::<tcp::Socket<'_>>(*handle).abort();
             }
             true
         });
@@ -951,9 +954,12 @@ impl Gateway {
 }
 
 /// Moves bytes both ways as far as each side can take them, and passes FIN
-/// and resets along.
-fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
+/// and resets along. The socket is read through [`Sockets::get`] and taken
+/// with `get_mut` only to change it: the sending pass asks a socket taken
+/// that way, and a turn should not ask every idle one.
+fn pump(c: &mut Conn, sockets: &mut Sockets, handle: SocketHandle) -> Step {
     use tcp::State;
+    let sock = sockets.get::<tcp::Socket<'_>>(handle);
     let state = sock.state();
     if !matches!(
         state,
@@ -974,7 +980,8 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
     // it had received), sends no more: what is held goes now.
     let done_sending = c.fin_seen || state == State::Closed;
     let release = c.hold.release(sock.recv_queue(), done_sending);
-    while release && c.writable && sock.can_recv() {
+    while release && c.writable && sockets.get::<tcp::Socket<'_>>(handle).can_recv() {
+        let sock = sockets.get_mut::<tcp::Socket<'_>>(handle);
         let r = sock.recv(|buf| match c.host.write(buf) {
             Ok(n) => (n, Ok(n)),
             Err(e) => (0, Err(e)),
@@ -992,6 +999,7 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
             Err(_) => break,
         }
     }
+    let sock = sockets.get::<tcp::Socket<'_>>(handle);
     c.hold.wrote(sock.recv_queue());
     if c.fin_seen && !c.device_eof && sock.recv_queue() == 0 {
         let _ = c.host.shutdown(Shutdown::Write);
@@ -999,7 +1007,9 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
     }
 
     // Host to device: only read what the socket's send buffer can take.
-    while c.readable && !c.host_eof && sock.may_send() && sock.send_queue() < sock.send_capacity() {
+    let room = |s: &tcp::Socket<'_>| s.may_send() && s.send_queue() < s.send_capacity();
+    while c.readable && !c.host_eof && room(sockets.get::<tcp::Socket<'_>>(handle)) {
+        let sock = sockets.get_mut::<tcp::Socket<'_>>(handle);
         let r = sock.send(|buf| {
             if buf.is_empty() {
                 return (0, Ok(None));
@@ -1036,7 +1046,7 @@ fn pump(c: &mut Conn, sock: &mut tcp::Socket<'_>) -> Step {
         }
     }
 
-    if sock.state() == State::Closed {
+    if sockets.get::<tcp::Socket<'_>>(handle).state() == State::Closed {
         // Refused by the device, reset by it, timed out, or closed both ways.
         return Step::Done;
     }

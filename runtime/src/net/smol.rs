@@ -219,12 +219,18 @@ pub struct SmolDriver {
     /// The connections a flush writes, kept between flushes for its
     /// capacity.
     flushing: Vec<ConnId>,
+    /// Connections the next flush writes whatever the context says: bytes
+    /// left that their socket had no room for, connections still
+    /// connecting, and bytes queued while a connection waits for its socket.
+    retry: Vec<ConnId>,
     next_port: u16,
     /// The context's next deadline, as the last [`SmolDriver::turn`] saw it.
     ctx_due: Option<Instant>,
     /// Sending passes completed so far (`Sockets::egress` without a frame
     /// the device refused): a socket marked in TIME-WAIT or aborted before
-    /// the current count has had its last segment sent.
+    /// the current count has had its last segment sent. (Such a socket was
+    /// changed or took a frame in, so the pass asked it: its last segment
+    /// waits on no timer, as `close` turns the delayed ACK off.)
     sends: u64,
 }
 
@@ -336,6 +342,7 @@ impl SmolDriver {
             resolving: Vec::new(),
             waiting: Vec::new(),
             flushing: Vec::new(),
+            retry: Vec::new(),
             next_port: EPHEMERAL_FIRST + (net.random_seed % u64::from(EPHEMERAL_COUNT)) as u16,
             ctx_due: None,
             sends: 0,
@@ -381,8 +388,7 @@ impl SmolDriver {
         // out after the context answered: an acknowledgement rides on the
         // answer's first segment instead of going ahead alone. A round that
         // took no frame in and changed nothing has nothing new to send, so
-        // after the first only rounds that did pass over the sockets for
-        // segments to send (smoltcp asks every socket, busy or not).
+        // after the first only rounds that did make a sending pass.
         self.iface.poll_maintenance(timestamp);
         let mut rounds = 0;
         loop {
@@ -568,9 +574,13 @@ impl SmolDriver {
     }
 
     /// Returns (keep the socket, something moved).
+    ///
+    /// Reads the socket through [`Sockets::get`], and takes it with
+    /// `get_mut` only to change it: the next sending pass asks a socket taken
+    /// that way, and a turn should not ask every idle one.
     fn service_socket(&mut self, ctx: &mut Context, i: usize, now: Instant) -> (bool, bool) {
         let Tcp { handle, role } = self.tcp[i];
-        let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
+        let socket = self.sockets.get::<tcp::Socket<'_>>(handle);
         let state = socket.state();
         match role {
             Role::Pool { listener } => match state {
@@ -622,15 +632,17 @@ impl SmolDriver {
                 let mut moved = false;
                 loop {
                     let space = ctx.rx_space(id);
-                    if space == 0 || !socket.can_recv() {
+                    if space == 0 || !self.sockets.get::<tcp::Socket<'_>>(handle).can_recv() {
                         break;
                     }
+                    let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
                     let taken = receive_piece(ctx, id, socket, space, &mut self.rx_scratch, now);
                     if taken == 0 {
                         break;
                     }
                     moved = true;
                 }
+                let socket = self.sockets.get::<tcp::Socket<'_>>(handle);
                 let peer_fin = matches!(
                     state,
                     tcp::State::CloseWait
@@ -656,6 +668,7 @@ impl SmolDriver {
                 (true, moved)
             }
             Role::Busy { mut sent } => {
+                let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
                 discard_input(socket);
                 if state == tcp::State::Closed {
                     return (false, true);
@@ -672,7 +685,10 @@ impl SmolDriver {
                 (true, true)
             }
             Role::Closing { until, queued } => {
-                discard_input(socket);
+                if socket.can_recv() {
+                    discard_input(self.sockets.get_mut::<tcp::Socket<'_>>(handle));
+                }
+                let socket = self.sockets.get::<tcp::Socket<'_>>(handle);
                 if state == tcp::State::Closed {
                     return (false, true);
                 }
@@ -693,7 +709,7 @@ impl SmolDriver {
                     (true, false)
                 } else {
                     tracing::debug!("close timed out: aborting");
-                    socket.abort();
+                    self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
                     self.tcp[i].role = Role::Aborted {
                         marked_at: self.sends,
                     };
@@ -717,18 +733,10 @@ impl SmolDriver {
         let mut progress = self.start_connects(ctx, now);
         let mut ids = std::mem::take(&mut self.flushing);
         ctx.drain_dirty(&mut ids);
-        // Connections that could not send everything last time.
-        for tcp in &self.tcp {
-            if let Role::Conn {
-                id,
-                connecting: false,
-                ..
-            } = tcp.role
-                && !ctx.transmit(id).is_empty()
-            {
-                ids.push(id);
-            }
-        }
+        // Connections that could not send everything last time, and those
+        // whose bytes wait for a socket or its connection: a short list, as
+        // in the OS driver, not a look at every connection each turn.
+        ids.append(&mut self.retry);
         ids.sort_unstable();
         ids.dedup();
         for &id in &ids {
@@ -741,31 +749,39 @@ impl SmolDriver {
                 if ctx.should_close(id) && self.forget_pending(id) {
                     ctx.close(id, now);
                     progress = true;
+                } else if !ctx.transmit(id).is_empty() {
+                    self.retry.push(id);
                 }
                 continue;
             };
-            let Role::Conn { connecting, .. } = self.tcp[i].role else {
+            let Tcp {
+                handle,
+                role: Role::Conn { connecting, .. },
+            } = self.tcp[i]
+            else {
                 continue;
             };
-            let socket = self.sockets.get_mut::<tcp::Socket<'_>>(self.tcp[i].handle);
-            if !connecting {
-                loop {
-                    let tx = ctx.transmit(id);
-                    if tx.is_empty() || !socket.can_send() {
-                        break;
-                    }
-                    let n = socket.send_slice(tx).unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    ctx.transmitted(id, n, now);
-                    progress = true;
+            // Read first: a socket taken with `get_mut` is asked by the next
+            // sending pass, and one that waits for room has nothing new.
+            while !connecting && self.sockets.get::<tcp::Socket<'_>>(handle).can_send() {
+                let tx = ctx.transmit(id);
+                if tx.is_empty() {
+                    break;
                 }
+                let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
+                let n = socket.send_slice(tx).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                ctx.transmitted(id, n, now);
+                progress = true;
             }
             if ctx.should_close(id) {
-                self.tcp[i].role = close(socket, now);
+                self.tcp[i].role = close(self.sockets.get_mut(handle), now);
                 ctx.close(id, now);
                 progress = true;
+            } else if connecting || !ctx.transmit(id).is_empty() {
+                self.retry.push(id);
             }
         }
         ids.clear();

@@ -21,12 +21,16 @@
 //! SYN finds the listener once the old socket is gone (the device's driver
 //! frees TIME-WAIT sockets after the next sending pass).
 //!
-//! Timers and everything that is not TCP work as with one set, and
-//! [`Sockets::poll_at`] is the earliest of the sets'. Sending differs in
-//! its order only: smoltcp's pass asks every socket for one segment, and is
-//! repeated until a pass sends nothing; [`Sockets::egress`] asks each set
-//! until it has nothing more to send, then the next, so a socket with
-//! three segments to send no longer costs three passes over every socket.
+//! Everything that is not TCP works as with one set. Sending differs:
+//! smoltcp's pass asks every socket for one segment, and is repeated until a
+//! pass sends nothing; [`Sockets::egress`] asks each set until it has
+//! nothing more to send, then the next, so a socket with three segments to
+//! send no longer costs three passes over every socket. And it asks only the
+//! TCP sockets something happened to (changed, or a frame came in for them)
+//! and, for their timers, every other one once a millisecond: a TCP timer
+//! (retransmission, delayed ACK, keep-alive) goes off up to 1 ms late, and
+//! [`Sockets::poll_at`] is for each socket the later of smoltcp's time and
+//! the pass that will ask it (see [`RECHECK`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -75,9 +79,14 @@ pub struct Handle {
 pub struct Egress {
     /// At least one frame went out.
     pub sent: bool,
-    /// The device took every frame it was offered: each socket was asked
-    /// until it had nothing more to send (a completed sending pass).
+    /// The device took every frame it was offered: each socket that was
+    /// changed or took a frame in since it was last asked, or that had not
+    /// been asked for [`RECHECK`], was asked until it had nothing more to
+    /// send (a completed sending pass). A timer that came due within the
+    /// last `RECHECK` may still wait.
     pub complete: bool,
+    /// TCP sockets asked (see [`Sockets::egress`]).
+    pub asked: usize,
 }
 
 /// A TCP socket's set, kept (empty) for the next TCP socket when the socket
@@ -88,7 +97,33 @@ struct TcpSet {
     socket: Option<SocketHandle>,
     /// The 4-tuple the map sends to this set, if any.
     key: Option<Tuple>,
+    /// When a sending pass asks the socket again.
+    wake: Wake,
 }
+
+/// When a sending pass asks a TCP socket whether it has something to send
+/// (see [`RECHECK`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Changed, or a frame came in for it: ask it in the next pass.
+    Now,
+    /// It had nothing more to send: ask it in the first pass from then on.
+    After(Instant),
+}
+
+/// How long a TCP socket that had nothing more to send goes unasked by
+/// [`Sockets::egress`] unless something happens to it.
+///
+/// A socket has something new to send only after it was changed (taken with
+/// [`Sockets::get_mut`]), after a frame for it came in, or when one of its
+/// timers expires (retransmission, delayed ACK, keep-alive, TIME-WAIT). The
+/// first two mark it; for the timers, a socket that had nothing more to send
+/// is asked again `RECHECK` later, not in every turn of the loop: its timers
+/// go off up to that much late (lwIP runs its TCP timers every 250 ms), and
+/// a turn that moves the bytes of a few connections does not ask every idle
+/// one. Asking smoltcp when the timers are due (`Interface::poll_at`) costs
+/// as much as the ask it would save.
+pub const RECHECK: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(1);
 
 /// (local, remote) endpoints: the frame's destination and source.
 type Tuple = (IpEndpoint, IpEndpoint);
@@ -162,11 +197,14 @@ impl Sockets {
                 set: SocketSet::new(Vec::with_capacity(1)),
                 socket: None,
                 key: None,
+                wake: Wake::Now,
             });
             self.tcp.len() - 1
         });
-        let handle = self.tcp[i].set.add(socket);
-        self.tcp[i].socket = Some(handle);
+        let t = &mut self.tcp[i];
+        let handle = t.set.add(socket);
+        t.socket = Some(handle);
+        t.wake = Wake::Now;
         Handle {
             set: i + 1,
             socket: handle,
@@ -210,10 +248,18 @@ impl Sockets {
     }
 
     /// The socket of `handle`, to change. Panics as [`get`](Self::get).
+    ///
+    /// The next sending pass asks the socket what it has to send; one only
+    /// read ([`get`](Self::get)) is asked when a frame came in for it, or
+    /// for its timers (see [`egress`](Self::egress)).
     pub fn get_mut<T: AnySocket<'static>>(&mut self, handle: Handle) -> &mut T {
         match handle.set {
             0 => self.others.get_mut(handle.socket),
-            i => self.tcp[i - 1].set.get_mut(handle.socket),
+            i => {
+                let t = &mut self.tcp[i - 1];
+                t.wake = Wake::Now;
+                t.set.get_mut(handle.socket)
+            }
         }
     }
 
@@ -246,8 +292,19 @@ impl Sockets {
         let meta = rx.meta();
         rx.consume(|frame| {
             let set = match segment(frame).and_then(|s| self.socket_for(&s)) {
-                Some(i) => &mut self.tcp[i].set,
-                None => &mut self.others,
+                Some(i) => {
+                    let t = &mut self.tcp[i];
+                    t.wake = Wake::Now;
+                    &mut t.set
+                }
+                None => {
+                    // ARP, DHCP, a segment for no socket: what the interface
+                    // learns (a neighbour's address) may let any socket send.
+                    for t in &mut self.tcp {
+                        t.wake = Wake::Now;
+                    }
+                    &mut self.others
+                }
             };
             let mut one = OneFrame {
                 frame: Some((frame, meta)),
@@ -268,6 +325,10 @@ impl Sockets {
     /// next call begins after the socket that had sent when the device
     /// refused it, or with that socket if it had sent nothing. The other
     /// sockets' set (DHCP, DNS, UDP; a datagram or two each) goes first.
+    ///
+    /// A TCP socket is asked only if it was changed or a frame came in for
+    /// it since it was last asked, or [`RECHECK`] has passed since it last
+    /// had nothing more to send (its timers).
     pub fn egress<D: Device + ?Sized>(
         &mut self,
         iface: &mut Interface,
@@ -278,19 +339,8 @@ impl Sockets {
             device,
             full: false,
         };
-        let mut sent = false;
-        // Whether the set sent anything.
-        let mut drain = |set: &mut SocketSet<'static>, device: &mut Room<'_, D>| {
-            let mut any = false;
-            while !device.full
-                && iface.poll_egress(timestamp, device, set) == PollResult::SocketStateChanged
-            {
-                any = true;
-            }
-            sent |= any;
-            any
-        };
-        drain(&mut self.others, &mut device);
+        let mut sent = drain(iface, timestamp, &mut self.others, &mut device);
+        let mut asked = 0;
         let n = self.tcp.len();
         let first = self.first_egress.min(n);
         for i in (first..n).chain(0..first) {
@@ -298,29 +348,38 @@ impl Sockets {
                 break;
             }
             let t = &mut self.tcp[i];
-            if t.socket.is_none() {
+            if t.socket.is_none() || matches!(t.wake, Wake::After(at) if at > timestamp) {
                 continue;
             }
-            let sent_here = drain(&mut t.set, &mut device);
+            let sent_here = drain(iface, timestamp, &mut t.set, &mut device);
+            sent |= sent_here;
+            asked += 1;
             if device.full {
                 self.first_egress = if sent_here { i + 1 } else { i };
+            } else {
+                t.wake = Wake::After(timestamp + RECHECK);
             }
         }
         Egress {
             sent,
             complete: !device.full,
+            asked,
         }
     }
 
-    /// When the interface wants to be polled next, as `Interface::poll_at`.
+    /// When the interface wants to be polled next, as `Interface::poll_at`,
+    /// and not before the sending pass would ask the socket (see [`RECHECK`]).
     pub fn poll_at(&self, iface: &mut Interface, timestamp: Instant) -> Option<Instant> {
-        let sets = std::iter::once(&self.others).chain(
-            self.tcp
-                .iter()
-                .filter(|t| t.socket.is_some())
-                .map(|t| &t.set),
-        );
-        sets.filter_map(|set| iface.poll_at(timestamp, set)).min()
+        let others = iface.poll_at(timestamp, &self.others);
+        let tcp = self.tcp.iter().filter(|t| t.socket.is_some());
+        let tcp = tcp.filter_map(|t| {
+            let at = iface.poll_at(timestamp, &t.set)?;
+            Some(match t.wake {
+                Wake::Now => at,
+                Wake::After(asked) => at.max(asked),
+            })
+        });
+        tcp.chain(others).min()
     }
 
     /// The TCP set whose socket accepts `seg`, if any: the map's, else the
@@ -343,6 +402,23 @@ impl Sockets {
         }
         Some(i)
     }
+}
+
+/// Asks `set` for segments until it has nothing more or the device has no
+/// room. Returns true if it sent anything.
+fn drain<D: Device + ?Sized>(
+    iface: &mut Interface,
+    timestamp: Instant,
+    set: &mut SocketSet<'static>,
+    device: &mut Room<'_, D>,
+) -> bool {
+    let mut any = false;
+    while !device.full
+        && iface.poll_egress(timestamp, device, set) == PollResult::SocketStateChanged
+    {
+        any = true;
+    }
+    any
 }
 
 /// Drops `key` from the map if it still sends it to set `i` (another set's
@@ -842,16 +918,116 @@ mod tests {
         let all = Egress {
             sent: true,
             complete: true,
+            asked: 3,
         };
         assert_eq!(st.egress(), all);
         // smoltcp's own pass would have sent one segment of each.
         let each_twice = [50_000, 50_000, 50_001, 50_001, 50_002, 50_002];
         assert_eq!(sent_from(&mut st), each_twice);
+        // The sockets had nothing more: not asked again at once.
         let nothing = Egress {
             sent: false,
             complete: true,
+            asked: 0,
         };
         assert_eq!(st.egress(), nothing);
+    }
+
+    /// Frames in (at the station's time) until the device has none.
+    fn take_in(st: &mut Station) {
+        while st.sockets.ingress(&mut st.iface, st.now, &mut st.device)
+            != PollIngressSingleResult::None
+        {}
+    }
+
+    #[test]
+    fn a_pass_asks_only_the_sockets_something_happened_to() {
+        let mut st = Station::new();
+        let servers: Vec<Handle> = (0..4).map(|_| st.listen(80)).collect();
+        let clients: Vec<Handle> = (0..4).map(|i| st.connect(50_000 + i, 80)).collect();
+        st.settle();
+        // Connected and with nothing to send: each asked once, then not
+        // until `RECHECK` has passed.
+        st.now += RECHECK;
+        assert_eq!(st.egress().asked, 8);
+        assert_eq!(st.egress().asked, 0);
+        // A socket changed is asked in the next pass, the others are not.
+        st.tcp(clients[2]).send_slice(b"news").unwrap();
+        let did = st.egress();
+        assert_eq!((did.sent, did.asked), (true, 1));
+        // A frame in gets its socket asked: the server's, which took the
+        // bytes and waits to acknowledge them.
+        take_in(&mut st);
+        let did = st.egress();
+        assert_eq!((did.sent, did.asked), (false, 1));
+        let server = servers
+            .iter()
+            .copied()
+            .find(|&s| st.sockets.get::<tcp::Socket<'static>>(s).recv_queue() > 0)
+            .expect("a server took the bytes");
+        assert_eq!(st.received(server), b"news");
+        st.now += RECHECK;
+        assert_eq!(st.egress().asked, 8, "all again once RECHECK has passed");
+    }
+
+    #[test]
+    fn a_delayed_ack_goes_out_at_its_time_from_a_socket_nobody_touched() {
+        let mut st = Station::new();
+        let server = st.listen(80);
+        let client = st.connect(50_000, 80);
+        st.settle();
+        st.tcp(client).send_slice(b"news").unwrap();
+        st.egress();
+        take_in(&mut st);
+        let sent_at = st.now;
+        let unacked = |st: &Station| st.sockets.get::<tcp::Socket<'static>>(client).send_queue();
+        // smoltcp delays the server's ACK by 10 ms. The server is read only
+        // through `get` from here on, and the clock goes where `poll_at`
+        // says, as for a loop that sleeps until then: only the server's
+        // timer, asked for in time, gets its ACK out.
+        for _ in 0..10 {
+            let did = st.egress();
+            take_in(&mut st);
+            if unacked(&st) == 0 {
+                break;
+            }
+            let next = st.sockets.poll_at(&mut st.iface, st.now);
+            let next = next.expect("a timer is set");
+            assert!(
+                next > st.now,
+                "poll_at {next} is not after {}: a spin",
+                st.now
+            );
+            st.now = next;
+            assert!(did.asked <= 2);
+        }
+        assert_eq!(unacked(&st), 0, "the ACK went out");
+        let after = (st.now - sent_at).total_millis();
+        assert!(
+            (10..=11).contains(&after),
+            "acknowledged {after} ms after the bytes came, not at the 10 ms delay"
+        );
+        assert_eq!(
+            st.sockets.get::<tcp::Socket<'static>>(server).recv_queue(),
+            4
+        );
+    }
+
+    #[test]
+    fn a_frame_for_no_tcp_socket_gets_every_socket_asked() {
+        let mut st = Station::new();
+        st.listen(80);
+        st.connect(50_000, 80);
+        st.settle();
+        assert_eq!(st.egress().asked, 0);
+        // A SYN for a port nobody listens on: taken in by the other
+        // sockets' set (which answers it with a reset), as ARP and DHCP
+        // are, whose news about a neighbour may let any socket send.
+        let stray = st.connect(50_001, 81);
+        assert_eq!(st.egress().asked, 1);
+        take_in(&mut st);
+        assert_eq!(st.egress().asked, 3);
+        assert_eq!(st.tcp(stray).state(), tcp::State::Closed, "reset");
     }
 
     #[test]
