@@ -954,8 +954,8 @@ impl Gateway {
 }
 
 /// Moves bytes both ways as far as each side can take them, and passes FIN
-/// and resets along. The socket is read through [`Sockets::get`] and taken
-/// with `get_mut` only to change it: the sending pass asks a socket taken
+/// and resets along. The socket is read through [`Sockets::get`], and taken
+/// with `get_mut` only when bytes move: the sending pass asks a socket taken
 /// that way, and a turn should not ask every idle one.
 fn pump(c: &mut Conn, sockets: &mut Sockets, handle: SocketHandle) -> Step {
     use tcp::State;
@@ -980,8 +980,17 @@ fn pump(c: &mut Conn, sockets: &mut Sockets, handle: SocketHandle) -> Step {
     // it had received), sends no more: what is held goes now.
     let done_sending = c.fin_seen || state == State::Closed;
     let release = c.hold.release(sock.recv_queue(), done_sending);
-    while release && c.writable && sockets.get::<tcp::Socket<'_>>(handle).can_recv() {
-        let sock = sockets.get_mut::<tcp::Socket<'_>>(handle);
+    // Host to device: only read what the socket's send buffer can take.
+    let room = |sock: &tcp::Socket<'_>| sock.may_send() && sock.send_queue() < sock.send_capacity();
+    let to_device = |c: &Conn, sock: &tcp::Socket<'_>| c.readable && !c.host_eof && room(sock);
+    let to_host = release && c.writable && sock.can_recv();
+    if !to_host && !to_device(c, sock) {
+        pass_fin(c, sock);
+        return step(c, sock);
+    }
+
+    let sock = sockets.get_mut::<tcp::Socket<'_>>(handle);
+    while release && c.writable && sock.can_recv() {
         let r = sock.recv(|buf| match c.host.write(buf) {
             Ok(n) => (n, Ok(n)),
             Err(e) => (0, Err(e)),
@@ -999,17 +1008,9 @@ fn pump(c: &mut Conn, sockets: &mut Sockets, handle: SocketHandle) -> Step {
             Err(_) => break,
         }
     }
-    let sock = sockets.get::<tcp::Socket<'_>>(handle);
-    c.hold.wrote(sock.recv_queue());
-    if c.fin_seen && !c.device_eof && sock.recv_queue() == 0 {
-        let _ = c.host.shutdown(Shutdown::Write);
-        c.device_eof = true;
-    }
+    pass_fin(c, sock);
 
-    // Host to device: only read what the socket's send buffer can take.
-    let room = |s: &tcp::Socket<'_>| s.may_send() && s.send_queue() < s.send_capacity();
-    while c.readable && !c.host_eof && room(sockets.get::<tcp::Socket<'_>>(handle)) {
-        let sock = sockets.get_mut::<tcp::Socket<'_>>(handle);
+    while to_device(c, sock) {
         let r = sock.send(|buf| {
             if buf.is_empty() {
                 return (0, Ok(None));
@@ -1045,15 +1046,27 @@ fn pump(c: &mut Conn, sockets: &mut Sockets, handle: SocketHandle) -> Step {
             }
         }
     }
+    step(c, sock)
+}
 
-    if sockets.get::<tcp::Socket<'_>>(handle).state() == State::Closed {
-        // Refused by the device, reset by it, timed out, or closed both ways.
-        return Step::Done;
+/// After the writes to the host: notes what the device's bytes left in the
+/// socket, and passes the device's FIN on once all its bytes are out.
+fn pass_fin(c: &mut Conn, sock: &tcp::Socket<'_>) {
+    c.hold.wrote(sock.recv_queue());
+    if c.fin_seen && !c.device_eof && sock.recv_queue() == 0 {
+        let _ = c.host.shutdown(Shutdown::Write);
+        c.device_eof = true;
     }
-    if c.host_eof && c.device_eof {
-        return Step::Done;
+}
+
+/// Whether the connection is done: refused by the device, reset by it,
+/// timed out, or closed both ways.
+fn step(c: &Conn, sock: &tcp::Socket<'_>) -> Step {
+    if sock.state() == tcp::State::Closed || (c.host_eof && c.device_eof) {
+        Step::Done
+    } else {
+        Step::Keep
     }
-    Step::Keep
 }
 
 /// Takes a closed TCP socket out of the set, and keeps it for a later

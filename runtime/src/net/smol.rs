@@ -630,19 +630,21 @@ impl SmolDriver {
             },
             Role::Conn { id, fin, .. } => {
                 let mut moved = false;
-                loop {
-                    let space = ctx.rx_space(id);
-                    if space == 0 || !self.sockets.get::<tcp::Socket<'_>>(handle).can_recv() {
-                        break;
-                    }
+                let mut space = ctx.rx_space(id);
+                let socket: &tcp::Socket<'_> = if space > 0 && socket.can_recv() {
                     let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
-                    let taken = receive_piece(ctx, id, socket, space, &mut self.rx_scratch, now);
-                    if taken == 0 {
-                        break;
+                    while space > 0 && socket.can_recv() {
+                        let rx = &mut self.rx_scratch;
+                        if receive_piece(ctx, id, socket, space, rx, now) == 0 {
+                            break;
+                        }
+                        moved = true;
+                        space = ctx.rx_space(id);
                     }
-                    moved = true;
-                }
-                let socket = self.sockets.get::<tcp::Socket<'_>>(handle);
+                    socket
+                } else {
+                    socket
+                };
                 let peer_fin = matches!(
                     state,
                     tcp::State::CloseWait
@@ -668,17 +670,21 @@ impl SmolDriver {
                 (true, moved)
             }
             Role::Busy { mut sent } => {
-                let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
-                discard_input(socket);
+                if socket.can_recv() {
+                    discard_input(self.sockets.get_mut::<tcp::Socket<'_>>(handle));
+                }
                 if state == tcp::State::Closed {
                     return (false, true);
                 }
                 let busy = Context::BUSY_RESPONSE;
-                if sent < busy.len() && socket.may_send() {
+                let socket = self.sockets.get::<tcp::Socket<'_>>(handle);
+                if sent < busy.len() && socket.can_send() {
+                    let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
                     sent += socket.send_slice(&busy[sent..]).unwrap_or(0);
                 }
+                let socket = self.sockets.get::<tcp::Socket<'_>>(handle);
                 self.tcp[i].role = if sent >= busy.len() || !socket.may_send() {
-                    close(socket, now)
+                    close(self.sockets.get_mut(handle), now)
                 } else {
                     Role::Busy { sent }
                 };
@@ -763,18 +769,23 @@ impl SmolDriver {
             };
             // Read first: a socket taken with `get_mut` is asked by the next
             // sending pass, and one that waits for room has nothing new.
-            while !connecting && self.sockets.get::<tcp::Socket<'_>>(handle).can_send() {
-                let tx = ctx.transmit(id);
-                if tx.is_empty() {
-                    break;
-                }
+            if !connecting
+                && self.sockets.get::<tcp::Socket<'_>>(handle).can_send()
+                && !ctx.transmit(id).is_empty()
+            {
                 let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
-                let n = socket.send_slice(tx).unwrap_or(0);
-                if n == 0 {
-                    break;
+                loop {
+                    let tx = ctx.transmit(id);
+                    if tx.is_empty() || !socket.can_send() {
+                        break;
+                    }
+                    let n = socket.send_slice(tx).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    ctx.transmitted(id, n, now);
+                    progress = true;
                 }
-                ctx.transmitted(id, n, now);
-                progress = true;
             }
             if ctx.should_close(id) {
                 self.tcp[i].role = close(self.sockets.get_mut(handle), now);
