@@ -670,9 +670,7 @@ impl SmolDriver {
                 (true, moved)
             }
             Role::Busy { mut sent } => {
-                if socket.can_recv() {
-                    discard_input(self.sockets.get_mut::<tcp::Socket<'_>>(handle));
-                }
+                discard_input(&mut self.sockets, handle);
                 if state == tcp::State::Closed {
                     return (false, true);
                 }
@@ -691,9 +689,7 @@ impl SmolDriver {
                 (true, true)
             }
             Role::Closing { until, queued } => {
-                if socket.can_recv() {
-                    discard_input(self.sockets.get_mut::<tcp::Socket<'_>>(handle));
-                }
+                discard_input(&mut self.sockets, handle);
                 let socket = self.sockets.get::<tcp::Socket<'_>>(handle);
                 if state == tcp::State::Closed {
                     return (false, true);
@@ -1034,8 +1030,13 @@ fn fail_connect(ctx: &mut Context, id: ConnId, why: &str, now: Instant) {
     ctx.close(id, now);
 }
 
-/// Reads and drops what the peer sends to a socket that is closing.
-fn discard_input(socket: &mut tcp::Socket<'_>) {
+/// Reads and drops what the peer sends to a socket that is closing. A
+/// socket with nothing to drop is only read (see [`Sockets::get_mut`]).
+fn discard_input(sockets: &mut Sockets, handle: SocketHandle) {
+    if !sockets.get::<tcp::Socket<'_>>(handle).can_recv() {
+        return;
+    }
+    let socket = sockets.get_mut::<tcp::Socket<'_>>(handle);
     while socket.can_recv() {
         if socket.recv(|buf| (buf.len(), ())).is_err() {
             break;

@@ -713,12 +713,17 @@ mod tests {
         fn settle(&mut self) {
             for _ in 0..100 {
                 self.now += smoltcp::time::Duration::from_millis(10);
-                let s = &mut self.sockets;
-                while s.ingress(&mut self.iface, self.now, &mut self.device)
-                    != PollIngressSingleResult::None
-                {}
+                self.take_in();
                 self.egress();
             }
+        }
+
+        /// Takes in every frame the device has.
+        fn take_in(&mut self) {
+            let s = &mut self.sockets;
+            while s.ingress(&mut self.iface, self.now, &mut self.device)
+                != PollIngressSingleResult::None
+            {}
         }
 
         /// Sends what the sockets have, on a device with room for all of it.
@@ -933,13 +938,6 @@ mod tests {
         assert_eq!(st.egress(), nothing);
     }
 
-    /// Frames in (at the station's time) until the device has none.
-    fn take_in(st: &mut Station) {
-        while st.sockets.ingress(&mut st.iface, st.now, &mut st.device)
-            != PollIngressSingleResult::None
-        {}
-    }
-
     #[test]
     fn a_pass_asks_only_the_sockets_something_happened_to() {
         let mut st = Station::new();
@@ -957,7 +955,7 @@ mod tests {
         assert_eq!((did.sent, did.asked), (true, 1));
         // A frame in gets its socket asked: the server's, which took the
         // bytes and waits to acknowledge them.
-        take_in(&mut st);
+        st.take_in();
         let did = st.egress();
         assert_eq!((did.sent, did.asked), (false, 1));
         let server = servers
@@ -978,7 +976,7 @@ mod tests {
         st.settle();
         st.tcp(client).send_slice(b"news").unwrap();
         st.egress();
-        take_in(&mut st);
+        st.take_in();
         let sent_at = st.now;
         let unacked = |st: &Station| st.sockets.get::<tcp::Socket<'static>>(client).send_queue();
         // smoltcp delays the server's ACK by 10 ms. The server is read only
@@ -987,7 +985,7 @@ mod tests {
         // timer, asked for in time, gets its ACK out.
         for _ in 0..10 {
             let did = st.egress();
-            take_in(&mut st);
+            st.take_in();
             if unacked(&st) == 0 {
                 break;
             }
@@ -1025,7 +1023,7 @@ mod tests {
         // are, whose news about a neighbour may let any socket send.
         let stray = st.connect(50_001, 81);
         assert_eq!(st.egress().asked, 1);
-        take_in(&mut st);
+        st.take_in();
         assert_eq!(st.egress().asked, 3);
         assert_eq!(st.tcp(stray).state(), tcp::State::Closed, "reset");
     }
