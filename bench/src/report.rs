@@ -246,6 +246,12 @@ fn targets(results: &Results, out: &Path) -> Vec<Target> {
             "ws_guest_ns_per_message",
             "ws_native_ns_per_message",
         ),
+        (
+            "guest / native per message, no sockets (WS 64 B, 8 per read)",
+            "ws_pipelined_guest_over_native",
+            "ws_pipelined_guest_ns_per_message",
+            "ws_pipelined_native_ns_per_message",
+        ),
     ] {
         let r = micro[ratio].as_f64();
         t.push(Target {

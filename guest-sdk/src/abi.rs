@@ -33,6 +33,10 @@ pub const FRAGMENT_FIRST: i64 = 1;
 pub const FRAGMENT_FINAL: i64 = 2;
 /// `wasmgate_fragment` bit: the message is binary.
 pub const FRAGMENT_BINARY: i64 = 4;
+/// `wasmgate_fragment` bit: bytes from the peer are buffered behind the
+/// piece, so `wasmgate_receive_next` may hand over the next one in the same
+/// callback (it may still find none).
+pub const FRAGMENT_MORE: i64 = 8;
 /// `wasmgate_fragment`: the bytes of the frame still to come start at this bit.
 pub const FRAGMENT_REMAINING_SHIFT: u32 = 8;
 /// Set in the fragment cell's word when a host wrote it (the cell that
@@ -160,6 +164,17 @@ unsafe extern "C" {
     /// [`FRAGMENT_BINARY`] with the remaining bytes from bit
     /// [`FRAGMENT_REMAINING_SHIFT`] on; negative, an error, as theirs.
     pub safe fn wasmgate_fragment(wsi: i32) -> i64;
+    /// `wasmgate_receive_next(wsi)`, a wasmgate extension: during a `RECEIVE`
+    /// (or `CLIENT_RECEIVE`) callback, the connection's next piece if it is
+    /// already buffered, written at the start of the receive buffer, its
+    /// fragment word in the fragment cell; its length, or [`NOT_FOUND`] when
+    /// none is ready now. Each piece is a callback of its own.
+    ///
+    /// # Safety
+    ///
+    /// The host writes the receive buffer and the fragment cell: no reference
+    /// to either may be live across the call.
+    pub unsafe fn wasmgate_receive_next(wsi: i32) -> i32;
     /// `lws_close_reason(wsi, code, reason, len)`: 0 or an error; the host reads `reason`.
     pub safe fn lws_close_reason(wsi: i32, code: i32, reason: i32, len: i32) -> i32;
     /// `lws_rx_flow_control(wsi, enable)`: 0 or an error.
@@ -258,6 +273,9 @@ mod host_stubs {
     }
     pub fn wasmgate_fragment(_wsi: i32) -> i64 {
         BAD_STATE as i64
+    }
+    pub unsafe fn wasmgate_receive_next(_wsi: i32) -> i32 {
+        BAD_STATE
     }
     pub fn lws_close_reason(_wsi: i32, _code: i32, _reason: i32, _len: i32) -> i32 {
         BAD_STATE
@@ -734,6 +752,12 @@ pub fn describe<S: Default + Copy, const RX: usize, const N: usize>(
 /// `CLIENT_CONNECTION_ERROR`), and calls `f`. A `user` or
 /// `in` range the host should never send makes the callback return -1.
 ///
+/// With `pieces` (the WebSocket layer, whose fragment cell tells it), a
+/// `RECEIVE` or `CLIENT_RECEIVE` callback that goes on (0) takes the pieces
+/// the host already holds behind its own (`wasmgate_receive_next`) and calls
+/// `f` again for each, as lws makes a `RECEIVE` callback for every frame of
+/// one read: the entry into the guest, its largest fixed cost, is shared.
+///
 /// # Safety
 ///
 /// Must not be called while another `dispatch` with the same `rx` or `sessions`
@@ -744,11 +768,12 @@ pub unsafe fn dispatch<S, const RX: usize, const N: usize, F>(
     rx: &RxBuffer<RX>,
     sessions: &Sessions<S, N>,
     [wsi, reason, user, input, len]: [i32; 5],
-    f: F,
+    pieces: bool,
+    mut f: F,
 ) -> i32
 where
     S: Default + Copy,
-    F: FnOnce(Wsi, Reason, Option<&mut S>, Rx<'_>) -> i32,
+    F: FnMut(Wsi, Reason, Option<&mut S>, Rx<'_>) -> i32,
 {
     let reason = Reason::from_raw(reason);
     sessions.ensure_ready();
@@ -780,7 +805,46 @@ where
     // SAFETY: the only reference to the buffer during this call (the caller rules
     // out overlapping calls), and the host writes into it only between callbacks.
     let buf = unsafe { &mut *rx.0.get() };
-    f(Wsi::from_raw(wsi), reason, session, Rx { buf, start, len })
+    let (mut session, mut input) = (session, Rx { buf, start, len });
+    // One call of `f`, in a loop, so that a size-optimised build still
+    // inlines it.
+    loop {
+        let result = f(Wsi::from_raw(wsi), reason, session, input);
+        if !(pieces && result == 0 && matches!(reason, Reason::Receive | Reason::ClientReceive)) {
+            return result;
+        }
+        // SAFETY: the references to the buffer and the slot went into `f`'s
+        // call, which has returned; new ones are made below.
+        let Some(len) = (unsafe { next_piece(wsi) }) else {
+            return result;
+        };
+        // SAFETY: as above: the only references to the slot and the buffer now.
+        session = slot.map(|ptr| unsafe { (*ptr).assume_init_mut() });
+        let buf = unsafe { &mut *rx.0.get() };
+        input = Rx {
+            buf,
+            start: 0,
+            len: len.min(RX),
+        };
+    }
+}
+
+/// The length of the next piece the host holds behind the current one,
+/// which it has written at the start of the receive buffer, if the fragment
+/// cell says more are buffered and `wasmgate_receive_next` hands one over.
+///
+/// # Safety
+///
+/// No reference to the receive buffer or the fragment cell may be live.
+#[inline(always)]
+unsafe fn next_piece(wsi: i32) -> Option<usize> {
+    #[cfg(target_arch = "wasm32")]
+    if FRAGMENT_CELL.get() & FRAGMENT_MORE != 0 {
+        // SAFETY: the caller's.
+        return usize::try_from(unsafe { wasmgate_receive_next(wsi) }).ok();
+    }
+    let _ = wsi;
+    None
 }
 
 #[cfg(test)]
@@ -917,13 +981,19 @@ mod tests {
         // Host pointers do not fit an i32 here, so use calls without `user`/`in`.
         // SAFETY: no other dispatch runs.
         let ret = unsafe {
-            dispatch(&rx, &sessions, [7, 27, 0, 0, 0], |wsi, reason, user, rx| {
-                assert_eq!(wsi, Wsi::from_raw(7));
-                assert_eq!(reason, Reason::ProtocolInit);
-                assert!(user.is_none());
-                assert!(rx.input().is_empty());
-                0
-            })
+            dispatch(
+                &rx,
+                &sessions,
+                [7, 27, 0, 0, 0],
+                false,
+                |wsi, reason, user, rx| {
+                    assert_eq!(wsi, Wsi::from_raw(7));
+                    assert_eq!(reason, Reason::ProtocolInit);
+                    assert!(user.is_none());
+                    assert!(rx.input().is_empty());
+                    0
+                },
+            )
         };
         assert_eq!(ret, 0);
         assert!(sessions.ready.get());

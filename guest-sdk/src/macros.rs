@@ -81,6 +81,7 @@ macro_rules! export_lws_callback {
             $rx,
             $session,
             $max,
+            false,
             |wsi, reason, user, rx| ($callback)(wsi, reason, user, rx.input())
         );
     };
@@ -131,6 +132,7 @@ macro_rules! export_http {
             $rx,
             $crate::http::Slot<<$handler as $crate::http::HttpHandler>::Session>,
             $max,
+            false,
             $crate::http::dispatch::<$handler>
         );
         $crate::__export_wants!($crate::http::WANTED);
@@ -169,7 +171,11 @@ macro_rules! export_http {
 /// `wasmgate_fragment_cell`, so that the host writes where each received
 /// piece sits and `on_receive` costs no host call to learn it
 /// (see [`abi::FRAGMENT_PRESENT`](crate::abi::FRAGMENT_PRESENT) and
-/// `docs/abi.md`).
+/// `docs/abi.md`). When the host holds more pieces behind the one delivered
+/// (several messages in one read), `on_receive` is called for each in the
+/// same entry into the guest (`wasmgate_receive_next`), in order, until it
+/// returns anything but [`Flow::Continue`](crate::Flow::Continue), pauses
+/// receiving, or none is ready; the handler sees one call per piece either way.
 #[macro_export]
 macro_rules! export_ws {
     (
@@ -183,6 +189,7 @@ macro_rules! export_ws {
             $rx,
             <$handler as $crate::ws::WsHandler>::Session,
             $max,
+            true,
             $crate::ws::dispatch::<$handler>
         );
         $crate::__export_wants!($crate::ws::WANTED);
@@ -201,7 +208,7 @@ macro_rules! export_ws {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_protocol {
-    ($name:expr, $rx:expr, $session:ty, $max:expr, $dispatch:expr) => {
+    ($name:expr, $rx:expr, $session:ty, $max:expr, $pieces:expr, $dispatch:expr) => {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code)] // reason: exports need `#[no_mangle]`; `dispatch`'s contract is met below
         const _: () = {
@@ -220,6 +227,7 @@ macro_rules! __export_protocol {
                         &RX,
                         &SESSIONS,
                         [wsi, reason, user, input, len],
+                        $pieces,
                         $dispatch,
                     )
                 }

@@ -3,7 +3,9 @@
 //! (`context::native::{Hello, Echo}`), each driven through the same `Context`
 //! (HTTP parsing, dispatch, response framing; WebSocket framing) without
 //! sockets: keep-alive GETs on one connection, then 64-byte WebSocket echoes on
-//! another. Rounds alternate between the two so that both see the same machine
+//! another, one message per read and then eight per read (as a pipelining
+//! client's messages arrive: the guest takes all eight in one entry,
+//! `wasmgate_receive_next`). Rounds alternate between the two so that both see the same machine
 //! state; the results are ratios.
 //!
 //! Run: `cargo bench -p wasmgate --bench guest_vs_native` (add `-- --quick`
@@ -31,6 +33,8 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
 Sec-WebSocket-Version: 13\r\n\r\n";
 /// Size of the echoed messages.
 const MESSAGE: usize = 64;
+/// Messages per read in the pipelined WebSocket rounds.
+const PIPELINED: usize = 8;
 
 /// Serves `n` requests on one connection; returns the time per request.
 fn run(ctx: &mut Context, n: u32) -> Duration {
@@ -66,7 +70,9 @@ fn run(ctx: &mut Context, n: u32) -> Duration {
 
 /// Echoes `n` 64-byte binary messages on one WebSocket; returns the time
 /// per message.
-fn run_ws(ctx: &mut Context, n: u32) -> Duration {
+/// Echoes `n` messages on one connection, `per_read` of them arriving
+/// together; returns the time per message.
+fn run_ws(ctx: &mut Context, n: u32, per_read: usize) -> Duration {
     let peer: SocketAddr = "127.0.0.1:40001".parse().expect("address");
     let now = Instant::now();
     let id = ctx.accept(0, peer, now).expect("a free slot");
@@ -79,22 +85,27 @@ fn run_ws(ctx: &mut Context, n: u32) -> Duration {
     let _ = ctx.take_dirty();
     // A masked binary frame, as a client sends it.
     let payload: Vec<u8> = (0..MESSAGE).map(|i| i as u8).collect();
-    let frame = ws_frame::client_frame(true, 0x2, &payload);
+    let frame = ws_frame::client_frame(true, 0x2, &payload).repeat(per_read);
+    let reads = n / per_read as u32;
     // The drivers keep their list of connections to flush; so does this loop.
     let mut dirty = Vec::new();
     let start = Instant::now();
-    for _ in 0..n {
+    for _ in 0..reads {
         let taken = ctx.receive(id, &frame, now);
         debug_assert_eq!(taken, frame.len());
         ctx.service(now);
         let tx = ctx.transmit(id);
-        assert_eq!(tx.len(), 2 + MESSAGE, "the echo comes back whole");
+        assert_eq!(
+            tx.len(),
+            (2 + MESSAGE) * per_read,
+            "the echoes come back whole"
+        );
         let len = black_box(tx).len();
         ctx.transmitted(id, len, now);
         ctx.drain_dirty(&mut dirty);
         dirty.clear();
     }
-    let per_message = start.elapsed() / n;
+    let per_message = start.elapsed() / (reads * per_read as u32);
     ctx.close(id, now);
     per_message
 }
@@ -111,22 +122,28 @@ fn main() {
     // Warm up both (first instance creation, caches).
     for ctx in [&mut guest, &mut native] {
         run(ctx, 1_000);
-        run_ws(ctx, 1_000);
+        run_ws(ctx, 1_000, 1);
+        run_ws(ctx, 1_000, PIPELINED);
     }
     let (mut g, mut n, mut gw, mut nw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gp, mut np) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         g.push(run(&mut guest, per_round));
         n.push(run(&mut native, per_round));
-        gw.push(run_ws(&mut guest, per_round));
-        nw.push(run_ws(&mut native, per_round));
+        gw.push(run_ws(&mut guest, per_round, 1));
+        nw.push(run_ws(&mut native, per_round, 1));
+        gp.push(run_ws(&mut guest, per_round, PIPELINED));
+        np.push(run_ws(&mut native, per_round, PIPELINED));
     }
     let (g, n) = (median(g), median(n));
     let (gw, nw) = (median(gw), median(nw));
+    let (gp, np) = (median(gp), median(np));
     let ratio = g.as_secs_f64() / n.as_secs_f64();
     let ws_ratio = gw.as_secs_f64() / nw.as_secs_f64();
+    let piped_ratio = gp.as_secs_f64() / np.as_secs_f64();
     println!(
         "guest_vs_native: {rounds} alternating rounds of {per_round} keep-alive GETs \
-         and {per_round} {MESSAGE}-byte WebSocket echoes each"
+         and {per_round} {MESSAGE}-byte WebSocket echoes (one, then {PIPELINED} per read) each"
     );
     println!("  HTTP  native handler : {:>8.0} ns/request", n.as_nanos());
     println!("        wasm guest     : {:>8.0} ns/request", g.as_nanos());
@@ -140,6 +157,15 @@ fn main() {
         "        guest / native : {ws_ratio:.2}x  (the interpreter adds {:.0}%)",
         (ws_ratio - 1.0) * 100.0
     );
+    println!(
+        "  WS {PIPELINED} per read native  : {:>8.0} ns/message",
+        np.as_nanos()
+    );
+    println!("        wasm guest     : {:>8.0} ns/message", gp.as_nanos());
+    println!(
+        "        guest / native : {piped_ratio:.2}x  (the interpreter adds {:.0}%)",
+        (piped_ratio - 1.0) * 100.0
+    );
     let json = serde_json::json!({
         "bench": "guest_vs_native",
         "command": "cargo bench -p wasmgate --bench guest_vs_native",
@@ -152,6 +178,10 @@ fn main() {
         "ws_native_ns_per_message": nw.as_nanos() as u64,
         "ws_guest_ns_per_message": gw.as_nanos() as u64,
         "ws_guest_over_native": (ws_ratio * 1000.0).round() / 1000.0,
+        "ws_pipelined_per_read": PIPELINED,
+        "ws_pipelined_native_ns_per_message": np.as_nanos() as u64,
+        "ws_pipelined_guest_ns_per_message": gp.as_nanos() as u64,
+        "ws_pipelined_guest_over_native": (piped_ratio * 1000.0).round() / 1000.0,
     });
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use wasmgate::Context;
@@ -63,7 +62,7 @@ fn guest(cell_at: Option<u32>) -> String {
     GUEST.replace("CELL", &export)
 }
 
-use common::{UPGRADE, client_frame as frame};
+use common::client_frame as frame;
 
 const TEXT: u8 = 1;
 const BINARY: u8 = 2;
@@ -91,6 +90,15 @@ impl Report {
             lws_flags: [u8::from(first), u8::from(last), u8::from(binary)],
             lws_remaining: remaining,
             cell: 0,
+        }
+    }
+
+    /// ...for a piece with bytes buffered behind it (`FRAGMENT_MORE`: the
+    /// rest of its frame here).
+    fn with_more(self) -> Self {
+        Report {
+            packed: self.packed | 0x08,
+            ..self
         }
     }
 
@@ -130,40 +138,13 @@ fn reports(tx: &[u8]) -> Vec<Report> {
 fn exchange(cell_at: Option<u32>, frames: &[Vec<u8>]) -> Vec<Report> {
     let mut ctx = device(cell_at);
     let now = Instant::now();
-    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let id = ctx.accept(0, peer, now).unwrap();
-    ctx.receive(id, UPGRADE, now);
-    ctx.service(now);
-    let tx = ctx.transmit(id).to_vec();
-    let head_end = tx
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    assert!(tx.starts_with(b"HTTP/1.1 101 "), "{tx:?}");
-    let mut out = tx[head_end..].to_vec();
-    ctx.transmitted(id, tx.len(), now);
+    let (id, mut out) = common::open_websocket(&mut ctx, now);
     for f in frames {
         assert_eq!(ctx.receive(id, f, now), f.len());
         ctx.service(now);
-        out.extend_from_slice(&drain(&mut ctx, id, now));
+        out.extend_from_slice(&common::drain(&mut ctx, id, now));
     }
-    // The report of ESTABLISHED waits behind the `101` when nothing follows.
-    out.extend_from_slice(&drain(&mut ctx, id, now));
     reports(&out)
-}
-
-/// Everything the connection has to send.
-fn drain(ctx: &mut Context, id: wasmgate::context::ConnId, now: Instant) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let tx = ctx.transmit(id).to_vec();
-        if tx.is_empty() {
-            return out;
-        }
-        ctx.transmitted(id, tx.len(), now);
-        out.extend_from_slice(&tx);
-    }
 }
 
 #[test]
@@ -193,7 +174,7 @@ fn a_frame_longer_than_the_rx_buffer_reports_what_remains() {
     assert_eq!(
         got[1..],
         [
-            Report::expected(true, false, true, 88),
+            Report::expected(true, false, true, 88).with_more(),
             Report::expected(false, true, true, 0),
         ]
     );
@@ -217,7 +198,7 @@ fn three_frames_and_their_reports() -> (Vec<Vec<u8>>, Vec<Report>) {
     let reports = vec![
         Report::expected(true, false, false, 0),
         Report::expected(false, false, false, 0),
-        Report::expected(false, false, false, 88),
+        Report::expected(false, false, false, 88).with_more(),
         Report::expected(false, true, false, 0),
     ];
     (frames, reports)
@@ -279,33 +260,12 @@ fn a_fragment_cell_export_of_another_type_is_refused_at_load() {
     );
 }
 
-/// The frames a server sent: `(fin, opcode, payload)`.
-fn server_frames(mut tx: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
-    let mut frames = Vec::new();
-    while !tx.is_empty() {
-        let (fin, opcode) = (tx[0] & 0x80 != 0, tx[0] & 0x0f);
-        let (len, at) = match tx[1] {
-            126 => (usize::from(u16::from_be_bytes([tx[2], tx[3]])), 4),
-            127 => panic!("no 64-bit lengths here"),
-            n => (usize::from(n), 2),
-        };
-        frames.push((fin, opcode, tx[at..at + len].to_vec()));
-        tx = &tx[at + len..];
-    }
-    frames
-}
-
 /// The `ws-echo` guest's answer to one message sent in three frames, the
 /// last longer than its 1 KiB pieces.
 fn echo_of_three_frames(module: Vec<u8>) -> Vec<(bool, u8, Vec<u8>)> {
     let mut ctx = common::websocket_device("echo_server", module);
     let now = Instant::now();
-    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let id = ctx.accept(0, peer, now).unwrap();
-    ctx.receive(id, UPGRADE, now);
-    ctx.service(now);
-    let head = drain(&mut ctx, id, now);
-    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+    let (id, _) = common::open_websocket(&mut ctx, now);
     let mut out = Vec::new();
     for f in [
         frame(false, TEXT, b"ab"),
@@ -314,9 +274,9 @@ fn echo_of_three_frames(module: Vec<u8>) -> Vec<(bool, u8, Vec<u8>)> {
     ] {
         assert_eq!(ctx.receive(id, &f, now), f.len());
         ctx.service(now);
-        out.extend(drain(&mut ctx, id, now));
+        out.extend(common::drain(&mut ctx, id, now));
     }
-    server_frames(&out)
+    common::server_frames(&out)
 }
 
 #[test]

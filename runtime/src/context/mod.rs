@@ -104,6 +104,11 @@ pub struct Stats {
     pub requests: u64,
     /// Guest callbacks run.
     pub callbacks: u64,
+    /// Entries into guest code (native handlers included): one per
+    /// callback, except that one entry runs the `RECEIVE` callbacks of every
+    /// WebSocket piece already buffered behind the first, for a guest built
+    /// with `export_ws!` (`wasmgate_receive_next`).
+    pub entries: u64,
     /// Callbacks that trapped or ran out of fuel.
     pub faults: u64,
     /// Guest instances created (the first, and one after each retiring trap).
@@ -1469,7 +1474,7 @@ impl Context {
                 // A module that cannot start counts as faulting, so one on
                 // trial is rolled back rather than refusing requests forever.
                 let generation = guest.generation();
-                self.count_callback(protocol, generation, true, now);
+                self.count_callback(protocol, generation, 1, true, now);
                 None
             }
         }
@@ -1554,6 +1559,8 @@ impl Context {
             tls: conn.tls.is_some(),
             writable_requested: false,
             completed: None,
+            now,
+            pieces: 0,
         };
         let tx_before = call.http.tx().len() + call.ws.as_ref().map_or(0, |w| w.tx().len());
         let mut generation = 0;
@@ -1577,8 +1584,10 @@ impl Context {
                 }
             }
         };
-        self.stats.callbacks += 1;
         let mut call = outcome.call.expect("host functions never keep the call");
+        let callbacks = 1 + call.pieces;
+        self.stats.callbacks += u64::from(callbacks);
+        self.stats.entries += 1;
         self.spare_wsis = std::mem::take(&mut call.free_wsis);
         let conn = self.conns[id.index()].as_mut().expect("still open");
         let tx_after = call.http.tx().len() + call.ws.as_ref().map_or(0, |w| w.tx().len());
@@ -1607,7 +1616,7 @@ impl Context {
         if conn.upgraded {
             self.ws_outcome(id, b, why, outcome.result, call.close_reason, on_trap, now);
             self.mark_dirty(id);
-            self.count_callback(b.protocol, generation, fault, now);
+            self.count_callback(b.protocol, generation, callbacks, fault, now);
             return;
         }
         match outcome.result {
@@ -1627,7 +1636,7 @@ impl Context {
             Err(fault) => self.on_fault(id, b, why, fault, on_trap, now),
         }
         self.mark_dirty(id);
-        self.count_callback(b.protocol, generation, fault, now);
+        self.count_callback(b.protocol, generation, callbacks, fault, now);
     }
 
     /// Whether a callback of reason `why` for binding `b` enters its handler:

@@ -416,9 +416,16 @@ impl Context {
 
     /// Counts a callback of protocol `p` (made by an instance of `generation`)
     /// and rolls a module on trial back when it has faulted too often.
-    pub(super) fn count_callback(&mut self, p: usize, generation: u64, fault: bool, now: Instant) {
+    pub(super) fn count_callback(
+        &mut self,
+        p: usize,
+        generation: u64,
+        callbacks: u32,
+        fault: bool,
+        now: Instant,
+    ) {
         let state = &mut self.protocols[p];
-        state.counters.callbacks += 1;
+        state.counters.callbacks += u64::from(callbacks);
         if fault {
             state.counters.faults += 1;
             if generation_matches(&state.backend, generation) {
@@ -432,7 +439,7 @@ impl Context {
         let Some(trial) = state.trial.as_mut().filter(|t| t.generation == generation) else {
             return;
         };
-        trial.callbacks += 1;
+        trial.callbacks += callbacks;
         trial.faults += u32::from(fault);
         if trial.faults > limit {
             let reason = format!(
@@ -577,6 +584,7 @@ impl Context {
                 "refused": self.stats.refused,
                 "requests": self.stats.requests,
                 "callbacks": self.stats.callbacks,
+                "entries": self.stats.entries,
                 "faults": self.stats.faults,
                 "instances_created": self.stats.instances,
             },

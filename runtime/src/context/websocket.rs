@@ -179,6 +179,7 @@ impl Context {
                         last,
                         binary,
                         remaining,
+                        more: ws.has_buffered(),
                     };
                     (conn_reasons.0, fragment)
                 }

@@ -5,7 +5,7 @@
 use wasmi::{Caller, Engine, Linker, ValType};
 
 use super::status::{BAD_POINTER, BAD_STATE, INVALID, NO_SPACE, NOT_FOUND};
-use super::{Call, ConnectRequest, HostState};
+use super::{Call, ConnectRequest, Fragment, HostState};
 use crate::http::{Completion, QueryArgError, ResponseError};
 use crate::ws::{SendError, SendKind};
 
@@ -227,6 +227,8 @@ const FRAGMENT_FIRST: i64 = 1;
 const FRAGMENT_FINAL: i64 = 2;
 /// ...and the message is binary.
 const FRAGMENT_BINARY: i64 = 4;
+/// Bytes are buffered behind the piece (`Fragment::more`).
+const FRAGMENT_MORE: i64 = 8;
 /// Where `wasmgate_fragment` puts the bytes of the frame still to come.
 const FRAGMENT_REMAINING_SHIFT: u32 = 8;
 /// Set in the word written to a guest's fragment cell: the host wrote it (a
@@ -261,6 +263,91 @@ pub(super) fn pack_fragment(fragment: super::Fragment) -> i64 {
         | flag(fragment.first, FRAGMENT_FIRST)
         | flag(fragment.last, FRAGMENT_FINAL)
         | flag(fragment.binary, FRAGMENT_BINARY)
+        | flag(fragment.more, FRAGMENT_MORE)
+}
+
+/// The word written to a guest's fragment cell for `fragment`.
+pub(super) fn cell_word(fragment: Fragment) -> i64 {
+    pack_fragment(fragment) | FRAGMENT_PRESENT
+}
+
+/// Logs how many of the current callback's log lines were dropped, if any.
+pub(super) fn report_dropped_logs(state: &HostState) {
+    if state.log_lines > MAX_LOG_LINES {
+        tracing::warn!(
+            protocol = %state.protocol,
+            "{} log lines of one callback dropped (at most {} are kept)",
+            state.log_lines - MAX_LOG_LINES,
+            MAX_LOG_LINES
+        );
+    }
+}
+
+/// `wasmgate_receive_next`: during a `RECEIVE` (or `CLIENT_RECEIVE`)
+/// callback, hands the guest the connection's next piece if it is already
+/// buffered, as lws delivers every frame of one read before anything else:
+/// written into the receive buffer (from its start) and the fragment cell as
+/// for a callback, and its length returned. `NOT_FOUND` when there is none
+/// now: no complete piece buffered, a control frame first, receiving paused
+/// (`lws_rx_flow_control` in this callback included) or the connection
+/// closing. Each piece is a callback of its own: the fuel is settled and
+/// refilled, the log lines counted afresh, `lws_close_reason` forgotten.
+fn receive_next(mut cx: Cx<'_>, wsi: i32) -> i32 {
+    charge(&mut cx, 0);
+    let Some(memory) = cx.data().memory else {
+        return BAD_STATE;
+    };
+    let (mem, state) = memory.data_and_store_mut(&mut cx);
+    let (Some(pieces), Some(call)) = (state.pieces, state.call.as_mut()) else {
+        return BAD_STATE;
+    };
+    if !On::Ws.admits(call, wsi) {
+        return BAD_STATE;
+    }
+    if call.rx_flow == Some(false) {
+        return NOT_FOUND;
+    }
+    let Some(ws) = call.ws.as_mut() else {
+        return BAD_STATE;
+    };
+    let (len, fragment) = match ws.next_data(call.now, pieces.rx_buffer_size) {
+        Some(crate::ws::Event::Data {
+            data,
+            first,
+            last,
+            binary,
+            remaining,
+        }) => {
+            let len = data.len();
+            mem[pieces.rx_buffer..pieces.rx_buffer + len].copy_from_slice(data);
+            let fragment = Fragment {
+                first,
+                last,
+                binary,
+                remaining,
+                more: false,
+            };
+            (len, fragment)
+        }
+        _ => return NOT_FOUND,
+    };
+    call.fragment = Fragment {
+        more: ws.has_buffered(),
+        ..fragment
+    };
+    if let Some(at) = pieces.cell {
+        mem[at..at + 8].copy_from_slice(&cell_word(call.fragment).to_le_bytes());
+    }
+    call.pieces += 1;
+    call.close_reason = None;
+    report_dropped_logs(state);
+    state.log_lines = 0;
+    let owed = std::mem::take(&mut state.fuel_owed);
+    let budget = state.fuel_per_callback;
+    let left = cx.get_fuel().unwrap_or(0).saturating_sub(owed);
+    cx.data_mut().fuel_spent += budget - left;
+    let _ = cx.set_fuel(budget);
+    len as i32
 }
 
 fn close_reason(mut cx: Cx<'_>, wsi: i32, code: i32, reason: i32, len: i32) -> i32 {
@@ -654,6 +741,7 @@ host_functions! {
     "lws_frame_is_binary" => frame_is_binary, [I32] -> [I32];
     "lws_remaining_packet_payload" => remaining_payload, [I32] -> [I32];
     "wasmgate_fragment" => fragment, [I32] -> [I64];
+    "wasmgate_receive_next" => receive_next, [I32] -> [I32];
     "lws_close_reason" => close_reason, [I32, I32, I32, I32] -> [I32];
     "lws_rx_flow_control" => rx_flow_control, [I32, I32] -> [I32];
     "lws_callback_on_writable_all_protocol" => writable_all, [] -> [I32];
@@ -684,6 +772,7 @@ mod tests {
             last,
             binary,
             remaining,
+            more: false,
         };
         assert_eq!(pack_fragment(f(false, false, false, 0)), 0);
         assert_eq!(pack_fragment(f(true, false, false, 0)), FRAGMENT_FIRST);
@@ -696,6 +785,12 @@ mod tests {
         assert!(huge > 0, "never negative: negative is an error");
         assert_eq!(huge & 0xff, 7);
         assert_eq!(huge >> 8, (1 << 55) - 1);
+        let more = Fragment {
+            more: true,
+            ..f(true, true, false, 0)
+        };
+        assert_eq!(pack_fragment(more), FRAGMENT_MORE | 3);
+        assert_eq!(cell_word(more), FRAGMENT_MORE | FRAGMENT_PRESENT | 3);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod host;
 mod load;
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use wasmi::{
     Engine, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, WasmParams,
@@ -202,6 +203,10 @@ pub struct Fragment {
     pub binary: bool,
     /// Bytes of the current frame still to come.
     pub remaining: u64,
+    /// Bytes from the peer are buffered behind the piece: a guest may take
+    /// the next piece in the same entry (`wasmgate_receive_next`), which may
+    /// still find none (an incomplete frame, a control frame first).
+    pub more: bool,
 }
 
 /// A client connection a guest asked for with `lws_client_connect_via_info`.
@@ -250,6 +255,12 @@ pub struct Call {
     pub writable_requested: bool,
     /// Set by `lws_http_transaction_completed` (or `lws_return_http_status`).
     pub completed: Option<Completion>,
+    /// When the callback is made: the clock for the WebSocket pieces
+    /// `wasmgate_receive_next` takes.
+    pub now: Instant,
+    /// `RECEIVE` pieces the guest took with `wasmgate_receive_next` during the
+    /// call, each a callback of its own.
+    pub pieces: u32,
 }
 
 /// The store's data: what host functions can see.
@@ -265,6 +276,23 @@ pub struct HostState {
     /// Fuel the current callback's host calls cost and the store's fuel
     /// does not show yet (settled in batches; see `host::FUEL_SETTLE_AT`).
     fuel_owed: u64,
+    /// Fuel of each callback.
+    fuel_per_callback: u64,
+    /// Fuel the earlier pieces of this entry used (see [`Pieces`]).
+    fuel_spent: u64,
+    /// Set during a `RECEIVE` or `CLIENT_RECEIVE` callback: where
+    /// `wasmgate_receive_next` puts the next piece.
+    pieces: Option<Pieces>,
+}
+
+/// Where the pieces of one `RECEIVE` entry go: the guest's receive buffer
+/// and its fragment cell. Each piece `wasmgate_receive_next` hands over is a
+/// callback of its own, with fresh fuel and log lines, in the same entry.
+#[derive(Debug, Clone, Copy)]
+struct Pieces {
+    rx_buffer: usize,
+    rx_buffer_size: usize,
+    cell: Option<usize>,
 }
 
 /// A live instance of a guest module.
@@ -365,6 +393,9 @@ impl Guest {
             call: None,
             log_lines: 0,
             fuel_owed: 0,
+            fuel_per_callback: self.limits.fuel_per_callback,
+            fuel_spent: 0,
+            pieces: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -624,14 +655,14 @@ impl Instance {
         }
         let d = &self.descriptor;
         let len = input.len().min(d.rx_buffer_size as usize);
+        let receive = matches!(reason, reason::RECEIVE | reason::CLIENT_RECEIVE);
         // Without a connection lent there is no piece: 0, as a cell no host
         // wrote (the guest then asks, and hears BAD_STATE).
         let cell = match self.fragment_cell {
-            Some(at) if matches!(reason, reason::RECEIVE | reason::CLIENT_RECEIVE) => Some((
+            Some(at) if receive => Some((
                 at,
-                call.as_ref().map_or(0, |lent| {
-                    host::pack_fragment(lent.fragment) | host::FRAGMENT_PRESENT
-                }),
+                call.as_ref()
+                    .map_or(0, |lent| host::cell_word(lent.fragment)),
             )),
             _ => None,
         };
@@ -645,27 +676,28 @@ impl Instance {
         }
         let in_ptr = if len == 0 { 0 } else { d.rx_buffer };
         let user = slot.map_or(0, |s| d.sessions + s * d.per_session_data_size);
+        let pieces = (receive && call.is_some()).then_some(Pieces {
+            rx_buffer: d.rx_buffer as usize,
+            rx_buffer_size: d.rx_buffer_size as usize,
+            cell: self.fragment_cell,
+        });
         let state = self.store.data_mut();
         state.call = call;
         state.now_us = now_us;
         state.log_lines = 0;
+        state.pieces = pieces;
         refuel(&mut self.store, self.fuel_per_callback);
         let result = self.callback.call(
             &mut self.store,
             (wsi, reason, user as i32, in_ptr as i32, len as i32),
         );
-        let state = self.store.data();
-        if state.log_lines > host::MAX_LOG_LINES {
-            tracing::warn!(
-                protocol = %state.protocol,
-                "{} log lines of one callback dropped (at most {} are kept)",
-                state.log_lines - host::MAX_LOG_LINES,
-                host::MAX_LOG_LINES
-            );
-        }
-        let owed = self.store.data().fuel_owed;
+        let state = self.store.data_mut();
+        state.pieces = None;
+        host::report_dropped_logs(state);
+        let spent = std::mem::take(&mut state.fuel_spent);
+        let owed = state.fuel_owed;
         let left = self.store.get_fuel().unwrap_or(0).saturating_sub(owed);
-        self.fuel_used += self.fuel_per_callback - left;
+        self.fuel_used += spent + (self.fuel_per_callback - left);
         let result = result.map_err(|e| fault_of(&e));
         Outcome {
             result,

@@ -3,7 +3,6 @@
 //! pieces; outgoing frames go into a bounded output buffer whole or not at all.
 
 use std::fmt;
-use std::io::Cursor;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -195,6 +194,7 @@ fn frame_len(masked: bool, payload: usize) -> usize {
 
 /// XORs `buf` with `mask`, `buf` starting `offset` bytes into the payload,
 /// eight bytes at a time (the key twice in a `u64`).
+#[inline(always)]
 fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: u64) {
     let mut key = mask;
     key.rotate_left((offset % 4) as usize);
@@ -212,8 +212,8 @@ fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: u64) {
     }
 }
 
-/// Header length and announced payload length of a complete raw frame header at
-/// the start of `buf` (used for a header tungstenite refused, to skip its frame).
+/// Header length and announced payload length of the frame header at the
+/// start of `buf` (the length is right only once the whole header is there).
 fn raw_header_lengths(buf: &[u8]) -> (usize, u64) {
     let second = buf.get(1).copied().unwrap_or(0);
     let extended = match second & 0x7F {
@@ -231,6 +231,32 @@ fn raw_header_lengths(buf: &[u8]) -> (usize, u64) {
             .fold(0, |n, &b| n << 8 | u64::from(b))
     };
     (2 + extended + masked, len)
+}
+
+/// The frame header at the start of `buf`, its payload length and its own
+/// length; `None` until all of it is buffered. What tungstenite's
+/// `FrameHeader::parse` reads through `io::Read`, read from the slice: that
+/// one, with its trace points, cost about 100 instructions more per message
+/// once it was no longer inlined (it is called from two places now).
+#[inline(always)]
+fn parse_header(buf: &[u8]) -> Option<(FrameHeader, u64, usize)> {
+    let [first, second, ..] = *buf else {
+        return None;
+    };
+    let (header_len, len) = raw_header_lengths(buf);
+    let mask = match buf.get(..header_len)? {
+        [.., a, b, c, d] if second & 0x80 != 0 => Some([*a, *b, *c, *d]),
+        _ => None,
+    };
+    let header = FrameHeader {
+        is_final: first & 0x80 != 0,
+        rsv1: first & 0x40 != 0,
+        rsv2: first & 0x20 != 0,
+        rsv3: first & 0x10 != 0,
+        opcode: OpCode::from(first & 0x0F),
+        mask,
+    };
+    Some((header, len, header_len))
 }
 
 /// Checks a close frame's payload: `Ok(None)` for an empty one, the code
@@ -324,6 +350,9 @@ pub struct Session {
     /// When the buffers kept for the next message go back, unless a large
     /// message comes first.
     trim_at: Option<Instant>,
+    /// What [`Self::next_data`] ran into that is not a piece (a failure, the
+    /// end), for [`Self::poll_event`] to report next.
+    held: Option<Step>,
 }
 
 impl fmt::Debug for Session {
@@ -373,6 +402,7 @@ impl Session {
             },
             used_large: false,
             trim_at: None,
+            held: None,
         }
     }
 
@@ -433,14 +463,25 @@ impl Session {
     /// receive buffer, whatever the frame sizes were. Pieces are handed out as
     /// bytes arrive; a text message's bytes are checked as UTF-8 before each piece.
     pub fn poll_event(&mut self, now: Instant, max_piece: usize) -> Option<Event<'_>> {
+        let step = self.next_step(now, max_piece);
+        self.event(step)
+    }
+
+    /// The steps to the next event.
+    fn next_step(&mut self, now: Instant, max_piece: usize) -> Step {
         self.observe(now);
         let max_piece = max_piece.max(1);
-        let step = loop {
+        loop {
             match self.step(now, max_piece) {
                 Step::Again => {}
-                step => break step,
+                step => return step,
             }
-        };
+        }
+    }
+
+    /// The event of a step that is one.
+    #[inline(always)]
+    fn event(&self, step: Step) -> Option<Event<'_>> {
         Some(match step {
             Step::Again | Step::Idle => return None,
             Step::Data {
@@ -463,6 +504,45 @@ impl Session {
             Step::Failed(code, reason) => Event::Failed { code, reason },
             Step::Closed(code) => Event::Closed { code },
         })
+    }
+
+    /// The next piece of a data message, if the bytes buffered hold one now:
+    /// [`Self::poll_event`]'s `Data`, without the rest. It stops (`None`) at
+    /// anything else that comes first (a control frame, an incomplete header
+    /// or piece, a paused or closing session), which `poll_event` then
+    /// reports; a frame that fails the protocol is reported by `poll_event`'s
+    /// next `Failed`. For a caller in the middle of handling a piece, which
+    /// takes the pieces behind it while no other event can come between.
+    pub fn next_data(&mut self, now: Instant, max_piece: usize) -> Option<Event<'_>> {
+        if self.state != State::Open || self.paused || self.held.is_some() {
+            return None;
+        }
+        match self.frame {
+            Some(frame) if frame.kind != Kind::Data => return None,
+            Some(_) => {}
+            // Only a data frame's header (opcode 0, 1 or 2) is read here.
+            None if self.rx.get(self.rx_start).is_none_or(|b| b & 0x0f > 2) => return None,
+            None => {}
+        }
+        // What comes now is a piece, too few bytes for one, or what ends the
+        // data frame's header or piece: a failure of the protocol, or the end
+        // of the session if the peer closed TCP before the rest came. Those
+        // are held for `poll_event`. (The same steps as `poll_event`'s, not
+        // a second copy of them, which the compiler would not inline twice.)
+        match self.next_step(now, max_piece) {
+            step @ Step::Data { .. } => self.event(step),
+            step @ (Step::Failed(..) | Step::Closed(_)) => {
+                self.held = Some(step);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Bytes from the peer are buffered and not yet turned into events.
+    #[must_use]
+    pub fn has_buffered(&self) -> bool {
+        self.rx_len() > 0
     }
 
     /// Stops (`true`) or resumes `Data` events, as `lws_rx_flow_control`. While
@@ -684,6 +764,9 @@ impl Session {
     }
 
     fn step(&mut self, now: Instant, max_piece: usize) -> Step {
+        if let Some(held) = self.held.take() {
+            return held;
+        }
         if let State::Ended { code, reported } = &mut self.state {
             if *reported {
                 return Step::Idle;
@@ -714,20 +797,15 @@ impl Session {
 
     fn read_header(&mut self, now: Instant) -> Step {
         let buffered = &self.rx[self.rx_start..];
-        let mut cursor = Cursor::new(buffered);
-        let (header, len) = match FrameHeader::parse(&mut cursor) {
-            Ok(Some(found)) => {
-                self.rx_start += usize::try_from(cursor.position()).unwrap_or(0);
-                found
-            }
-            Ok(None) => return self.need_more(),
-            // On a buffer, the only error: a reserved opcode, in a complete header.
-            Err(_) => {
-                let (header_len, len) = raw_header_lengths(buffered);
-                self.rx_start += header_len.min(buffered.len());
-                return self.fail_frame(now, len, 1002, "reserved opcode");
-            }
+        let Some((header, len, header_len)) = parse_header(buffered) else {
+            return self.need_more();
         };
+        self.rx_start += header_len;
+        if let OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) =
+            header.opcode
+        {
+            return self.fail_frame(now, len, 1002, "reserved opcode");
+        }
         match self.check_header(&header, len) {
             Ok(frame) => {
                 self.frame = Some(frame);

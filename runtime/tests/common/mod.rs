@@ -1,8 +1,10 @@
 //! Helpers shared by the runtime's integration tests.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
+use wasmgate::context::ConnId;
 use wasmgate::{Config, Context};
 
 /// A device with one listener that mounts `module`, as protocol `protocol`, at `/`.
@@ -41,6 +43,57 @@ pub fn websocket_device(protocol: &str, module: Vec<u8>) -> Context {
         tls: None,
     };
     device_with(listener, protocol, Handler::Wasm(module))
+}
+
+/// Opens a WebSocket on `ctx`'s first listener and returns the connection
+/// and what it sent after the `101`'s head (checked to be a `101`).
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub fn open_websocket(ctx: &mut Context, now: Instant) -> (ConnId, Vec<u8>) {
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
+    let id = ctx.accept(0, peer, now).expect("a free slot");
+    ctx.receive(id, UPGRADE, now);
+    ctx.service(now);
+    let tx = drain(ctx, id, now);
+    assert!(tx.starts_with(b"HTTP/1.1 101 "), "{tx:?}");
+    let head_end = tx
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    (id, tx[head_end..].to_vec())
+}
+
+/// Everything connection `id` has to send now, marked as sent.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub fn drain(ctx: &mut Context, id: ConnId, now: Instant) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let tx = ctx.transmit(id).to_vec();
+        if tx.is_empty() {
+            return out;
+        }
+        ctx.transmitted(id, tx.len(), now);
+        out.extend_from_slice(&tx);
+    }
+}
+
+/// The frames a server sent, as `(fin, opcode, payload)`: unmasked, none
+/// cut short, none of 64 KiB or more.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub fn server_frames(mut tx: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !tx.is_empty() {
+        let (fin, opcode) = (tx[0] & 0x80 != 0, tx[0] & 0x0f);
+        assert_eq!(tx[1] & 0x80, 0, "a server frame is not masked");
+        let (len, at) = match tx[1] {
+            126 => (usize::from(u16::from_be_bytes([tx[2], tx[3]])), 4),
+            127 => panic!("no 64-bit lengths here"),
+            n => (usize::from(n), 2),
+        };
+        frames.push((fin, opcode, tx[at..at + len].to_vec()));
+        tx = &tx[at + len..];
+    }
+    frames
 }
 
 /// A device with `listener` and one protocol, default limits.

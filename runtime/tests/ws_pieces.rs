@@ -1,0 +1,252 @@
+//! Several WebSocket messages in one read reach a guest in one entry: the
+//! `RECEIVE` callback of the first piece takes the pieces buffered behind it
+//! with `lws.wasmgate_receive_next`, each a callback of its own, as lws makes
+//! a `RECEIVE` callback for every frame of one read before anything else.
+//! Driven through the context with the `ws-echo` guest (the SDK's
+//! `export_ws!` does the taking) and with a WAT guest that calls the host
+//! function itself.
+
+mod common;
+
+use std::time::Instant;
+
+use common::client_frame as frame;
+use wasmgate::Context;
+use wasmgate::context::ConnId;
+
+const TEXT: u8 = 1;
+const PING: u8 = 9;
+
+/// A frame as the device sent it: FIN, opcode, payload.
+type Out = (bool, u8, Vec<u8>);
+
+/// A WebSocket open on `ctx`, and the frames sent after the `101`.
+fn open(ctx: &mut Context, now: Instant) -> (ConnId, Vec<Out>) {
+    let (id, after) = common::open_websocket(ctx, now);
+    (id, common::server_frames(&after))
+}
+
+/// `bytes` arrive in one read; what the device sends back, and the guest
+/// entries and callbacks that took.
+fn one_read(ctx: &mut Context, id: ConnId, bytes: &[u8], now: Instant) -> (Vec<Out>, u64, u64) {
+    let before = ctx.stats();
+    assert_eq!(ctx.receive(id, bytes, now), bytes.len());
+    ctx.service(now);
+    let out = common::server_frames(&common::drain(ctx, id, now));
+    let after = ctx.stats();
+    (
+        out,
+        after.entries - before.entries,
+        after.callbacks - before.callbacks,
+    )
+}
+
+fn echo_device() -> Context {
+    common::websocket_device("echo_server", wasmgate_guests::WS_ECHO.to_vec())
+}
+
+fn text(payload: &str) -> Out {
+    (true, TEXT, payload.as_bytes().to_vec())
+}
+
+#[test]
+fn eight_messages_in_one_read_are_echoed_in_order_from_one_entry() {
+    let now = Instant::now();
+    let mut ctx = echo_device();
+    let (id, _) = open(&mut ctx, now);
+    let words: Vec<String> = (0..8).map(|i| format!("message {i}")).collect();
+    let read: Vec<u8> = words
+        .iter()
+        .flat_map(|w| frame(true, TEXT, w.as_bytes()))
+        .collect();
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    let expected: Vec<Out> = words.iter().map(|w| text(w)).collect();
+    assert_eq!(out, expected);
+    assert_eq!(callbacks, 8, "a RECEIVE callback per message");
+    assert_eq!(entries, 1, "the seven behind the first come in its entry");
+
+    // One message per read: an entry each, as before.
+    for w in &words[..3] {
+        let (out, entries, callbacks) =
+            one_read(&mut ctx, id, &frame(true, TEXT, w.as_bytes()), now);
+        assert_eq!(out, [text(w)]);
+        assert_eq!((entries, callbacks), (1, 1));
+    }
+}
+
+#[test]
+fn a_message_in_pieces_and_one_longer_than_the_buffer_come_whole_in_one_entry() {
+    // ws-echo takes 1 KiB pieces: 2,500 bytes are three, and a fragmented
+    // message's frames are pieces too; all of one read in one entry.
+    let now = Instant::now();
+    let mut ctx = echo_device();
+    let (id, _) = open(&mut ctx, now);
+    let long = vec![b'x'; 2500];
+    let mut read = frame(true, TEXT, &long);
+    read.extend(frame(false, TEXT, b"frag"));
+    read.extend(frame(true, 0, b"ment"));
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    let payload: Vec<u8> = out.iter().flat_map(|(_, _, p)| p.clone()).collect();
+    assert_eq!(payload, [&long[..], b"fragment"].concat());
+    assert_eq!(
+        out.last().map(|f| f.0),
+        Some(true),
+        "the last piece ends the message"
+    );
+    assert_eq!(
+        (entries, callbacks),
+        (1, 5),
+        "three pieces, then two frames"
+    );
+}
+
+#[test]
+fn a_ping_between_messages_is_answered_in_its_place() {
+    let now = Instant::now();
+    let mut ctx = echo_device();
+    let (id, _) = open(&mut ctx, now);
+    let read = [
+        frame(true, TEXT, b"one"),
+        frame(true, TEXT, b"two"),
+        frame(true, PING, b"p"),
+        frame(true, TEXT, b"three"),
+    ]
+    .concat();
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    assert_eq!(
+        out,
+        [
+            text("one"),
+            text("two"),
+            (true, 10, b"p".to_vec()),
+            text("three")
+        ]
+    );
+    assert_eq!(
+        (entries, callbacks),
+        (2, 3),
+        "the ping ends the first entry; the message after it starts the next"
+    );
+}
+
+#[test]
+fn a_protocol_error_behind_good_messages_closes_after_their_echoes() {
+    let now = Instant::now();
+    let mut ctx = echo_device();
+    let (id, _) = open(&mut ctx, now);
+    // A client's frame must be masked: this one is not.
+    let unmasked = [0x81, 3, b'b', b'a', b'd'];
+    let read = [
+        frame(true, TEXT, b"one"),
+        frame(true, TEXT, b"two"),
+        unmasked.to_vec(),
+        frame(true, TEXT, b"never"),
+    ]
+    .concat();
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    assert_eq!(out[..2], [text("one"), text("two")]);
+    assert_eq!(out.len(), 3, "{out:?}");
+    let (fin, opcode, payload) = &out[2];
+    assert!(*fin && *opcode == 8, "a close frame: {out:?}");
+    assert_eq!(payload[..2], 1002u16.to_be_bytes(), "protocol error");
+    assert_eq!((entries, callbacks), (1, 2));
+}
+
+/// A WAT guest (protocol `pieces`, receive buffer 256..768, fragment cell at
+/// 3072) whose `RECEIVE` echoes its piece as text, then takes the next one
+/// with `wasmgate_receive_next` while the cell says more are buffered. A
+/// piece starting with `P` also pauses receiving (`lws_rx_flow_control`);
+/// each piece first burns `BURN` rounds of a loop. On `ESTABLISHED` it sends
+/// what `wasmgate_receive_next` answers there, as a 4-byte binary message.
+const GUEST: &str = r#"(module
+    (import "lws" "lws_write" (func $write (param i32 i32 i32 i32) (result i32)))
+    (import "lws" "lws_rx_flow_control" (func $flow (param i32 i32) (result i32)))
+    (import "lws" "wasmgate_receive_next" (func $next (param i32) (result i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 0) "\01\00\00\00\00\01\00\00\00\02\00\00\00\04\00\00\08\00\00\00\04\00\00\00\00\03\00\00\06\00\00\00")
+    (data (i32.const 768) "pieces")
+    (func (export "wasmgate_protocol") (result i32) (i32.const 0))
+    (func (export "wasmgate_fragment_cell") (result i32) (i32.const 3072))
+    (func (export "callback") (param $wsi i32) (param $reason i32) (param i32) (param $in i32) (param $len i32) (result i32)
+      (local $i i32)
+      (if (i32.eq (local.get $reason) (i32.const 0))
+        (then
+          (i32.store (i32.const 2048) (call $next (local.get $wsi)))
+          (drop (call $write (local.get $wsi) (i32.const 2048) (i32.const 4) (i32.const 1)))))
+      (if (i32.ne (local.get $reason) (i32.const 6)) (then (return (i32.const 0))))
+      (loop $piece
+        (local.set $i (i32.const 0))
+        (block $burnt
+          (loop $burn
+            (br_if $burnt (i32.ge_u (local.get $i) (i32.const BURN)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $burn)))
+        (drop (call $write (local.get $wsi) (local.get $in) (local.get $len) (i32.const 0)))
+        (if (i32.eq (i32.load8_u (local.get $in)) (i32.const 80))
+          (then (drop (call $flow (local.get $wsi) (i32.const 0)))))
+        (if (i64.ne (i64.and (i64.load (i32.const 3072)) (i64.const 8)) (i64.const 0))
+          (then
+            (local.set $len (call $next (local.get $wsi)))
+            (local.set $in (i32.const 256))
+            (br_if $piece (i32.ge_s (local.get $len) (i32.const 0))))))
+      (i32.const 0)))"#;
+
+fn wat_device(burn: u32) -> Context {
+    let wat = GUEST.replace("BURN", &burn.to_string());
+    let module = wat::parse_str(wat).expect("test WAT parses");
+    common::websocket_device("pieces", module)
+}
+
+#[test]
+fn outside_a_receive_callback_the_call_is_a_bad_state() {
+    let now = Instant::now();
+    let mut ctx = wat_device(0);
+    let (_, out) = open(&mut ctx, now);
+    assert_eq!(
+        out,
+        [(true, 2, (-2i32).to_le_bytes().to_vec())],
+        "BAD_STATE"
+    );
+}
+
+#[test]
+fn pausing_receipt_in_a_piece_leaves_the_pieces_behind_it_buffered() {
+    let now = Instant::now();
+    let mut ctx = wat_device(0);
+    let (id, _) = open(&mut ctx, now);
+    let read = [
+        frame(true, TEXT, b"one"),
+        frame(true, TEXT, b"Pause"),
+        frame(true, TEXT, b"three"),
+    ]
+    .concat();
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    assert_eq!(out, [text("one"), text("Pause")]);
+    assert_eq!((entries, callbacks), (1, 2));
+    // Still paused later: the third stays where it is.
+    let (out, _, callbacks) = one_read(&mut ctx, id, &[], now);
+    assert!(out.is_empty() && callbacks == 0, "{out:?}");
+}
+
+#[test]
+fn every_piece_of_an_entry_has_a_callbacks_fuel() {
+    // A loop round costs the guest about eleven units of fuel: 300,000
+    // rounds fit the default 5,000,000 of one callback, twice that do not.
+    let now = Instant::now();
+    let mut ctx = wat_device(300_000);
+    let (id, _) = open(&mut ctx, now);
+    let words = ["one", "two", "three"];
+    // One message per read: one piece per entry.
+    for w in words {
+        let (out, ..) = one_read(&mut ctx, id, &frame(true, TEXT, w.as_bytes()), now);
+        assert_eq!(out, [text(w)], "one piece's burn fits a callback");
+    }
+    let read: Vec<u8> = words
+        .iter()
+        .flat_map(|w| frame(true, TEXT, w.as_bytes()))
+        .collect();
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    assert_eq!(out, words.map(text));
+    assert_eq!((entries, callbacks), (1, 3));
+    assert_eq!(ctx.stats().faults, 0);
+}
