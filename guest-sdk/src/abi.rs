@@ -803,7 +803,9 @@ where
         return -1;
     };
     // SAFETY: the only reference to the buffer during this call (the caller rules
-    // out overlapping calls), and the host writes into it only between callbacks.
+    // out overlapping calls); the host writes into it only between callbacks
+    // and in `wasmgate_receive_next`, which the loop below calls only after
+    // `f` has given this reference up.
     let buf = unsafe { &mut *rx.0.get() };
     let (mut session, mut input) = (session, Rx { buf, start, len });
     // One call of `f`, in a loop, so that a size-optimised build still

@@ -129,26 +129,36 @@ fn a_ping_between_messages_is_answered_in_its_place() {
     );
 }
 
+/// "one" and "two", then a frame a client may not send (unmasked), then
+/// `after`.
+fn two_then_broken(after: &[u8]) -> Vec<u8> {
+    let unmasked = [0x81, 3, b'b', b'a', b'd'];
+    [
+        frame(true, TEXT, b"one"),
+        frame(true, TEXT, b"two"),
+        unmasked.to_vec(),
+        after.to_vec(),
+    ]
+    .concat()
+}
+
+/// `frame` closes with 1002, protocol error.
+fn assert_protocol_error(frame: &Out) {
+    let (fin, opcode, payload) = frame;
+    assert!(*fin && *opcode == 8, "a close frame: {frame:?}");
+    assert_eq!(payload[..2], 1002u16.to_be_bytes(), "protocol error");
+}
+
 #[test]
 fn a_protocol_error_behind_good_messages_closes_after_their_echoes() {
     let now = Instant::now();
     let mut ctx = echo_device();
     let (id, _) = open(&mut ctx, now);
-    // A client's frame must be masked: this one is not.
-    let unmasked = [0x81, 3, b'b', b'a', b'd'];
-    let read = [
-        frame(true, TEXT, b"one"),
-        frame(true, TEXT, b"two"),
-        unmasked.to_vec(),
-        frame(true, TEXT, b"never"),
-    ]
-    .concat();
+    let read = two_then_broken(&frame(true, TEXT, b"never"));
     let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
     assert_eq!(out[..2], [text("one"), text("two")]);
     assert_eq!(out.len(), 3, "{out:?}");
-    let (fin, opcode, payload) = &out[2];
-    assert!(*fin && *opcode == 8, "a close frame: {out:?}");
-    assert_eq!(payload[..2], 1002u16.to_be_bytes(), "protocol error");
+    assert_protocol_error(&out[2]);
     assert_eq!((entries, callbacks), (1, 2));
 }
 
@@ -156,7 +166,8 @@ fn a_protocol_error_behind_good_messages_closes_after_their_echoes() {
 /// 3072) whose `RECEIVE` echoes its piece as text, then takes the next one
 /// with `wasmgate_receive_next` while the cell says more are buffered. A
 /// piece starting with `P` also pauses receiving (`lws_rx_flow_control`);
-/// each piece first burns `BURN` rounds of a loop. On `ESTABLISHED` it sends
+/// each piece first burns `BURN` rounds of a loop. When no piece is left it
+/// sends `end`, so every entry ends with one. On `ESTABLISHED` it sends
 /// what `wasmgate_receive_next` answers there, as a 4-byte binary message.
 const GUEST: &str = r#"(module
     (import "lws" "lws_write" (func $write (param i32 i32 i32 i32) (result i32)))
@@ -165,6 +176,7 @@ const GUEST: &str = r#"(module
     (memory (export "memory") 1)
     (data (i32.const 0) "\01\00\00\00\00\01\00\00\00\02\00\00\00\04\00\00\08\00\00\00\04\00\00\00\00\03\00\00\06\00\00\00")
     (data (i32.const 768) "pieces")
+    (data (i32.const 2100) "end")
     (func (export "wasmgate_protocol") (result i32) (i32.const 0))
     (func (export "wasmgate_fragment_cell") (result i32) (i32.const 3072))
     (func (export "callback") (param $wsi i32) (param $reason i32) (param i32) (param $in i32) (param $len i32) (result i32)
@@ -189,6 +201,7 @@ const GUEST: &str = r#"(module
             (local.set $len (call $next (local.get $wsi)))
             (local.set $in (i32.const 256))
             (br_if $piece (i32.ge_s (local.get $len) (i32.const 0))))))
+      (drop (call $write (local.get $wsi) (i32.const 2100) (i32.const 3) (i32.const 0)))
       (i32.const 0)))"#;
 
 fn wat_device(burn: u32) -> Context {
@@ -221,7 +234,7 @@ fn pausing_receipt_in_a_piece_leaves_the_pieces_behind_it_buffered() {
     ]
     .concat();
     let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
-    assert_eq!(out, [text("one"), text("Pause")]);
+    assert_eq!(out, [text("one"), text("Pause"), text("end")]);
     assert_eq!((entries, callbacks), (1, 2));
     // Still paused later: the third stays where it is.
     let (out, _, callbacks) = one_read(&mut ctx, id, &[], now);
@@ -239,14 +252,32 @@ fn every_piece_of_an_entry_has_a_callbacks_fuel() {
     // One message per read: one piece per entry.
     for w in words {
         let (out, ..) = one_read(&mut ctx, id, &frame(true, TEXT, w.as_bytes()), now);
-        assert_eq!(out, [text(w)], "one piece's burn fits a callback");
+        assert_eq!(
+            out,
+            [text(w), text("end")],
+            "one piece's burn fits a callback"
+        );
     }
     let read: Vec<u8> = words
         .iter()
         .flat_map(|w| frame(true, TEXT, w.as_bytes()))
         .collect();
     let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
-    assert_eq!(out, words.map(text));
+    assert_eq!(out, [text("one"), text("two"), text("three"), text("end")]);
     assert_eq!((entries, callbacks), (1, 3));
     assert_eq!(ctx.stats().faults, 0);
+}
+
+#[test]
+fn a_broken_frame_behind_the_pieces_is_acted_on_once_the_entry_returns() {
+    // As with a callback per piece, the guest finishes with the last good
+    // piece (its `end` goes out) before the close the broken frame calls for.
+    let now = Instant::now();
+    let mut ctx = wat_device(0);
+    let (id, _) = open(&mut ctx, now);
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &two_then_broken(&[]), now);
+    assert_eq!(out[..3], [text("one"), text("two"), text("end")], "{out:?}");
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert_protocol_error(&out[3]);
+    assert_eq!((entries, callbacks), (1, 2));
 }

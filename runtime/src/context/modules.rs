@@ -424,6 +424,14 @@ impl Context {
         fault: bool,
         now: Instant,
     ) {
+        if fault && callbacks > 1 {
+            // Only the last callback of an entry can fault: the ones before
+            // it count first, as they would have one by one (a trial may
+            // pass on them before the fault).
+            self.count_callback(p, generation, callbacks - 1, false, now);
+            self.count_callback(p, generation, 1, true, now);
+            return;
+        }
         let state = &mut self.protocols[p];
         state.counters.callbacks += u64::from(callbacks);
         if fault {

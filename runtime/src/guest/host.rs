@@ -288,10 +288,12 @@ pub(super) fn report_dropped_logs(state: &HostState) {
 /// buffered, as lws delivers every frame of one read before anything else:
 /// written into the receive buffer (from its start) and the fragment cell as
 /// for a callback, and its length returned. `NOT_FOUND` when there is none
-/// now: no complete piece buffered, a control frame first, receiving paused
-/// (`lws_rx_flow_control` in this callback included) or the connection
-/// closing. Each piece is a callback of its own: the fuel is settled and
-/// refilled, the log lines counted afresh, `lws_close_reason` forgotten.
+/// now: no complete piece buffered, a control frame or a broken frame first,
+/// the peer's FIN, receiving paused (`lws_rx_flow_control` in this callback
+/// included), a client connection asked for in this entry (opened, and new
+/// `wsi`s lent, once it returns) or the connection closing. Each piece is a
+/// callback of its own: the fuel is settled and refilled, the log lines
+/// counted afresh, `lws_close_reason` forgotten.
 fn receive_next(mut cx: Cx<'_>, wsi: i32) -> i32 {
     charge(&mut cx, 0);
     let Some(memory) = cx.data().memory else {
@@ -304,7 +306,9 @@ fn receive_next(mut cx: Cx<'_>, wsi: i32) -> i32 {
     if !On::Ws.admits(call, wsi) {
         return BAD_STATE;
     }
-    if call.rx_flow == Some(false) {
+    // Paused, or client connections asked for: those are opened, and new
+    // `wsi`s lent for the next callback, only once the entry returns.
+    if call.rx_flow == Some(false) || !call.connects.is_empty() {
         return NOT_FOUND;
     }
     let Some(ws) = call.ws.as_mut() else {

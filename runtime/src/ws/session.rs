@@ -350,9 +350,12 @@ pub struct Session {
     /// When the buffers kept for the next message go back, unless a large
     /// message comes first.
     trim_at: Option<Instant>,
-    /// What [`Self::next_data`] ran into that is not a piece (a failure, the
-    /// end), for [`Self::poll_event`] to report next.
-    held: Option<Step>,
+    /// A protocol failure [`Self::next_data`] found: the close is started,
+    /// and the failure reported, by the next [`Self::poll_event`], as if
+    /// that had found it.
+    held: Option<(u16, &'static str)>,
+    /// [`Self::next_data`] is stepping: a failure is held, not acted on.
+    holding: bool,
 }
 
 impl fmt::Debug for Session {
@@ -403,6 +406,7 @@ impl Session {
             used_large: false,
             trim_at: None,
             held: None,
+            holding: false,
         }
     }
 
@@ -509,12 +513,13 @@ impl Session {
     /// The next piece of a data message, if the bytes buffered hold one now:
     /// [`Self::poll_event`]'s `Data`, without the rest. It stops (`None`) at
     /// anything else that comes first (a control frame, an incomplete header
-    /// or piece, a paused or closing session), which `poll_event` then
-    /// reports; a frame that fails the protocol is reported by `poll_event`'s
-    /// next `Failed`. For a caller in the middle of handling a piece, which
-    /// takes the pieces behind it while no other event can come between.
+    /// or piece, a paused or closing session, the peer's FIN), and changes
+    /// nothing else: `poll_event` finds it next. A frame that breaks the
+    /// protocol is only noted; the next `poll_event` starts the close and
+    /// reports it. For a caller in the middle of handling a piece, who takes
+    /// the pieces behind it as if they had been separate events.
     pub fn next_data(&mut self, now: Instant, max_piece: usize) -> Option<Event<'_>> {
-        if self.state != State::Open || self.paused || self.held.is_some() {
+        if self.state != State::Open || self.paused || self.peer_fin || self.held.is_some() {
             return None;
         }
         match self.frame {
@@ -524,17 +529,15 @@ impl Session {
             None if self.rx.get(self.rx_start).is_none_or(|b| b & 0x0f > 2) => return None,
             None => {}
         }
-        // What comes now is a piece, too few bytes for one, or what ends the
-        // data frame's header or piece: a failure of the protocol, or the end
-        // of the session if the peer closed TCP before the rest came. Those
-        // are held for `poll_event`. (The same steps as `poll_event`'s, not
-        // a second copy of them, which the compiler would not inline twice.)
-        match self.next_step(now, max_piece) {
-            step @ Step::Data { .. } => self.event(step),
-            step @ (Step::Failed(..) | Step::Closed(_)) => {
-                self.held = Some(step);
-                None
-            }
+        // What comes now is a piece, too few bytes for one, or a failure of
+        // the data frame's header or piece, which `fail` holds. (The same
+        // steps as `poll_event`'s, not a second copy of them, which the
+        // compiler would not inline twice.)
+        self.holding = true;
+        let step = self.next_step(now, max_piece);
+        self.holding = false;
+        match step {
+            Step::Data { .. } => self.event(step),
             _ => None,
         }
     }
@@ -764,8 +767,8 @@ impl Session {
     }
 
     fn step(&mut self, now: Instant, max_piece: usize) -> Step {
-        if let Some(held) = self.held.take() {
-            return held;
+        if let Some((code, reason)) = self.held.take() {
+            return self.fail(now, code, reason);
         }
         if let State::Ended { code, reported } = &mut self.state {
             if *reported {
@@ -912,7 +915,13 @@ impl Session {
     }
 
     /// Fails the session: queues our close frame with `code`.
+    /// While [`Self::next_data`] steps, the failure is held instead (see
+    /// [`Self::held`]): nothing is sent or closed until then.
     fn fail(&mut self, now: Instant, code: u16, reason: &'static str) -> Step {
+        if self.holding {
+            self.held = Some((code, reason));
+            return Step::Idle;
+        }
         self.start_close(Some(code), reason.as_bytes(), Some(now));
         Step::Failed(code, reason)
     }
