@@ -45,6 +45,14 @@ fn echo_device() -> Context {
     common::websocket_device("echo_server", wasmgate_guests::WS_ECHO.to_vec())
 }
 
+/// A text frame for each of `words`, one after the other, as one read.
+fn texts(words: &[&str]) -> Vec<u8> {
+    words
+        .iter()
+        .flat_map(|w| frame(true, TEXT, w.as_bytes()))
+        .collect()
+}
+
 fn text(payload: &str) -> Out {
     (true, TEXT, payload.as_bytes().to_vec())
 }
@@ -55,10 +63,7 @@ fn eight_messages_in_one_read_are_echoed_in_order_from_one_entry() {
     let mut ctx = echo_device();
     let (id, _) = open(&mut ctx, now);
     let words: Vec<String> = (0..8).map(|i| format!("message {i}")).collect();
-    let read: Vec<u8> = words
-        .iter()
-        .flat_map(|w| frame(true, TEXT, w.as_bytes()))
-        .collect();
+    let read = texts(&words.iter().map(String::as_str).collect::<Vec<_>>());
     let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
     let expected: Vec<Out> = words.iter().map(|w| text(w)).collect();
     assert_eq!(out, expected);
@@ -106,10 +111,9 @@ fn a_ping_between_messages_is_answered_in_its_place() {
     let mut ctx = echo_device();
     let (id, _) = open(&mut ctx, now);
     let read = [
-        frame(true, TEXT, b"one"),
-        frame(true, TEXT, b"two"),
+        texts(&["one", "two"]),
         frame(true, PING, b"p"),
-        frame(true, TEXT, b"three"),
+        texts(&["three"]),
     ]
     .concat();
     let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
@@ -133,13 +137,7 @@ fn a_ping_between_messages_is_answered_in_its_place() {
 /// `after`.
 fn two_then_broken(after: &[u8]) -> Vec<u8> {
     let unmasked = [0x81, 3, b'b', b'a', b'd'];
-    [
-        frame(true, TEXT, b"one"),
-        frame(true, TEXT, b"two"),
-        unmasked.to_vec(),
-        after.to_vec(),
-    ]
-    .concat()
+    [texts(&["one", "two"]), unmasked.to_vec(), after.to_vec()].concat()
 }
 
 /// `frame` closes with 1002, protocol error.
@@ -165,7 +163,8 @@ fn a_protocol_error_behind_good_messages_closes_after_their_echoes() {
 /// A WAT guest (protocol `pieces`, receive buffer 256..768, fragment cell at
 /// 3072) whose `RECEIVE` echoes its piece as text, then takes the next one
 /// with `wasmgate_receive_next` while the cell says more are buffered. A
-/// piece starting with `P` also pauses receiving (`lws_rx_flow_control`);
+/// piece starting with `P` also pauses receiving (`lws_rx_flow_control`), one
+/// starting with `C` opens a client connection to 127.0.0.1:9;
 /// each piece first burns `BURN` rounds of a loop. When no piece is left it
 /// sends `end`, so every entry ends with one. On `ESTABLISHED` it sends
 /// what `wasmgate_receive_next` answers there, as a 4-byte binary message.
@@ -173,10 +172,14 @@ const GUEST: &str = r#"(module
     (import "lws" "lws_write" (func $write (param i32 i32 i32 i32) (result i32)))
     (import "lws" "lws_rx_flow_control" (func $flow (param i32 i32) (result i32)))
     (import "lws" "wasmgate_receive_next" (func $next (param i32) (result i32)))
+    (import "lws" "lws_client_connect_via_info" (func $connect (param i32) (result i32)))
     (memory (export "memory") 1)
     (data (i32.const 0) "\01\00\00\00\00\01\00\00\00\02\00\00\00\04\00\00\08\00\00\00\04\00\00\00\00\03\00\00\06\00\00\00")
     (data (i32.const 768) "pieces")
     (data (i32.const 2100) "end")
+    ;; lws_client_connect_via_info's struct: address at 4200 (9 bytes), port 9
+    (data (i32.const 4096) "\68\10\00\00\09\00\00\00\09\00\00\00")
+    (data (i32.const 4200) "127.0.0.1")
     (func (export "wasmgate_protocol") (result i32) (i32.const 0))
     (func (export "wasmgate_fragment_cell") (result i32) (i32.const 3072))
     (func (export "callback") (param $wsi i32) (param $reason i32) (param i32) (param $in i32) (param $len i32) (result i32)
@@ -196,6 +199,8 @@ const GUEST: &str = r#"(module
         (drop (call $write (local.get $wsi) (local.get $in) (local.get $len) (i32.const 0)))
         (if (i32.eq (i32.load8_u (local.get $in)) (i32.const 80))
           (then (drop (call $flow (local.get $wsi) (i32.const 0)))))
+        (if (i32.eq (i32.load8_u (local.get $in)) (i32.const 67))
+          (then (drop (call $connect (i32.const 4096)))))
         (if (i64.ne (i64.and (i64.load (i32.const 3072)) (i64.const 8)) (i64.const 0))
           (then
             (local.set $len (call $next (local.get $wsi)))
@@ -227,12 +232,7 @@ fn pausing_receipt_in_a_piece_leaves_the_pieces_behind_it_buffered() {
     let now = Instant::now();
     let mut ctx = wat_device(0);
     let (id, _) = open(&mut ctx, now);
-    let read = [
-        frame(true, TEXT, b"one"),
-        frame(true, TEXT, b"Pause"),
-        frame(true, TEXT, b"three"),
-    ]
-    .concat();
+    let read = texts(&["one", "Pause", "three"]);
     let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
     assert_eq!(out, [text("one"), text("Pause"), text("end")]);
     assert_eq!((entries, callbacks), (1, 2));
@@ -258,11 +258,7 @@ fn every_piece_of_an_entry_has_a_callbacks_fuel() {
             "one piece's burn fits a callback"
         );
     }
-    let read: Vec<u8> = words
-        .iter()
-        .flat_map(|w| frame(true, TEXT, w.as_bytes()))
-        .collect();
-    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &texts(&words), now);
     assert_eq!(out, [text("one"), text("two"), text("three"), text("end")]);
     assert_eq!((entries, callbacks), (1, 3));
     assert_eq!(ctx.stats().faults, 0);
@@ -280,4 +276,28 @@ fn a_broken_frame_behind_the_pieces_is_acted_on_once_the_entry_returns() {
     assert_eq!(out.len(), 4, "{out:?}");
     assert_protocol_error(&out[3]);
     assert_eq!((entries, callbacks), (1, 2));
+}
+
+#[test]
+fn a_client_connection_asked_for_ends_the_entry() {
+    // The connection is opened, and new `wsi`s lent, only after the entry:
+    // the piece behind starts the next one.
+    let now = Instant::now();
+    let mut ctx = wat_device(0);
+    let (id, _) = open(&mut ctx, now);
+    let before = ctx.connections();
+    let read = texts(&["one", "Connect", "three"]);
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    assert_eq!(
+        out,
+        [
+            text("one"),
+            text("Connect"),
+            text("end"),
+            text("three"),
+            text("end")
+        ]
+    );
+    assert_eq!((entries, callbacks), (2, 3));
+    assert_eq!(ctx.connections(), before + 1, "the client connection");
 }
