@@ -314,30 +314,24 @@ fn receive_next(mut cx: Cx<'_>, wsi: i32) -> i32 {
     let Some(ws) = call.ws.as_mut() else {
         return BAD_STATE;
     };
-    let (len, fragment) = match ws.next_data(call.now, pieces.rx_buffer_size) {
-        Some(crate::ws::Event::Data {
-            data,
-            first,
-            last,
-            binary,
-            remaining,
-        }) => {
-            let len = data.len();
-            mem[pieces.rx_buffer..pieces.rx_buffer + len].copy_from_slice(data);
-            let fragment = Fragment {
-                first,
-                last,
-                binary,
-                remaining,
-                more: false,
-            };
-            (len, fragment)
-        }
-        _ => return NOT_FOUND,
+    let Some(crate::ws::Event::Data {
+        data,
+        first,
+        last,
+        binary,
+        remaining,
+    }) = ws.next_data(call.now, pieces.rx_buffer_size)
+    else {
+        return NOT_FOUND;
     };
+    let len = data.len();
+    mem[pieces.rx_buffer..pieces.rx_buffer + len].copy_from_slice(data);
     call.fragment = Fragment {
+        first,
+        last,
+        binary,
+        remaining,
         more: ws.has_buffered(),
-        ..fragment
     };
     if let Some(at) = pieces.cell {
         mem[at..at + 8].copy_from_slice(&cell_word(call.fragment).to_le_bytes());
@@ -346,10 +340,11 @@ fn receive_next(mut cx: Cx<'_>, wsi: i32) -> i32 {
     call.close_reason = None;
     report_dropped_logs(state);
     state.log_lines = 0;
-    let owed = std::mem::take(&mut state.fuel_owed);
+    let fuel = cx.get_fuel().unwrap_or(0);
+    let state = cx.data_mut();
+    state.fuel_spent += state.callback_fuel_used(fuel);
+    state.fuel_owed = 0;
     let budget = state.fuel_per_callback;
-    let left = cx.get_fuel().unwrap_or(0).saturating_sub(owed);
-    cx.data_mut().fuel_spent += budget - left;
     let _ = cx.set_fuel(budget);
     len as i32
 }

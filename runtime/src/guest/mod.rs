@@ -276,13 +276,21 @@ pub struct HostState {
     /// Fuel the current callback's host calls cost and the store's fuel
     /// does not show yet (settled in batches; see `host::FUEL_SETTLE_AT`).
     fuel_owed: u64,
-    /// Fuel of each callback.
+    /// Fuel of each callback (the instance's limit).
     fuel_per_callback: u64,
     /// Fuel the earlier pieces of this entry used (see [`Pieces`]).
     fuel_spent: u64,
     /// Set during a `RECEIVE` or `CLIENT_RECEIVE` callback: where
     /// `wasmgate_receive_next` puts the next piece.
     pieces: Option<Pieces>,
+}
+
+impl HostState {
+    /// The fuel the callback under way has used, `fuel` left in the store:
+    /// its budget less what is left once its host calls' debt is paid.
+    fn callback_fuel_used(&self, fuel: u64) -> u64 {
+        self.fuel_per_callback - fuel.saturating_sub(self.fuel_owed)
+    }
 }
 
 /// Where the pieces of one `RECEIVE` entry go: the guest's receive buffer
@@ -309,7 +317,6 @@ pub struct Instance {
     /// if it exported `wasmgate_fragment_cell` (checked to lie in memory and
     /// outside the receive buffer).
     fragment_cell: Option<usize>,
-    fuel_per_callback: u64,
     /// One bit per session slot, set when busy.
     busy: Vec<u64>,
     bound: u32,
@@ -431,7 +438,6 @@ impl Guest {
             descriptor,
             wanted,
             fragment_cell,
-            fuel_per_callback: self.limits.fuel_per_callback,
             busy: vec![0; slots.div_ceil(64)],
             bound: 0,
             retired: false,
@@ -686,7 +692,8 @@ impl Instance {
         state.now_us = now_us;
         state.log_lines = 0;
         state.pieces = pieces;
-        refuel(&mut self.store, self.fuel_per_callback);
+        let budget = state.fuel_per_callback;
+        refuel(&mut self.store, budget);
         let result = self.callback.call(
             &mut self.store,
             (wsi, reason, user as i32, in_ptr as i32, len as i32),
@@ -695,9 +702,8 @@ impl Instance {
         state.pieces = None;
         host::report_dropped_logs(state);
         let spent = std::mem::take(&mut state.fuel_spent);
-        let owed = state.fuel_owed;
-        let left = self.store.get_fuel().unwrap_or(0).saturating_sub(owed);
-        self.fuel_used += spent + (self.fuel_per_callback - left);
+        let fuel = self.store.get_fuel().unwrap_or(0);
+        self.fuel_used += spent + self.store.data().callback_fuel_used(fuel);
         let result = result.map_err(|e| fault_of(&e));
         Outcome {
             result,
