@@ -11,6 +11,11 @@
 //! Run: `cargo bench -p wasmgate --bench guest_vs_native` (add `-- --quick`
 //! for a short run). Prints the result and writes it to
 //! `target/bench/guest_vs_native.json`.
+//!
+//! `-- --profile guest` (or `native`) runs one side alone, 10,000 of each
+//! load after its warm-up, and measures nothing: for callgrind, whose
+//! `--toggle-collect=guest_vs_native::run` then counts the HTTP requests
+//! only (`run_ws` the echoes).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -21,6 +26,7 @@ use wasmgate::Context;
 use wasmgate::context::native::HELLO_BODY as BODY;
 
 #[path = "../../tests/support/hello_echo.rs"]
+#[allow(dead_code, reason = "only the guest and native pair is benchmarked")]
 mod hello_echo;
 #[path = "../../tests/support/ws_frame.rs"]
 mod ws_frame;
@@ -115,10 +121,32 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Runs every load on one side only (`--profile`).
+fn profile(ctx: &mut Context) {
+    for n in [1_000, 10_000] {
+        run(ctx, n);
+        run_ws(ctx, n, 1);
+        run_ws(ctx, n, PIPELINED);
+    }
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
     let (rounds, per_round) = if quick { (5, 2_000) } else { (15, 20_000) };
     let (mut guest, mut native) = hello_echo::guest_and_native();
+    if let Some(side) = args
+        .iter()
+        .position(|a| a == "--profile")
+        .map(|i| args.get(i + 1))
+    {
+        match side.map(String::as_str) {
+            Some("guest") => profile(&mut guest),
+            Some("native") => profile(&mut native),
+            _ => panic!("--profile takes `guest` or `native`"),
+        }
+        return;
+    }
     // Warm up both (first instance creation, caches).
     for ctx in [&mut guest, &mut native] {
         run(ctx, 1_000);

@@ -15,6 +15,7 @@ mod common;
 #[allow(dead_code, reason = "shared with the memory bench")]
 mod counting;
 #[path = "../../tests/support/hello_echo.rs"]
+#[allow(dead_code, reason = "only the guest and native pair is counted")]
 mod hello_echo;
 
 use std::net::SocketAddr;

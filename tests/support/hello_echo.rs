@@ -23,7 +23,7 @@ pub fn guest_and_native() -> (Context, Context) {
 }
 
 /// The device, with `hello` and `echo` as the two protocols' handlers.
-fn device(hello: Handler, echo: Handler) -> Context {
+pub fn device(hello: Handler, echo: Handler) -> Context {
     let config = Config {
         name: "bench".into(),
         listeners: vec![Listener {

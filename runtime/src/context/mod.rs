@@ -121,6 +121,15 @@ pub struct Stats {
 pub trait NativeProtocol: std::fmt::Debug {
     /// One callback; 0 goes on, anything else closes the connection.
     fn callback(&mut self, call: &mut Call, reason: i32, input: &[u8]) -> i32;
+
+    /// Whether callbacks of `reason` reach [`callback`](Self::callback), as a
+    /// guest's `wasmgate_wants`: one that does not is as if it returned 0
+    /// and did nothing, and the runtime skips its work for it. Every reason
+    /// unless overridden.
+    fn wants(&self, reason: i32) -> bool {
+        let _ = reason;
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -1641,14 +1650,15 @@ impl Context {
 
     /// Whether a callback of reason `why` for binding `b` enters its handler:
     /// false only for a guest instance that declared (`wasmgate_wants`) it
-    /// does not handle `why`. A native handler, or an instance that is gone
-    /// (a fault to report), always gets the call.
+    /// does not handle `why`, or a native handler that does not
+    /// ([`NativeProtocol::wants`]). An instance that is gone (a fault to
+    /// report) always gets the call.
     fn delivers(&self, b: Binding, why: i32) -> bool {
         match &self.protocols[b.protocol].backend {
             Backend::Wasm { instances, .. } => instances[b.instance]
                 .as_ref()
                 .is_none_or(|inst| inst.wants(why)),
-            Backend::Native(_) => true,
+            Backend::Native(handler) => handler.wants(why),
         }
     }
 

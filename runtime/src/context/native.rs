@@ -14,11 +14,16 @@ pub const HELLO_BODY: &[u8] = b"hello world\n";
 
 /// `guests/hello`: every request gets `200 text/plain` `hello world\n`,
 /// written in the `HTTP` callback with the calls the guest makes, in the same
-/// order.
+/// order. Like the guest (`reasons = [Reason::Http]`), it declares `HTTP`
+/// the only reason it handles.
 #[derive(Debug, Default)]
 pub struct Hello;
 
 impl NativeProtocol for Hello {
+    fn wants(&self, reason: i32) -> bool {
+        reason == reason::HTTP
+    }
+
     fn callback(&mut self, call: &mut Call, why: i32, _input: &[u8]) -> i32 {
         if why != reason::HTTP {
             return 0;
