@@ -164,7 +164,8 @@ fn a_protocol_error_behind_good_messages_closes_after_their_echoes() {
 /// 3072) whose `RECEIVE` echoes its piece as text, then takes the next one
 /// with `wasmgate_receive_next` while the cell says more are buffered. A
 /// piece starting with `P` also pauses receiving (`lws_rx_flow_control`), one
-/// starting with `C` opens a client connection to 127.0.0.1:9;
+/// starting with `C` opens a client connection to 127.0.0.1:9, one starting
+/// with `T` traps once it is echoed;
 /// each piece first burns `BURN` rounds of a loop. When no piece is left it
 /// sends `end`, so every entry ends with one. On `ESTABLISHED` it sends
 /// what `wasmgate_receive_next` answers there, as a 4-byte binary message.
@@ -201,6 +202,7 @@ const GUEST: &str = r#"(module
           (then (drop (call $flow (local.get $wsi) (i32.const 0)))))
         (if (i32.eq (i32.load8_u (local.get $in)) (i32.const 67))
           (then (drop (call $connect (i32.const 4096)))))
+        (if (i32.eq (i32.load8_u (local.get $in)) (i32.const 84)) (then (unreachable)))
         (if (i64.ne (i64.and (i64.load (i32.const 3072)) (i64.const 8)) (i64.const 0))
           (then
             (local.set $len (call $next (local.get $wsi)))
@@ -300,4 +302,84 @@ fn a_client_connection_asked_for_ends_the_entry() {
     );
     assert_eq!((entries, callbacks), (2, 3));
     assert_eq!(ctx.connections(), before + 1, "the client connection");
+}
+
+const TOKEN: &str = "t";
+
+/// The WAT guest as the factory module of a device in development mode
+/// whose uploads are on trial for `window` callbacks and roll back at the
+/// first fault.
+fn trial_device(window: u32) -> Context {
+    let module = wat::parse_str(GUEST.replace("BURN", "0")).expect("test WAT parses");
+    let mut config = common::config_with(
+        common::websocket_listener("pieces"),
+        "pieces",
+        wasmgate::config::Handler::Wasm(module),
+    );
+    let mut admin = wasmgate::admin::AdminConfig::new(TOKEN);
+    admin.allow_unsigned = true;
+    admin.trial_callbacks = window;
+    admin.trial_max_faults = 0;
+    config.admin = Some(admin);
+    Context::new(config, Instant::now()).expect("device starts")
+}
+
+/// `method path` on the admin API with `body`; the whole answer.
+fn admin(ctx: &mut Context, method: &str, path: &str, body: &[u8], now: Instant) -> String {
+    let peer = "127.0.0.1:40009".parse().expect("an address");
+    let id = ctx.accept(0, peer, now).expect("a free slot");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    assert_eq!(ctx.receive(id, &request, now), request.len());
+    ctx.service(now);
+    String::from_utf8_lossy(&common::drain(ctx, id, now)).into_owned()
+}
+
+/// Uploads the WAT guest as a new module (on trial), opens a WebSocket to it
+/// and sends three messages and one that traps in one read. Returns the
+/// trial's callbacks before that read (the upgrade's), and the protocol's
+/// entry in the admin API's `/_admin/modules` after it.
+fn trap_behind_three(window: u32) -> (u64, serde_json::Value) {
+    let now = Instant::now();
+    let mut ctx = trial_device(window);
+    let module = wat::parse_str(GUEST.replace("BURN", "1")).expect("test WAT parses");
+    let put = admin(&mut ctx, "PUT", "/_admin/modules/pieces", &module, now);
+    assert!(put.starts_with("HTTP/1.1 200 "), "{put}");
+    let before = ctx.stats().callbacks;
+    let (id, _) = open(&mut ctx, now);
+    let opened = ctx.stats().callbacks - before;
+    let (out, entries, callbacks) = one_read(&mut ctx, id, &texts(&["a", "b", "c", "Trap"]), now);
+    assert_eq!(out[..4], [text("a"), text("b"), text("c"), text("Trap")]);
+    assert_eq!(
+        (entries, callbacks),
+        (1, 4),
+        "one entry, the fault in its last piece"
+    );
+    assert_eq!(ctx.stats().faults, 1);
+    let answer = admin(&mut ctx, "GET", "/_admin/modules", b"", now);
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let modules: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    (opened, modules["modules"][0].clone())
+}
+
+#[test]
+fn the_pieces_before_a_fault_count_first_for_a_modules_trial() {
+    // Probe: how many callbacks opening the WebSocket takes from the trial.
+    let (opened, _) = trap_behind_three(1_000);
+    let opened = u32::try_from(opened).expect("a few");
+    // The three good pieces complete a trial of that many more: it passes
+    // before the fourth piece's fault is counted, which rolls nothing back.
+    let (_, pieces) = trap_behind_three(opened + 3);
+    assert_eq!(pieces["running"]["source"], "uploaded", "{pieces}");
+    assert_eq!(pieces["state"], "active", "{pieces}");
+    // One callback more to pass: the fault falls inside the trial.
+    let (_, pieces) = trap_behind_three(opened + 4);
+    assert_eq!(pieces["running"]["source"], "factory", "{pieces}");
+    let why = pieces["last_rollback"].as_str().unwrap_or_default();
+    assert!(why.starts_with("1 faults in its first"), "{pieces}");
 }

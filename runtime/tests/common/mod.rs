@@ -34,15 +34,24 @@ Sec-WebSocket-Version: 13\r\n\r\n";
 /// protocol `protocol` (and serves no HTTP paths).
 #[allow(dead_code, reason = "not every test binary uses every helper")]
 pub fn websocket_device(protocol: &str, module: Vec<u8>) -> Context {
-    let listener = Listener {
+    device_with(
+        websocket_listener(protocol),
+        protocol,
+        Handler::Wasm(module),
+    )
+}
+
+/// A listener (port 80) whose every WebSocket goes to `protocol`.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub fn websocket_listener(protocol: &str) -> Listener {
+    Listener {
         name: "http".into(),
         port: 80,
         mounts: Vec::new(),
         websocket: vec![protocol.into()],
         default_websocket: Some(protocol.into()),
         tls: None,
-    };
-    device_with(listener, protocol, Handler::Wasm(module))
+    }
 }
 
 /// Opens a WebSocket on `ctx`'s first listener and returns the connection
@@ -98,7 +107,13 @@ pub fn server_frames(mut tx: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
 
 /// A device with `listener` and one protocol, default limits.
 pub fn device_with(listener: Listener, protocol: &str, handler: Handler) -> Context {
-    let config = Config {
+    Context::new(config_with(listener, protocol, handler), Instant::now()).expect("device starts")
+}
+
+/// [`device_with`]'s config, for a test that changes more of it.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub fn config_with(listener: Listener, protocol: &str, handler: Handler) -> Config {
+    Config {
         name: "test".into(),
         listeners: vec![listener],
         protocols: vec![Protocol {
@@ -110,8 +125,7 @@ pub fn device_with(listener: Listener, protocol: &str, handler: Handler) -> Cont
         admin: None,
         clients: Vec::new(),
         trust: None,
-    };
-    Context::new(config, Instant::now()).expect("device starts")
+    }
 }
 
 #[path = "../../../tests/support/ws_frame.rs"]
