@@ -125,7 +125,8 @@ pub trait NativeProtocol: std::fmt::Debug {
     /// Whether callbacks of `reason` reach [`callback`](Self::callback), as a
     /// guest's `wasmgate_wants`: one that does not is as if it returned 0
     /// and did nothing, and the runtime skips its work for it. Every reason
-    /// unless overridden.
+    /// unless overridden. Asked at every callback: the answer for a reason
+    /// should not change while the handler runs.
     fn wants(&self, reason: i32) -> bool {
         let _ = reason;
         true
