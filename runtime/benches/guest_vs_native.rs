@@ -8,11 +8,17 @@
 //! `wasmgate_receive_next`). Rounds alternate between the two so that both see the same machine
 //! state; the results are ratios.
 //!
+//! A third pair prices the interpreter's floor for a request: a WAT guest
+//! whose `HTTP` callback is one `lws_return_http_status` (no SDK), against
+//! a native handler making the same response. No guest can spend less per
+//! request than an entry into wasmi and one host call.
+//!
 //! Run: `cargo bench -p wasmgate --bench guest_vs_native` (add `-- --quick`
 //! for a short run). Prints the result and writes it to
 //! `target/bench/guest_vs_native.json`.
 //!
-//! `-- --profile guest` (or `native`) runs one side alone, 1,000 of each
+//! `-- --profile guest` (or `native`, `floor-guest`, `floor-native`) runs
+//! one side alone, 1,000 of each
 //! load and then 10,000, and measures nothing: for callgrind, whose
 //! `--toggle-collect=guest_vs_native::run` then counts the 11,000 HTTP
 //! requests only (`run_ws` the echoes).
@@ -23,10 +29,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wasmgate::Context;
-use wasmgate::context::native::HELLO_BODY as BODY;
+use wasmgate::config::Handler;
+use wasmgate::context::NativeProtocol;
+use wasmgate::context::native::{Echo, HELLO_BODY as BODY};
+use wasmgate::guest::{Call, reason};
 
 #[path = "../../tests/support/hello_echo.rs"]
-#[allow(dead_code, reason = "only the guest and native pair is benchmarked")]
 mod hello_echo;
 #[path = "../../tests/support/ws_frame.rs"]
 mod ws_frame;
@@ -41,6 +49,50 @@ Sec-WebSocket-Version: 13\r\n\r\n";
 const MESSAGE: usize = 64;
 /// Messages per read in the pipelined WebSocket rounds.
 const PIPELINED: usize = 8;
+
+/// The floor's guest, protocol `hello`: it wants `HTTP` only and answers
+/// it with one host call, `lws_return_http_status(wsi, 200, BODY)`.
+const FLOOR_GUEST: &str = r#"(module
+    (import "lws" "lws_return_http_status" (func $status (param i32 i32 i32 i32) (result i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 0) "\01\00\00\00\00\01\00\00\00\02\00\00\00\04\00\00\00\00\00\00\04\00\00\00\00\03\00\00\05\00\00\00")
+    (data (i32.const 768) "hello")
+    (data (i32.const 2048) "hello world\0a")
+    (func (export "wasmgate_protocol") (result i32) (i32.const 0))
+    (func (export "wasmgate_wants") (param $why i32) (result i32)
+      (i32.eq (local.get $why) (i32.const 12)))
+    (func (export "callback") (param $wsi i32) (param i32) (param i32) (param i32) (param i32) (result i32)
+      (drop (call $status (local.get $wsi) (i32.const 200) (i32.const 2048) (i32.const 12)))
+      (i32.const 0)))"#;
+
+/// The floor's native handler: the response `lws_return_http_status`
+/// makes, from `HTTP` only.
+#[derive(Debug)]
+struct Status;
+
+impl NativeProtocol for Status {
+    fn wants(&self, why: i32) -> bool {
+        why == reason::HTTP
+    }
+
+    fn callback(&mut self, call: &mut Call, _why: i32, _input: &[u8]) -> i32 {
+        let http = &mut call.http;
+        http.respond_simple(200, "text/html; charset=utf-8", BODY, false);
+        call.completed = Some(http.finish_response());
+        0
+    }
+}
+
+/// The floor's pair: [`FLOOR_GUEST`] and [`Status`] at `/hello`.
+fn floor_pair() -> (Context, Context) {
+    let module = wat::parse_str(FLOOR_GUEST).expect("the floor's WAT parses");
+    let guest = hello_echo::device(Handler::Wasm(module), Handler::Native(|| Box::new(Echo)));
+    let native = hello_echo::device(
+        Handler::Native(|| Box::new(Status)),
+        Handler::Native(|| Box::new(Echo)),
+    );
+    (guest, native)
+}
 
 /// Serves `n` requests on one connection; returns the time per request.
 /// Never inlined: callgrind's `--toggle-collect` finds it by name.
@@ -123,12 +175,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Runs every load on one side only (`--profile`).
-fn profile(ctx: &mut Context) {
+/// Runs every load on one side only (`--profile`); the floor's contexts
+/// serve requests only.
+fn profile(ctx: &mut Context, websocket: bool) {
     for n in [1_000, 10_000] {
         run(ctx, n);
-        run_ws(ctx, n, 1);
-        run_ws(ctx, n, PIPELINED);
+        if websocket {
+            run_ws(ctx, n, 1);
+            run_ws(ctx, n, PIPELINED);
+        }
     }
 }
 
@@ -137,15 +192,18 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let (rounds, per_round) = if quick { (5, 2_000) } else { (15, 20_000) };
     let (mut guest, mut native) = hello_echo::guest_and_native();
+    let (mut floor_guest, mut floor_native) = floor_pair();
     if let Some(side) = args
         .iter()
         .position(|a| a == "--profile")
         .map(|i| args.get(i + 1))
     {
         match side.map(String::as_str) {
-            Some("guest") => profile(&mut guest),
-            Some("native") => profile(&mut native),
-            _ => panic!("--profile takes `guest` or `native`"),
+            Some("guest") => profile(&mut guest, true),
+            Some("native") => profile(&mut native, true),
+            Some("floor-guest") => profile(&mut floor_guest, false),
+            Some("floor-native") => profile(&mut floor_native, false),
+            _ => panic!("--profile takes `guest`, `native`, `floor-guest` or `floor-native`"),
         }
         return;
     }
@@ -155,8 +213,10 @@ fn main() {
         run_ws(ctx, 1_000, 1);
         run_ws(ctx, 1_000, PIPELINED);
     }
+    run(&mut floor_guest, 1_000);
+    run(&mut floor_native, 1_000);
     let (mut g, mut n, mut gw, mut nw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut gp, mut np) = (Vec::new(), Vec::new());
+    let (mut gp, mut np, mut gf, mut nf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         g.push(run(&mut guest, per_round));
         n.push(run(&mut native, per_round));
@@ -164,13 +224,17 @@ fn main() {
         nw.push(run_ws(&mut native, per_round, 1));
         gp.push(run_ws(&mut guest, per_round, PIPELINED));
         np.push(run_ws(&mut native, per_round, PIPELINED));
+        gf.push(run(&mut floor_guest, per_round));
+        nf.push(run(&mut floor_native, per_round));
     }
     let (g, n) = (median(g), median(n));
     let (gw, nw) = (median(gw), median(nw));
     let (gp, np) = (median(gp), median(np));
+    let (gf, nf) = (median(gf), median(nf));
     let ratio = g.as_secs_f64() / n.as_secs_f64();
     let ws_ratio = gw.as_secs_f64() / nw.as_secs_f64();
     let piped_ratio = gp.as_secs_f64() / np.as_secs_f64();
+    let floor_ratio = gf.as_secs_f64() / nf.as_secs_f64();
     println!(
         "guest_vs_native: {rounds} alternating rounds of {per_round} keep-alive GETs \
          and {per_round} {MESSAGE}-byte WebSocket echoes (one, then {PIPELINED} per read) each"
@@ -196,6 +260,15 @@ fn main() {
         "        guest / native : {piped_ratio:.2}x  (the interpreter adds {:.0}%)",
         (piped_ratio - 1.0) * 100.0
     );
+    println!(
+        "  HTTP, one host call (the floor) native : {:>6.0} ns/request",
+        nf.as_nanos()
+    );
+    println!("        wasm guest     : {:>8.0} ns/request", gf.as_nanos());
+    println!(
+        "        guest / native : {floor_ratio:.2}x  (an entry and one host call add {:.0}%)",
+        (floor_ratio - 1.0) * 100.0
+    );
     let json = serde_json::json!({
         "bench": "guest_vs_native",
         "command": "cargo bench -p wasmgate --bench guest_vs_native",
@@ -212,6 +285,9 @@ fn main() {
         "ws_pipelined_native_ns_per_message": np.as_nanos() as u64,
         "ws_pipelined_guest_ns_per_message": gp.as_nanos() as u64,
         "ws_pipelined_guest_over_native": (piped_ratio * 1000.0).round() / 1000.0,
+        "floor_native_ns_per_request": nf.as_nanos() as u64,
+        "floor_guest_ns_per_request": gf.as_nanos() as u64,
+        "floor_guest_over_native": (floor_ratio * 1000.0).round() / 1000.0,
     });
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(
