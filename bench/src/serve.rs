@@ -150,6 +150,7 @@ mod tests {
                 size,
                 warmup: Duration::from_millis(100),
                 duration: Duration::from_millis(300),
+                spin: crate::harness::GENERATOR_SPIN,
             })
             .expect("the load runs");
             assert_eq!(result.errors, 0, "{size} B: {result:?}");

@@ -9,6 +9,16 @@
 //! below the server's: the load can then outrun a server that is faster than
 //! one message per system call. Everything runs on the calling thread (the
 //! caller pins it to one core).
+//!
+//! With `spin` set, the generator asks for readiness without blocking, again
+//! and again, for up to that long before it blocks. A generator that sleeps
+//! while it waits makes the server's next write wake it, and on a machine
+//! where the two share a host that wake-up is paid by the server, inside its
+//! `sendto` (on a virtual machine, an interrupt to the other core through
+//! the hypervisor): a server slower than the generator pays it for most of
+//! its writes, a faster one for none. Spinning takes that cost out of every
+//! server's figures alike; the time spent spinning is reported apart
+//! (`idle_seconds`), so that the generator's own work still shows.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -49,6 +59,9 @@ pub struct WsLoad {
     pub warmup: Duration,
     /// Length of the measured period.
     pub duration: Duration,
+    /// How long to ask for readiness without blocking before blocking
+    /// (zero: block at once).
+    pub spin: Duration,
 }
 
 /// What it measured (serialised as one JSON line by the caller).
@@ -66,6 +79,11 @@ pub struct WsLoadResult {
     pub p99_us: f64,
     /// User + system CPU time of this process during the measured period.
     pub cpu_seconds: f64,
+    /// Of the measured period, the time spent asking for readiness without
+    /// blocking and finding none (`--spin-us`): CPU time that waited, not
+    /// worked. `cpu_seconds - idle_seconds` is the generator's work.
+    #[serde(default)]
+    pub idle_seconds: f64,
     /// Connections that failed or closed early, bad echoes, unanswered messages.
     pub errors: u64,
 }
@@ -94,6 +112,11 @@ pub struct WsLoadArgs {
     /// Measured period in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub duration_ms: u64,
+    /// Microseconds to ask for readiness without blocking before blocking,
+    /// so that the server's writes need not wake the generator (0: block at
+    /// once).
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
 }
 
 impl From<WsLoadArgs> for WsLoad {
@@ -106,6 +129,7 @@ impl From<WsLoadArgs> for WsLoad {
             size: args.size,
             warmup: Duration::from_millis(args.warmup_ms),
             duration: Duration::from_millis(args.duration_ms),
+            spin: Duration::from_micros(args.spin_us),
         }
     }
 }
@@ -138,7 +162,12 @@ pub fn run(load: &WsLoad) -> io::Result<WsLoadResult> {
         if now >= connect_deadline {
             break;
         }
-        wait(&mut poll, &mut events, connect_deadline - now)?;
+        wait(
+            &mut poll,
+            &mut events,
+            connect_deadline - now,
+            Duration::ZERO,
+        )?;
         for event in &events {
             clients[event.token().0].ready(&mut ctx);
         }
@@ -172,6 +201,7 @@ pub fn run(load: &WsLoad) -> io::Result<WsLoadResult> {
     }
     let mut cpu_start = None;
     let mut cpu_end = None;
+    let mut idle = Duration::ZERO;
     loop {
         let now = Instant::now();
         if cpu_start.is_none() && now >= ctx.measure_start {
@@ -197,7 +227,15 @@ pub fn run(load: &WsLoad) -> io::Result<WsLoadResult> {
                 close_deadline.min(hard_deadline)
             }
         };
-        wait(&mut poll, &mut events, next.saturating_duration_since(now))?;
+        let spun = wait(
+            &mut poll,
+            &mut events,
+            next.saturating_duration_since(now),
+            load.spin,
+        )?;
+        if cpu_start.is_some() && cpu_end.is_none() {
+            idle += spun;
+        }
         for event in &events {
             clients[event.token().0].ready(&mut ctx);
         }
@@ -223,12 +261,35 @@ pub fn run(load: &WsLoad) -> io::Result<WsLoadResult> {
         p50_us: ctx.histogram.value_at_quantile(0.50) as f64,
         p99_us: ctx.histogram.value_at_quantile(0.99) as f64,
         cpu_seconds,
+        idle_seconds: idle.as_secs_f64(),
         errors: ctx.errors,
     })
 }
 
-/// Waits for readiness events, at most `timeout`.
-fn wait(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
+/// Waits for readiness events, at most `timeout`: first by asking without
+/// blocking for up to `spin`, then by blocking. Returns the time spent
+/// asking and finding nothing.
+fn wait(
+    poll: &mut Poll,
+    events: &mut Events,
+    timeout: Duration,
+    spin: Duration,
+) -> io::Result<Duration> {
+    let started = Instant::now();
+    let spin_until = started + spin.min(timeout);
+    let mut now = started;
+    while now < spin_until {
+        poll_once(poll, events, Duration::ZERO)?;
+        if !events.is_empty() {
+            return Ok(now - started);
+        }
+        now = Instant::now();
+    }
+    poll_once(poll, events, timeout.saturating_sub(now - started))?;
+    Ok(now - started)
+}
+
+fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
     match poll.poll(events, Some(timeout)) {
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {
             events.clear();
@@ -616,6 +677,7 @@ mod tests {
             size,
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(500),
+            spin: Duration::ZERO,
         }
     }
 
@@ -650,6 +712,29 @@ mod tests {
     #[test]
     fn echoes_large_messages() {
         check_echo_run(16384, 1);
+    }
+
+    /// With a spin, the gaps between echoes are spent asking for readiness,
+    /// and counted apart from the generator's work.
+    #[test]
+    fn a_spinning_generator_counts_its_spinning_apart() {
+        let (addr, spun) = server(3, true);
+        let result = run(&WsLoad {
+            spin: Duration::from_millis(1),
+            ..load(addr, 64)
+        })
+        .unwrap();
+        assert!(result.messages > 0, "{result:?}");
+        assert_eq!(result.errors, 0, "{result:?}");
+        assert!(result.idle_seconds > 0.0, "{result:?}");
+        assert!(result.idle_seconds < result.seconds, "{result:?}");
+        spun.join().unwrap();
+
+        // Without one, nothing is counted.
+        let (addr, blocked) = server(3, true);
+        let result = run(&load(addr, 64)).unwrap();
+        assert_eq!(result.idle_seconds, 0.0, "{result:?}");
+        blocked.join().unwrap();
     }
 
     #[test]
