@@ -213,6 +213,13 @@ fn targets(results: &Results, out: &Path) -> Vec<Target> {
         Load::Http,
         0.5,
     ));
+    t.push(ratio_target(
+        results,
+        "the same, 16 KiB WebSocket echoes (its slowest)",
+        ("wasmgate-smoltcp", "wasmgate"),
+        Load::Ws16k,
+        0.5,
+    ));
     for (load, what) in [
         (Load::Http, "guest / native server CPU per request (HTTP)"),
         (
