@@ -117,13 +117,14 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 /// Messages in flight per client in the pipelined WebSocket load.
 pub const PIPELINED: usize = 8;
 /// How long `ws-load` asks for readiness without blocking before it blocks
-/// (`--spin-us`), unless `run --spin-us` says otherwise. A generator that sleeps between echoes is woken by the
-/// server's next write, and the wake-up (on this virtual machine an
-/// interrupt to the generator's core through the hypervisor, about 3.5 µs)
-/// is paid by the server inside its `sendto`: a server slower than the
-/// generator pays it for most of its writes, a faster one almost never. A
-/// generator that spins through the gaps between echoes takes that cost out
-/// of every server's figures alike; its spinning is counted apart
+/// (`--spin-us`), unless `run --spin-us` says otherwise. A generator that
+/// sleeps between echoes is woken by the server's next write, and the
+/// wake-up (on this virtual machine an interrupt to the generator's core
+/// through the hypervisor, about 3.5 µs) is paid by the server inside its
+/// `sendto`: a server slower than the generator pays it for most of its
+/// writes, a faster one almost never. The same setting for every server
+/// takes that cost out of the figures of those that paid it and changes
+/// nothing for the others; its spinning is counted apart
 /// (`Sample::generator_idle`).
 pub const GENERATOR_SPIN: Duration = Duration::from_micros(200);
 

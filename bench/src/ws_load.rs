@@ -81,7 +81,9 @@ pub struct WsLoadResult {
     pub cpu_seconds: f64,
     /// Of the measured period, the time spent asking for readiness without
     /// blocking and finding none (`--spin-us`): CPU time that waited, not
-    /// worked. `cpu_seconds - idle_seconds` is the generator's work.
+    /// worked. `cpu_seconds - idle_seconds` is the generator's work. (Read
+    /// from the wall clock, where `cpu_seconds` counts 10 ms ticks: time
+    /// the generator was descheduled while it spun counts here only.)
     #[serde(default)]
     pub idle_seconds: f64,
     /// Connections that failed or closed early, bad echoes, unanswered messages.
@@ -712,6 +714,33 @@ mod tests {
     #[test]
     fn echoes_large_messages() {
         check_echo_run(16384, 1);
+    }
+
+    /// `wait` spins no longer than asked, nor past its timeout, and stops
+    /// spinning at the first event.
+    #[test]
+    fn wait_spins_for_at_most_its_spin_and_stops_at_an_event() {
+        let mut poll = Poll::new().unwrap();
+        let mut events = Events::with_capacity(8);
+        let waker = mio::Waker::new(poll.registry(), Token(0)).unwrap();
+        let ms = Duration::from_millis;
+
+        // Nothing comes: the whole spin is idle, then it blocks till the timeout.
+        let started = Instant::now();
+        let idle = wait(&mut poll, &mut events, ms(50), ms(5)).unwrap();
+        assert!(events.is_empty());
+        assert!(idle >= ms(5) && idle < ms(40), "{idle:?}");
+        assert!(started.elapsed() >= ms(50), "{:?}", started.elapsed());
+
+        // A spin longer than the timeout ends at the timeout.
+        let idle = wait(&mut poll, &mut events, ms(5), ms(500)).unwrap();
+        assert!(idle >= ms(5) && idle < ms(200), "{idle:?}");
+
+        // Something ready: found at once, nothing counted as idle.
+        waker.wake().unwrap();
+        let idle = wait(&mut poll, &mut events, ms(5_000), ms(1_000)).unwrap();
+        assert!(!events.is_empty());
+        assert!(idle < ms(100), "{idle:?}");
     }
 
     /// With a spin, the gaps between echoes are spent asking for readiness,
