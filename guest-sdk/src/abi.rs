@@ -647,6 +647,14 @@ pub const fn lws_wanted<S>(listed: &[Reason]) -> u128 {
     }
 }
 
+/// Whether a guest that handles the reasons in `mask` ([`reason_mask`]) gets
+/// WebSocket pieces (`RECEIVE`, `CLIENT_RECEIVE`), and so takes the ones
+/// behind the first in its entry. Not public API.
+#[doc(hidden)]
+pub const fn takes_pieces(mask: u128) -> bool {
+    mask & reason_mask(&[Reason::Receive, Reason::ClientReceive]) != 0
+}
+
 /// The reasons [`brings_fresh_slot`] names, as a list for [`reason_mask`].
 #[doc(hidden)]
 pub const FRESH_SLOT_REASONS: [Reason; 4] = [
@@ -936,6 +944,20 @@ mod tests {
         ] {
             assert!(!brings_fresh_slot(later), "{later:?}");
         }
+    }
+
+    #[test]
+    fn only_a_guest_that_receives_websocket_pieces_takes_them() {
+        assert!(takes_pieces(reason_mask(&[Reason::Receive])));
+        assert!(takes_pieces(reason_mask(&[
+            Reason::Http,
+            Reason::ClientReceive
+        ])));
+        assert!(!takes_pieces(reason_mask(&[Reason::Http])));
+        assert!(!takes_pieces(reason_mask(&[
+            Reason::ServerWriteable,
+            Reason::ClientReceivePong
+        ])));
     }
 
     #[test]

@@ -51,6 +51,17 @@
 ///   `CLIENT_CONNECTION_ERROR`) are added: the glue writes `S::default()`
 ///   there. Without `reasons` every callback is made, as in lws.
 ///
+/// When several WebSocket messages arrive in one read, the callback is called
+/// with `Reason::Receive` (or `Reason::ClientReceive`) for each piece, in
+/// order, in one entry into the guest, as lws calls it for each frame of a
+/// read: the macro exports `wasmgate_fragment_cell`, and after a piece the
+/// callback returned 0 for, it takes the next with `wasmgate_receive_next`
+/// while the host has one (`docs/abi.md`, "Several pieces per entry"). A
+/// non-zero return, `lws_rx_flow_control(wsi, false)` or a client connection
+/// asked for ends the taking. With `reasons` that name neither `Receive` nor
+/// `ClientReceive` nothing is taken, and `wasmgate_receive_next` is not
+/// imported.
+///
 /// ```
 /// use wasmgate_guest::lws::{Reason, Wsi};
 ///
@@ -76,14 +87,7 @@ macro_rules! export_lws_callback {
         session = $session:ty,
         max_sessions = $max:expr $(,)?
     ) => {
-        $crate::__export_protocol!(
-            $name,
-            $rx,
-            $session,
-            $max,
-            false,
-            |wsi, reason, user, rx| ($callback)(wsi, reason, user, rx.input())
-        );
+        $crate::__export_lws_callback!($callback, $name, $rx, $session, $max, true);
     };
     (
         $callback:expr,
@@ -93,14 +97,31 @@ macro_rules! export_lws_callback {
         max_sessions = $max:expr,
         reasons = [$($reason:expr),* $(,)?] $(,)?
     ) => {
-        $crate::export_lws_callback!(
-            $callback,
-            name = $name,
-            rx_buffer_size = $rx,
-            session = $session,
-            max_sessions = $max,
-        );
+        $crate::__export_lws_callback!($callback, $name, $rx, $session, $max, {
+            const PIECES: bool =
+                $crate::abi::takes_pieces($crate::abi::reason_mask(&[$($reason),*]));
+            PIECES
+        });
         $crate::__export_wants!($crate::abi::lws_wanted::<$session>(&[$($reason),*]));
+    };
+}
+
+/// What [`export_lws_callback!`] emits: the protocol, taking the pieces
+/// behind a `RECEIVE` in its entry when `$pieces`, and the fragment cell.
+/// Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_lws_callback {
+    ($callback:expr, $name:expr, $rx:expr, $session:ty, $max:expr, $pieces:expr) => {
+        $crate::__export_protocol!(
+            $name,
+            $rx,
+            $session,
+            $max,
+            $pieces,
+            |wsi, reason, user, rx| ($callback)(wsi, reason, user, rx.input())
+        );
+        $crate::__export_fragment_cell!();
     };
 }
 
@@ -193,6 +214,16 @@ macro_rules! export_ws {
             $crate::ws::dispatch::<$handler>
         );
         $crate::__export_wants!($crate::ws::WANTED);
+        $crate::__export_fragment_cell!();
+    };
+}
+
+/// The `wasmgate_fragment_cell() -> i32` export: where the host writes the
+/// fragment word of each received piece. Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_fragment_cell {
+    () => {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code)] // reason: exports need `#[no_mangle]`
         const _: () = {

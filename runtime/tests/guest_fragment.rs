@@ -314,6 +314,10 @@ fn the_sdk_websocket_guests_export_the_fragment_cell() {
         ("ws-echo", wasmgate_guests::WS_ECHO),
         ("ws-echo-64", wasmgate_guests::WS_ECHO_64),
         ("autobahn-client", wasmgate_guests::AUTOBAHN_CLIENT),
+        // `export_lws_callback!` guests too, since they take pieces.
+        ("ws-client", wasmgate_guests::WS_CLIENT),
+        ("readings", wasmgate_guests::READINGS),
+        ("hello", wasmgate_guests::HELLO),
     ] {
         let module = wasmi::Module::new(&engine, wasm).expect("the guest compiles");
         match module.get_export("wasmgate_fragment_cell") {
@@ -322,5 +326,11 @@ fn the_sdk_websocket_guests_export_the_fragment_cell() {
             }
             other => panic!("{name}: wasmgate_fragment_cell is {other:?}"),
         }
+        // Only a guest that handles WebSocket pieces asks for the next one:
+        // `hello` (`reasons = [Reason::Http]`) does not import it.
+        let takes = module
+            .imports()
+            .any(|i| i.module() == "lws" && i.name() == "wasmgate_receive_next");
+        assert_eq!(takes, name != "hello", "{name}");
     }
 }

@@ -607,6 +607,27 @@ fn the_ws_client_guest_connects_by_name_and_greets_the_server() {
         .collect();
     assert_eq!(text, greeting);
     assert_eq!(net.ctx.connections(), 1);
+
+    // Eight messages in one segment: a CLIENT_RECEIVE callback each, the
+    // seven behind the first taken in its entry (`export_lws_callback!`
+    // takes them with `wasmgate_receive_next`, as `export_ws!` does).
+    net.run_for(Duration::from_millis(20));
+    let before = net.ctx.stats();
+    let eight: Vec<u8> = (0..8)
+        .flat_map(|i| {
+            let text = format!("message {i}");
+            [vec![0x81, text.len() as u8], text.into_bytes()].concat()
+        })
+        .collect();
+    assert_eq!(net.tcp(server).send_slice(&eight).unwrap(), eight.len());
+    net.run_until("eight callbacks", |net| {
+        net.ctx.stats().callbacks - before.callbacks >= 8
+    });
+    net.run_for(Duration::from_millis(20));
+    let after = net.ctx.stats();
+    assert_eq!(after.callbacks - before.callbacks, 8, "one per message");
+    assert_eq!(after.entries - before.entries, 1, "all in one entry");
+    assert_eq!(net.ctx.connections(), 1);
 }
 
 /// `CLIENT_CONNECTION_ERROR` texts seen by [`Recorder`].
