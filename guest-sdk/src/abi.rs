@@ -40,12 +40,14 @@ pub const FRAGMENT_MORE: i64 = 8;
 /// `wasmgate_fragment`: the bytes of the frame still to come start at this bit.
 pub const FRAGMENT_REMAINING_SHIFT: u32 = 8;
 /// Set in the fragment cell's word when a host wrote it (the cell that
-/// `export_ws!`'s `wasmgate_fragment_cell` names; `docs/abi.md`, "The
+/// the `wasmgate_fragment_cell` export of `export_ws!` and
+/// `export_lws_callback!` names; `docs/abi.md`, "The
 /// fragment cell"); `wasmgate_fragment` never answers with it.
 pub const FRAGMENT_PRESENT: i64 = 0x80;
 
 /// The fragment cell: a host that knows its address (the
-/// `wasmgate_fragment_cell` export, emitted by [`export_ws!`](crate::export_ws))
+/// `wasmgate_fragment_cell` export, emitted by [`export_ws!`](crate::export_ws)
+/// and [`export_lws_callback!`](crate::export_lws_callback))
 /// writes what `wasmgate_fragment` would answer, with [`FRAGMENT_PRESENT`],
 /// before every `RECEIVE` and `CLIENT_RECEIVE` callback, which then needs no
 /// host call to learn where its piece sits. It reads 0 under a host that does
@@ -760,7 +762,8 @@ pub fn describe<S: Default + Copy, const RX: usize, const N: usize>(
 /// `CLIENT_CONNECTION_ERROR`), and calls `f`. A `user` or
 /// `in` range the host should never send makes the callback return -1.
 ///
-/// With `pieces` (the WebSocket layer, whose fragment cell tells it), a
+/// With `pieces` (`export_ws!`, and `export_lws_callback!` unless its
+/// reasons receive nothing; the fragment cell says when to ask), a
 /// `RECEIVE` or `CLIENT_RECEIVE` callback that goes on (0) takes the pieces
 /// the host already holds behind its own (`wasmgate_receive_next`) and calls
 /// `f` again for each, as lws makes a `RECEIVE` callback for every frame of

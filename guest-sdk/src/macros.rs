@@ -2,7 +2,7 @@
 //! they declare a guest's statics (receive buffer, session
 //! region, descriptor) and its exports, `callback`, `wasmgate_protocol` and,
 //! where the reasons the guest handles are known, `wasmgate_wants`;
-//! `export_ws!` also `wasmgate_fragment_cell`.
+//! `export_ws!` and `export_lws_callback!` also `wasmgate_fragment_cell`.
 //! Everything they emit exists only on wasm32.
 
 /// Exports an lws-shaped callback, as a C guest registers a `struct lws_protocols`
@@ -59,8 +59,8 @@
 /// while the host has one (`docs/abi.md`, "Several pieces per entry"). A
 /// non-zero return, `lws_rx_flow_control(wsi, false)` or a client connection
 /// asked for ends the taking. With `reasons` that name neither `Receive` nor
-/// `ClientReceive` nothing is taken, and `wasmgate_receive_next` is not
-/// imported.
+/// `ClientReceive` nothing is taken, and a release build does not import
+/// `wasmgate_receive_next`.
 ///
 /// ```
 /// use wasmgate_guest::lws::{Reason, Wsi};

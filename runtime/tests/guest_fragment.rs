@@ -308,7 +308,7 @@ fn the_sdk_asks_the_host_call_when_no_runtime_writes_its_cell() {
 }
 
 #[test]
-fn the_sdk_websocket_guests_export_the_fragment_cell() {
+fn the_sdk_websocket_and_lws_guests_export_the_fragment_cell() {
     let engine = wasmi::Engine::default();
     for (name, wasm) in [
         ("ws-echo", wasmgate_guests::WS_ECHO),
@@ -332,5 +332,22 @@ fn the_sdk_websocket_guests_export_the_fragment_cell() {
             .imports()
             .any(|i| i.module() == "lws" && i.name() == "wasmgate_receive_next");
         assert_eq!(takes, name != "hello", "{name}");
+    }
+    // `export_http!` guests get no WebSocket pieces: neither.
+    for (name, wasm) in [
+        ("http-post", wasmgate_guests::HTTP_POST),
+        ("faulty", wasmgate_guests::FAULTY),
+    ] {
+        let module = wasmi::Module::new(&engine, wasm).expect("the guest compiles");
+        assert!(
+            module.get_export("wasmgate_fragment_cell").is_none(),
+            "{name}"
+        );
+        assert!(
+            !module
+                .imports()
+                .any(|i| i.name() == "wasmgate_receive_next"),
+            "{name}"
+        );
     }
 }

@@ -106,8 +106,9 @@ pub struct Stats {
     pub callbacks: u64,
     /// Entries into guest code (native handlers included): one per
     /// callback, except that one entry runs the `RECEIVE` callbacks of every
-    /// WebSocket piece already buffered behind the first, for a guest built
-    /// with `export_ws!` (`wasmgate_receive_next`).
+    /// WebSocket piece already buffered behind the first, for a guest that
+    /// takes them (`wasmgate_receive_next`: the SDK's `export_ws!` and
+    /// `export_lws_callback!`).
     pub entries: u64,
     /// Callbacks that trapped or ran out of fuel.
     pub faults: u64,
