@@ -4,12 +4,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
 use wasmgate::Context;
 
 /// A guest (protocol `logs`) whose `HTTP` callback runs `each` `$n` times in
@@ -78,27 +75,6 @@ fn get_status(ctx: &mut Context) -> u16 {
         .unwrap_or_else(|_| panic!("a status line: {text}"))
 }
 
-/// Counts events whose target is `guest` (what guests log).
-struct CountGuestLines(Arc<AtomicUsize>);
-
-impl Subscriber for CountGuestLines {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        if event.metadata().target() == "guest" {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
-
 #[test]
 fn a_few_host_calls_fit_the_fuel_budget() {
     let _serial = one_at_a_time();
@@ -116,15 +92,9 @@ fn host_calls_are_paid_from_the_callbacks_fuel() {
 #[test]
 fn one_callback_logs_at_most_32_lines() {
     let _serial = one_at_a_time();
-    let lines = Arc::new(AtomicUsize::new(0));
-    let subscriber = CountGuestLines(lines.clone());
-    tracing::subscriber::with_default(subscriber, || {
-        // Another test's thread may have cached "nobody listens" for the
-        // guest log call site before this subscriber existed: ask again.
-        tracing::callsite::rebuild_interest_cache();
-        assert_eq!(get_status(&mut device(log_loop_guest(100))), 200);
-    });
-    assert_eq!(lines.load(Ordering::Relaxed), 32);
+    let log = common::GuestLines::default();
+    log.record(|| assert_eq!(get_status(&mut device(log_loop_guest(100))), 200));
+    assert_eq!(log.lines().len(), 32);
 }
 
 /// A guest whose `HTTP` callback calls `lws_is_ssl` (a host call that

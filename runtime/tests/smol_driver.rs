@@ -3,6 +3,8 @@
 //! Ethernet link. Time is an explicit clock that jumps to the next deadline
 //! when the link is idle; nothing sleeps.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -620,13 +622,18 @@ fn the_ws_client_guest_connects_by_name_and_greets_the_server() {
         })
         .collect();
     assert_eq!(net.tcp(server).send_slice(&eight).unwrap(), eight.len());
-    net.run_until("eight callbacks", |net| {
-        net.ctx.stats().callbacks - before.callbacks >= 8
+    let log = common::GuestLines::default();
+    log.record(|| {
+        net.run_until("eight callbacks", |net| {
+            net.ctx.stats().callbacks - before.callbacks >= 8
+        });
+        net.run_for(Duration::from_millis(20));
     });
-    net.run_for(Duration::from_millis(20));
     let after = net.ctx.stats();
     assert_eq!(after.callbacks - before.callbacks, 8, "one per message");
     assert_eq!(after.entries - before.entries, 1, "all in one entry");
+    let expected: Vec<String> = (0..8).map(|i| format!("Received: message {i}")).collect();
+    assert_eq!(log.lines(), expected, "each message whole, in order");
     assert_eq!(net.ctx.connections(), 1);
 }
 

@@ -1,7 +1,13 @@
 //! Helpers shared by the runtime's integration tests.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
 
 use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
 use wasmgate::context::ConnId;
@@ -126,6 +132,60 @@ pub fn config_with(listener: Listener, protocol: &str, handler: Handler) -> Conf
         clients: Vec::new(),
         trust: None,
     }
+}
+
+/// Records what guests log (events with target `guest`), a line each.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+#[derive(Clone, Default)]
+pub struct GuestLines(Arc<Mutex<Vec<String>>>);
+
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+impl GuestLines {
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `f` with this recorder as the thread's subscriber.
+    pub fn record<T>(&self, f: impl FnOnce() -> T) -> T {
+        tracing::subscriber::with_default(self.clone(), || {
+            // Another thread may have cached "nobody listens" for the guest
+            // log call site before this subscriber existed: ask again.
+            tracing::callsite::rebuild_interest_cache();
+            f()
+        })
+    }
+}
+
+impl Subscriber for GuestLines {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        struct Message(String);
+        impl Visit for Message {
+            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if event.metadata().target() == "guest" {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(message.0);
+        }
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
 }
 
 #[path = "../../../tests/support/ws_frame.rs"]
