@@ -139,6 +139,14 @@ fn median_of<'a>(results: &'a Results, server: &str, load: Load) -> Option<&'a S
         .find(|m| m.server == server && m.load == load)
 }
 
+/// The server CPU per operation (µs) of `server` and of `base` under `load`,
+/// each its median over the rounds.
+fn costs(results: &Results, (server, base): (&str, &str), load: Load) -> Option<(f64, f64)> {
+    median_of(results, server, load)
+        .zip(median_of(results, base, load))
+        .map(|(s, b)| (s.server_us_per_op, b.server_us_per_op))
+}
+
 fn lws_rate(results: &Results, load: Load) -> Option<f64> {
     median_of(results, "lws", load).map(|m| m.rate)
 }
@@ -222,9 +230,7 @@ fn targets(results: &Results, out: &Path) -> Vec<Target> {
     ));
     // The OS driver's 16 KiB rate can be its generator's: its CPU per
     // message says what the rate may not.
-    let cost = median_of(results, "wasmgate-smoltcp", Load::Ws16k)
-        .zip(median_of(results, "wasmgate", Load::Ws16k))
-        .map(|(s, o)| (s.server_us_per_op, o.server_us_per_op));
+    let cost = costs(results, ("wasmgate-smoltcp", "wasmgate"), Load::Ws16k);
     t.push(Target {
         what: "the same by server CPU per message".into(),
         wanted: ">= 0.5x".into(),
@@ -240,9 +246,7 @@ fn targets(results: &Results, out: &Path) -> Vec<Target> {
             "guest / native server CPU per message (WS 64 B)",
         ),
     ] {
-        let cost = median_of(results, "wasmgate", load)
-            .zip(median_of(results, "wasmgate-native", load))
-            .map(|(g, n)| (g.server_us_per_op, n.server_us_per_op));
+        let cost = costs(results, ("wasmgate", "wasmgate-native"), load);
         t.push(Target {
             what: what.into(),
             wanted: "<= 1.15x".into(),
