@@ -30,6 +30,10 @@ fi
 # The end-to-end tests run the simulator's default network first: the
 # device's own smoltcp stack behind the user-mode gateway...
 cargo test --workspace "$@"
+# The example guests' own unit tests (their workspace, built for the host;
+# guests without host tests compile to nothing there).
+echo "tests/run.sh: the example guests' unit tests"
+cargo test --manifest-path guests/Cargo.toml --workspace --quiet
 # ...then the same tests over the host's sockets (the OS driver).
 echo "tests/run.sh: the end-to-end tests again with WASMGATE_NET=host (the OS-socket driver)"
 WASMGATE_NET=host cargo test -p wasmgate-sim --tests "$@"

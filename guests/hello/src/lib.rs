@@ -19,6 +19,9 @@
 //! closed, which under a burst of new connections can be many at once.
 
 #![no_std]
+// A guest only: it has no host tests, so a host build (`cargo test` in this
+// workspace) compiles nothing.
+#![cfg(target_arch = "wasm32")]
 
 use wasmgate_guest::lws::{
     Reason, WriteMode, Wsi, lws_add_http_common_headers, lws_finalize_write_http_header,

@@ -22,6 +22,9 @@
 //! trap or an upload) takes over; the page names a fixed device, not the config's.
 
 #![no_std]
+// A guest only: built for wasm32 (its statics are `Sync` only there); it has no host
+// tests, so a host build (`cargo test` in this workspace) compiles nothing.
+#![cfg(target_arch = "wasm32")]
 
 use core::fmt::Write;
 
