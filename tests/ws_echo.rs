@@ -244,6 +244,35 @@ fn the_close_handshake_returns_the_peers_code_and_ends_the_connection() {
 }
 
 #[test]
+fn messages_sent_before_a_half_close_are_echoed_then_the_connection_ends() {
+    let sim = ws_device();
+    let mut r = open(&sim);
+    // Three messages and the client's FIN together, no close frame: the
+    // session ends (1006), but the client can still read, and the answers
+    // to what it sent before its FIN are not dropped.
+    let big = support::pseudo_random(10 * 1024);
+    let sent = [b"one".to_vec(), b"two".to_vec(), big];
+    let read: Vec<u8> = sent.iter().flat_map(|m| frame(true, 0x2, m)).collect();
+    r.get_mut().write_all(&read).unwrap();
+    r.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    let mut echoed = Vec::new();
+    let mut message = Vec::new();
+    while echoed.len() < sent.len() {
+        let f = read_frame(&mut r);
+        assert_ne!(f.opcode, 0x8, "no close frame after a FIN: {echoed:?}");
+        message.extend_from_slice(&f.payload);
+        if f.fin {
+            echoed.push(std::mem::take(&mut message));
+        }
+    }
+    assert!(echoed == sent, "the echoes, whole and in order");
+    assert!(
+        support::closed_by_peer(r.get_mut()),
+        "then the device closes"
+    );
+}
+
+#[test]
 fn http_still_works_on_the_websocket_listener() {
     let sim = ws_device();
     let r = support::roundtrip(&sim, b"GET /hello HTTP/1.1\r\nHost: d\r\n\r\n");

@@ -454,11 +454,13 @@ impl Session {
 
     /// The peer closed its side of TCP. Bytes already fed are still processed;
     /// then, unless a close frame had come, the session ends with `Closed` 1006.
+    /// What is queued to send stays: the peer may still read (a half-close),
+    /// and answers to what it sent before its FIN are not dropped.
     pub fn peer_closed(&mut self, now: Instant) {
         self.observe(now);
         self.peer_fin = true;
         if self.rx_len() == 0 {
-            self.abort();
+            self.end(1006);
         }
     }
 
@@ -791,7 +793,8 @@ impl Session {
     /// No more can be done with the bytes buffered.
     fn need_more(&mut self) -> Step {
         if self.peer_fin {
-            self.abort();
+            // Everything the peer sent is used up (see `peer_closed`).
+            self.end(1006);
             Step::Again
         } else {
             Step::Idle
@@ -1127,8 +1130,9 @@ impl Session {
         }
     }
 
-    /// Ends the session without a close handshake (1006): what is queued will not
-    /// be read, so it is dropped.
+    /// Ends the session without a close handshake (1006) when the peer stopped
+    /// answering (a timeout): what is queued will not be read, so it is
+    /// dropped. (After the peer's FIN it may still read: see `peer_closed`.)
     fn abort(&mut self) {
         if !self.is_closed() {
             self.end(1006);
