@@ -1,12 +1,14 @@
 //! Helpers shared by the runtime's integration tests.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 
 use wasmgate::config::{GuestLimits, Handler, Limits, Listener, Mount, Protocol};
@@ -134,10 +136,16 @@ pub fn config_with(listener: Listener, protocol: &str, handler: Handler) -> Conf
     }
 }
 
-/// Records what guests log (events with target `guest`), a line each.
+/// Records what guests log (events with target `guest`) on the thread that
+/// calls [`record`](Self::record), a line each.
 #[allow(dead_code, reason = "not every test binary uses every helper")]
 #[derive(Clone, Default)]
 pub struct GuestLines(Arc<Mutex<Vec<String>>>);
+
+thread_local! {
+    /// Where [`Lines`] puts this thread's guest log lines, while it records.
+    static RECORDING: RefCell<Option<GuestLines>> = const { RefCell::new(None) };
+}
 
 #[allow(dead_code, reason = "not every test binary uses every helper")]
 impl GuestLines {
@@ -146,20 +154,49 @@ impl GuestLines {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Runs `f` with this recorder as the thread's subscriber.
+    /// Runs `f`, keeping the guest log lines this thread emits meanwhile.
+    ///
+    /// The subscriber is the process's global one, installed at the first
+    /// call, not one scoped to the thread: tests run side by side in one
+    /// process, and a call site's interest is cached for every thread; with
+    /// a scoped subscriber, another test's thread could cache "nobody
+    /// listens" for the guest's log call site in the middle of a recording,
+    /// and the lines after that were lost (one line of eight, once).
     pub fn record<T>(&self, f: impl FnOnce() -> T) -> T {
-        tracing::subscriber::with_default(self.clone(), || {
-            // Another thread may have cached "nobody listens" for the guest
-            // log call site before this subscriber existed: ask again.
-            tracing::callsite::rebuild_interest_cache();
-            f()
-        })
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            tracing::subscriber::set_global_default(Lines)
+                .expect("no other global subscriber in the runtime's tests");
+        });
+        // A call site registered while the subscriber was being installed
+        // may have cached the interest from before it: ask again.
+        tracing::callsite::rebuild_interest_cache();
+        struct Stop;
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                RECORDING.with(|r| r.borrow_mut().take());
+            }
+        }
+        RECORDING.with(|r| *r.borrow_mut() = Some(self.clone()));
+        let _stop = Stop;
+        f()
     }
 }
 
-impl Subscriber for GuestLines {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
+/// The global subscriber behind [`GuestLines`]: interested in guest log
+/// lines only, which it gives to the recording of the thread they come from.
+struct Lines;
+
+impl Subscriber for Lines {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if self.enabled(metadata) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.target() == "guest"
     }
     fn new_span(&self, _: &Attributes<'_>) -> Id {
         Id::from_u64(1)
@@ -175,14 +212,17 @@ impl Subscriber for GuestLines {
                 }
             }
         }
-        if event.metadata().target() == "guest" {
-            let mut message = Message(String::new());
-            event.record(&mut message);
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(message.0);
-        }
+        RECORDING.with(|r| {
+            if let Some(lines) = r.borrow().as_ref() {
+                let mut message = Message(String::new());
+                event.record(&mut message);
+                lines
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(message.0);
+            }
+        });
     }
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}
