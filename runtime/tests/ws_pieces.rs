@@ -229,18 +229,46 @@ fn outside_a_receive_callback_the_call_is_a_bad_state() {
     );
 }
 
-#[test]
-fn pausing_receipt_in_a_piece_leaves_the_pieces_behind_it_buffered() {
-    let now = Instant::now();
+/// "one", "Pause" and "three" in one read: the guest echoes the first two,
+/// the second pausing receipt, in one entry of two callbacks; "three" waits.
+fn paused_before_the_third(now: Instant) -> (Context, ConnId) {
     let mut ctx = wat_device(0);
     let (id, _) = open(&mut ctx, now);
     let read = texts(&["one", "Pause", "three"]);
     let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
     assert_eq!(out, [text("one"), text("Pause"), text("end")]);
     assert_eq!((entries, callbacks), (1, 2));
+    (ctx, id)
+}
+
+#[test]
+fn pausing_receipt_in_a_piece_leaves_the_pieces_behind_it_buffered() {
+    let now = Instant::now();
+    let (mut ctx, id) = paused_before_the_third(now);
     // Still paused later: the third stays where it is.
     let (out, _, callbacks) = one_read(&mut ctx, id, &[], now);
     assert!(out.is_empty() && callbacks == 0, "{out:?}");
+}
+
+#[test]
+fn input_a_paused_guest_never_took_from_a_peer_gone_is_dropped_without_a_close_frame() {
+    let now = Instant::now();
+    let (mut ctx, id) = paused_before_the_third(now);
+    // The peer closes; "three" waits behind the pause, and the guest never
+    // resumes: after the close timeout the session ends (1006, `CLOSED`)
+    // with no close frame, which a peer that sent FIN would not answer.
+    ctx.peer_closed(id, now);
+    assert!(!ctx.should_close(id), "the guest may still resume");
+    let before = ctx.stats();
+    let later = now + ctx.config().limits.ws.close_timeout;
+    ctx.service(later);
+    let out = common::server_frames(&common::drain(&mut ctx, id, later));
+    assert!(
+        out.is_empty(),
+        "no close frame after the peer's FIN: {out:?}"
+    );
+    assert_eq!(ctx.stats().callbacks - before.callbacks, 1, "CLOSED");
+    assert!(ctx.should_close(id));
 }
 
 #[test]

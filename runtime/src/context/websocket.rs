@@ -273,9 +273,19 @@ impl Context {
             if now >= by {
                 conn.drain_by = None;
                 conn.writable = false;
-                if let Some(ws) = conn.ws.as_mut() {
-                    tracing::info!(wsi = id.wsi(), "closing a connection of a replaced module");
-                    ws.close(1001, b"module replaced");
+                let peer_gone = conn.peer_fin;
+                // (A session that ended meanwhile only drains its output.)
+                if let Some(ws) = conn.ws.as_mut().filter(|w| !w.is_closed()) {
+                    if peer_gone {
+                        tracing::info!(
+                            wsi = id.wsi(),
+                            "the peer closed and receiving stayed paused: its last input is dropped"
+                        );
+                        ws.drop_input();
+                    } else {
+                        tracing::info!(wsi = id.wsi(), "closing a connection of a replaced module");
+                        ws.close(1001, b"module replaced");
+                    }
                 }
                 self.mark_dirty(id);
             } else {

@@ -464,6 +464,15 @@ impl Session {
         }
     }
 
+    /// After the peer's FIN, gives up on the input the guest has not taken
+    /// (it kept receiving paused): the session ends (1006) as if the input had
+    /// been used up, and what is queued to send stays.
+    pub fn drop_input(&mut self) {
+        self.rx.clear();
+        self.rx_start = 0;
+        self.end(1006);
+    }
+
     /// The next event, if any. `Data` pieces are at most `max_piece` bytes (taken
     /// as at least 1; the guest's `rx_buffer_size`), and never more than the
     /// receive buffer, whatever the frame sizes were. Pieces are handed out as

@@ -1098,4 +1098,35 @@ fn a_peers_fin_keeps_what_was_queued_for_it() {
     assert_eq!(events(&mut s, t, 4096), [Ev::Closed(1006)]);
     assert_eq!(take_tx(&mut s), [out(BINARY, &[5; 5000])]);
     assert!(s.tx().is_empty());
+
+    // The same when the FIN comes behind input still to be used up.
+    let mut s = server(t);
+    s.send(SendKind::Binary, &[5; 300], true).unwrap();
+    s.feed(&masked(TEXT, true, b"last words"), t);
+    s.peer_closed(t);
+    assert!(!s.is_closed(), "its input first");
+    assert_eq!(
+        events(&mut s, t, 4096),
+        [data(b"last words", true, true, false, 0), Ev::Closed(1006)]
+    );
+    assert_eq!(take_tx(&mut s), [out(BINARY, &[5; 300])]);
+}
+
+#[test]
+fn input_left_paused_behind_a_peers_fin_can_be_dropped() {
+    let t = Instant::now();
+    let mut s = server(t);
+    s.feed(&masked(TEXT, true, b"first"), t);
+    s.feed(&masked(TEXT, true, b"never taken"), t);
+    let first = s.poll_event(t, 4096).map(Ev::from);
+    assert_eq!(first, Some(data(b"first", true, true, false, 0)));
+    s.set_rx_paused(true);
+    s.send(SendKind::Text, b"answer", true).unwrap();
+    s.peer_closed(t);
+    assert!(events(&mut s, t, 4096).is_empty(), "paused: nothing");
+    assert!(!s.is_closed());
+    s.drop_input();
+    assert_eq!(events(&mut s, t, 4096), [Ev::Closed(1006)]);
+    assert_eq!(take_tx(&mut s), [out(TEXT, b"answer")]);
+    assert!(!s.has_buffered());
 }
