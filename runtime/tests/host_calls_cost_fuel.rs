@@ -48,7 +48,8 @@ fn log_loop_guest(n: u32) -> Vec<u8> {
 
 /// The tests of this file run one at a time: tracing caches per call site
 /// whether anyone listens, and a guest logging on another test's thread
-/// while the counting subscriber is set up can leave "nobody" in that cache.
+/// while the first recording installs `GuestLines`' global subscriber could
+/// leave "nobody" in that cache after the subscriber's own rebuild of it.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL

@@ -229,22 +229,23 @@ fn outside_a_receive_callback_the_call_is_a_bad_state() {
     );
 }
 
-/// "one", "Pause" and "three" in one read: the guest echoes the first two,
-/// the second pausing receipt, in one entry of two callbacks; "three" waits.
-fn paused_before_the_third(now: Instant) -> (Context, ConnId) {
-    let mut ctx = wat_device(0);
-    let (id, _) = open(&mut ctx, now);
+/// A WebSocket on `ctx` (the WAT guest) that got "one", "Pause" and "three"
+/// in one read: the guest echoes the first two, the second pausing receipt,
+/// in one entry of two callbacks; "three" waits.
+fn paused_before_the_third(ctx: &mut Context, now: Instant) -> ConnId {
+    let (id, _) = open(ctx, now);
     let read = texts(&["one", "Pause", "three"]);
-    let (out, entries, callbacks) = one_read(&mut ctx, id, &read, now);
+    let (out, entries, callbacks) = one_read(ctx, id, &read, now);
     assert_eq!(out, [text("one"), text("Pause"), text("end")]);
     assert_eq!((entries, callbacks), (1, 2));
-    (ctx, id)
+    id
 }
 
 #[test]
 fn pausing_receipt_in_a_piece_leaves_the_pieces_behind_it_buffered() {
     let now = Instant::now();
-    let (mut ctx, id) = paused_before_the_third(now);
+    let mut ctx = wat_device(0);
+    let id = paused_before_the_third(&mut ctx, now);
     // Still paused later: the third stays where it is.
     let (out, _, callbacks) = one_read(&mut ctx, id, &[], now);
     assert!(out.is_empty() && callbacks == 0, "{out:?}");
@@ -253,22 +254,29 @@ fn pausing_receipt_in_a_piece_leaves_the_pieces_behind_it_buffered() {
 #[test]
 fn input_a_paused_guest_never_took_from_a_peer_gone_is_dropped_without_a_close_frame() {
     let now = Instant::now();
-    let (mut ctx, id) = paused_before_the_third(now);
+    let mut ctx = wat_device(0);
+    let id = paused_before_the_third(&mut ctx, now);
     // The peer closes; "three" waits behind the pause, and the guest never
     // resumes: after the close timeout the session ends (1006, `CLOSED`)
     // with no close frame, which a peer that sent FIN would not answer.
     ctx.peer_closed(id, now);
     assert!(!ctx.should_close(id), "the guest may still resume");
+    assert_eq!(ends_at_the_fins_deadline(&mut ctx, id, now), 1, "CLOSED");
+}
+
+/// Connection `id`, whose peer sent FIN at `now`, ends at the close timeout
+/// after it, with no close frame; the callbacks that took.
+fn ends_at_the_fins_deadline(ctx: &mut Context, id: ConnId, now: Instant) -> u64 {
     let before = ctx.stats();
     let later = now + ctx.config().limits.ws.close_timeout;
     ctx.service(later);
-    let out = common::server_frames(&common::drain(&mut ctx, id, later));
+    let out = common::server_frames(&common::drain(ctx, id, later));
     assert!(
         out.is_empty(),
         "no close frame after the peer's FIN: {out:?}"
     );
-    assert_eq!(ctx.stats().callbacks - before.callbacks, 1, "CLOSED");
-    assert!(ctx.should_close(id));
+    assert!(ctx.should_close(id), "ended at the FIN's deadline");
+    ctx.stats().callbacks - before.callbacks
 }
 
 #[test]
@@ -393,6 +401,20 @@ fn trap_behind_three(window: u32) -> (u64, serde_json::Value) {
     let (_, body) = answer.split_once("\r\n\r\n").expect("a head");
     let modules: serde_json::Value = serde_json::from_str(body).expect("JSON");
     (opened, modules["modules"][0].clone())
+}
+
+#[test]
+fn a_module_replaced_after_the_peers_fin_does_not_put_off_its_end() {
+    let now = Instant::now();
+    let mut ctx = trial_device(1000);
+    let id = paused_before_the_third(&mut ctx, now);
+    ctx.peer_closed(id, now);
+    // A new module now: its drain deadline (60 s) is later than the FIN's.
+    let module = wat::parse_str(GUEST.replace("BURN", "1")).expect("test WAT parses");
+    let put = admin(&mut ctx, "PUT", "/_admin/modules/pieces", &module, now);
+    assert!(put.starts_with("HTTP/1.1 200 "), "{put}");
+    assert!(!ctx.should_close(id));
+    ends_at_the_fins_deadline(&mut ctx, id, now);
 }
 
 #[test]

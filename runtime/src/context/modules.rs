@@ -407,7 +407,9 @@ impl Context {
                 continue;
             };
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
-                conn.drain_by = Some(now + drain);
+                // A shorter deadline (the peer's FIN, say) stays.
+                let by = now + drain;
+                conn.drain_by = Some(conn.drain_by.map_or(by, |d| d.min(by)));
                 let id = conn.id;
                 self.touch_now(id);
             }

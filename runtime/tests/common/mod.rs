@@ -171,14 +171,14 @@ impl GuestLines {
         // A call site registered while the subscriber was being installed
         // may have cached the interest from before it: ask again.
         tracing::callsite::rebuild_interest_cache();
-        struct Stop;
+        /// Puts back the recording this one interrupted, if any.
+        struct Stop(Option<GuestLines>);
         impl Drop for Stop {
             fn drop(&mut self) {
-                RECORDING.with(|r| r.borrow_mut().take());
+                RECORDING.with(|r| *r.borrow_mut() = self.0.take());
             }
         }
-        RECORDING.with(|r| *r.borrow_mut() = Some(self.clone()));
-        let _stop = Stop;
+        let _stop = Stop(RECORDING.with(|r| r.borrow_mut().replace(self.clone())));
         f()
     }
 }
@@ -212,7 +212,8 @@ impl Subscriber for Lines {
                 }
             }
         }
-        RECORDING.with(|r| {
+        // (Not during the thread's teardown, when the recording is gone.)
+        let _ = RECORDING.try_with(|r| {
             if let Some(lines) = r.borrow().as_ref() {
                 let mut message = Message(String::new());
                 event.record(&mut message);
