@@ -80,6 +80,54 @@ fn eight_messages_in_one_read_are_echoed_in_order_from_one_entry() {
 }
 
 #[test]
+fn echoes_the_guest_queued_for_writeable_still_go_out_after_the_peers_fin() {
+    let now = Instant::now();
+    let mut ctx = echo_device();
+    let (id, _) = open(&mut ctx, now);
+    // 18 KB of messages and then FIN, the device sending only when it can
+    // take no more (and then only 9 KiB): at the FIN the guest holds echoes
+    // it could not write yet and asks for WRITEABLE until it has written
+    // them (the session ended at the FIN before, and they were lost).
+    let sent: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 3000]).collect();
+    let read: Vec<u8> = sent.iter().flat_map(|m| frame(true, 2, m)).collect();
+    let (mut at, mut out) = (0, Vec::new());
+    while at < read.len() {
+        let n = ctx.receive(id, &read[at..], now);
+        at += n;
+        ctx.service(now);
+        if n == 0 {
+            // Just enough for WRITEABLE (half the buffer free), no more.
+            let tx = ctx.transmit(id).to_vec();
+            let k = tx.len().min(9 * 1024);
+            ctx.transmitted(id, k, now);
+            out.extend_from_slice(&tx[..k]);
+        }
+    }
+    ctx.peer_closed(id, now);
+    for _ in 0..100 {
+        if ctx.should_close(id) {
+            break;
+        }
+        ctx.service(now);
+        out.extend(common::drain(&mut ctx, id, now));
+    }
+    assert!(ctx.should_close(id), "closed once all is out");
+    let mut echoed = Vec::new();
+    let mut message = Vec::new();
+    for (fin, _, payload) in common::server_frames(&out) {
+        message.extend(payload);
+        if fin {
+            echoed.push(std::mem::take(&mut message));
+        }
+    }
+    assert!(
+        echoed == sent,
+        "every echo whole: {:?}",
+        echoed.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_message_in_pieces_and_one_longer_than_the_buffer_come_whole_in_one_entry() {
     // ws-echo takes 1 KiB pieces: 2,500 bytes are three, and a fragmented
     // message's frames are pieces too; all of one read in one entry.

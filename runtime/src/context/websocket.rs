@@ -161,7 +161,16 @@ impl Context {
                 let taken = ws.feed(&conn.ws_backlog, now);
                 conn.ws_backlog.drain(..taken);
             }
+            if ws.input_done() && !conn.writable {
+                // The peer sent FIN, all it sent before is handled, and the
+                // guest asks for no `WRITEABLE` to send more: the session
+                // ends (1006, `CLOSED`) once what is queued has gone out.
+                ws.drop_input();
+            }
             let Some(event) = ws.poll_event(now, piece) else {
+                if ws.input_done() && !conn.writable {
+                    continue; // the input ran out in this call: end now
+                }
                 return;
             };
             let (why, fragment) = match event {
@@ -279,7 +288,8 @@ impl Context {
                     if peer_gone {
                         tracing::info!(
                             wsi = id.wsi(),
-                            "the peer closed and receiving stayed paused: its last input is dropped"
+                            "the peer closed and the close timeout passed: ending the session, \
+                             dropping what it sent that was not taken"
                         );
                         ws.drop_input();
                     } else {

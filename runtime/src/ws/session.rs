@@ -331,6 +331,9 @@ pub struct Session {
     paused: bool,
     /// The peer closed its side of TCP.
     peer_fin: bool,
+    /// ...and every event before its FIN has been handed out: see
+    /// [`Session::input_done`].
+    input_done: bool,
     state: State,
     tx: TxBuf,
     /// The caller's outgoing message is open (a Text/Binary frame without FIN).
@@ -387,6 +390,7 @@ impl Session {
             message: None,
             paused: false,
             peer_fin: false,
+            input_done: false,
             state: State::Open,
             tx: TxBuf {
                 buf: Vec::new(),
@@ -453,20 +457,38 @@ impl Session {
     }
 
     /// The peer closed its side of TCP. Bytes already fed are still processed;
-    /// then, unless a close frame had come, the session ends with `Closed` 1006.
-    /// What is queued to send stays: the peer may still read (a half-close),
-    /// and answers to what it sent before its FIN are not dropped.
+    /// then an open session stays open for sending only ([`Self::input_done`]:
+    /// the peer may still read, as after a half-close) until the caller ends
+    /// it with [`Self::drop_input`], and a closing one ends with `Closed` 1006.
+    /// What is queued to send stays either way.
     pub fn peer_closed(&mut self, now: Instant) {
         self.observe(now);
         self.peer_fin = true;
         if self.rx_len() == 0 {
+            self.input_ended();
+        }
+    }
+
+    /// True once the peer sent FIN and every event before it was handed out:
+    /// nothing more will come in, and the session, still open, only sends
+    /// (no keepalive pings: no pong could come back).
+    #[must_use]
+    pub fn input_done(&self) -> bool {
+        self.input_done && !self.is_closed()
+    }
+
+    /// What the peer sent before its FIN is used up.
+    fn input_ended(&mut self) {
+        if self.state == State::Open {
+            self.input_done = true;
+        } else {
             self.end(1006);
         }
     }
 
-    /// After the peer's FIN, gives up on the input the guest has not taken
-    /// (it kept receiving paused): the session ends (1006) as if the input had
-    /// been used up, and what is queued to send stays.
+    /// After the peer's FIN, ends the session (1006): the caller has nothing
+    /// more to send, or gives up on the input the guest has not taken (it
+    /// kept receiving paused). What is queued to send stays.
     pub fn drop_input(&mut self) {
         self.rx.clear();
         self.rx_start = 0;
@@ -709,7 +731,8 @@ impl Session {
     /// ping (even past the output buffer's bound); if nothing at all comes within
     /// `pong_timeout` after it, or the peer does not answer our close frame within
     /// `close_timeout`, the session ends (as 1006, output dropped) and the next
-    /// [`Self::poll_event`] reports `Closed`.
+    /// [`Self::poll_event`] reports `Closed`. None run while receiving is paused
+    /// or after the peer's FIN.
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         self.observe(now);
         let (deadline, keepalive_ping) = match self.state {
@@ -718,7 +741,7 @@ impl Session {
                 after(since.unwrap_or(now), self.limits.close_timeout)?,
                 false,
             ),
-            State::Open if self.paused => return None,
+            State::Open if self.paused || self.peer_fin => return None,
             State::Open => match (self.ping_sent, self.limits.ping_interval) {
                 (Some(sent), _) => (after(sent, self.limits.pong_timeout)?, false),
                 (None, Some(interval)) => (after(self.last_rx, interval)?, true),
@@ -803,11 +826,12 @@ impl Session {
     fn need_more(&mut self) -> Step {
         if self.peer_fin {
             // Everything the peer sent is used up (see `peer_closed`).
-            self.end(1006);
-            Step::Again
-        } else {
-            Step::Idle
+            self.input_ended();
+            if self.is_closed() {
+                return Step::Again;
+            }
         }
+        Step::Idle
     }
 
     fn read_header(&mut self, now: Instant) -> Step {

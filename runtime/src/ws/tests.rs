@@ -649,17 +649,31 @@ fn close_timeout_drops_the_connection() {
 }
 
 #[test]
-fn peer_fin_ends_the_session_after_what_was_buffered() {
+fn after_the_peers_fin_and_what_came_before_it_the_session_only_sends() {
     let t = Instant::now();
     let mut s = server(t);
     s.feed(&masked(TEXT, true, b"last words"), t);
     s.peer_closed(t);
     assert_eq!(s.rx_space(), 0);
+    assert!(!s.input_done(), "what came before the FIN first");
     assert_eq!(
         events(&mut s, t, 4096),
-        [data(b"last words", true, true, false, 0), Ev::Closed(1006)]
+        [data(b"last words", true, true, false, 0)]
     );
+    assert!(s.input_done() && !s.is_closing());
+    assert_eq!(
+        s.poll_timeout(t + Duration::from_secs(3600)),
+        None,
+        "no pings"
+    );
+    s.send(SendKind::Text, b"still sent", true).unwrap();
+    s.drop_input();
+    assert_eq!(events(&mut s, t, 4096), [Ev::Closed(1006)]);
+    assert_eq!(take_tx(&mut s), [out(TEXT, b"still sent")]);
+
+    // A session already closing ends at the FIN.
     let mut s = server(t);
+    s.close(1000, b"");
     s.peer_closed(t);
     assert!(s.is_closed());
     assert_eq!(events(&mut s, t, 4096), [Ev::Closed(1006)]);
@@ -1095,21 +1109,11 @@ fn a_peers_fin_keeps_what_was_queued_for_it() {
     let mut s = server(t);
     s.send(SendKind::Binary, &[5; 5000], true).unwrap();
     s.peer_closed(t);
+    assert!(s.input_done());
+    s.drop_input();
     assert_eq!(events(&mut s, t, 4096), [Ev::Closed(1006)]);
     assert_eq!(take_tx(&mut s), [out(BINARY, &[5; 5000])]);
     assert!(s.tx().is_empty());
-
-    // The same when the FIN comes behind input still to be used up.
-    let mut s = server(t);
-    s.send(SendKind::Binary, &[5; 300], true).unwrap();
-    s.feed(&masked(TEXT, true, b"last words"), t);
-    s.peer_closed(t);
-    assert!(!s.is_closed(), "its input first");
-    assert_eq!(
-        events(&mut s, t, 4096),
-        [data(b"last words", true, true, false, 0), Ev::Closed(1006)]
-    );
-    assert_eq!(take_tx(&mut s), [out(BINARY, &[5; 300])]);
 }
 
 #[test]
