@@ -91,7 +91,10 @@ fn echoes_the_guest_queued_for_writeable_still_go_out_after_the_peers_fin() {
     let sent: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 3000]).collect();
     let read: Vec<u8> = sent.iter().flat_map(|m| frame(true, 2, m)).collect();
     let (mut at, mut out) = (0, Vec::new());
-    while at < read.len() {
+    for _ in 0..1000 {
+        if at == read.len() {
+            break;
+        }
         let n = ctx.receive(id, &read[at..], now);
         at += n;
         ctx.service(now);
@@ -103,13 +106,26 @@ fn echoes_the_guest_queued_for_writeable_still_go_out_after_the_peers_fin() {
             out.extend_from_slice(&tx[..k]);
         }
     }
+    assert_eq!(at, read.len(), "all taken");
     ctx.peer_closed(id, now);
+    assert_echoed_then_closed(&mut ctx, id, out, &sent, now);
+}
+
+/// `ctx` sends what connection `id` has left to send (after `out`, already
+/// sent) until it closes; the messages echoed must be `sent`, whole.
+fn assert_echoed_then_closed(
+    ctx: &mut Context,
+    id: ConnId,
+    mut out: Vec<u8>,
+    sent: &[Vec<u8>],
+    now: Instant,
+) {
     for _ in 0..100 {
         if ctx.should_close(id) {
             break;
         }
         ctx.service(now);
-        out.extend(common::drain(&mut ctx, id, now));
+        out.extend(common::drain(ctx, id, now));
     }
     assert!(ctx.should_close(id), "closed once all is out");
     let mut echoed = Vec::new();
@@ -125,6 +141,38 @@ fn echoes_the_guest_queued_for_writeable_still_go_out_after_the_peers_fin() {
         "every echo whole: {:?}",
         echoed.iter().map(Vec::len).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn frames_that_came_with_the_upgrade_are_echoed_before_the_peers_fin_ends_it() {
+    let now = Instant::now();
+    let mut config = common::config_with(
+        common::websocket_listener("echo_server"),
+        "echo_server",
+        wasmgate::config::Handler::Wasm(wasmgate_guests::WS_ECHO.to_vec()),
+    );
+    // Room for 9 KB of frames behind the upgrade request in its read, a
+    // small receive buffer, so that most of them wait in the backlog, and
+    // a small output buffer, so that the guest pauses receiving and the
+    // backlog is still there at the FIN.
+    config.limits.http.max_head_bytes = 16 * 1024;
+    config.limits.ws.rx_buffer_bytes = 512;
+    config.limits.ws.tx_buffer_bytes = 2048;
+    let mut ctx = Context::new(config, now).expect("device starts");
+    let peer = "127.0.0.1:40000".parse().expect("an address");
+    let id = ctx.accept(0, peer, now).expect("a free slot");
+    let sent: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'a' + i; 900]).collect();
+    let mut read = common::UPGRADE.to_vec();
+    read.extend(sent.iter().flat_map(|m| frame(true, 2, m)));
+    assert_eq!(ctx.receive(id, &read, now), read.len(), "in one read");
+    ctx.peer_closed(id, now);
+    let out = common::drain(&mut ctx, id, now);
+    let head_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the 101")
+        + 4;
+    assert_echoed_then_closed(&mut ctx, id, out[head_end..].to_vec(), &sent, now);
 }
 
 #[test]

@@ -200,7 +200,8 @@ struct Conn {
     ws_closed_delivered: bool,
     /// When the guest's timer fires (`lws_set_timer_usecs`).
     timer: Option<Instant>,
-    /// A swap replaced this connection's module: close it by then.
+    /// End the WebSocket session by then: a swap replaced this connection's
+    /// module (a close frame), or the peer sent FIN (the session ends).
     drain_by: Option<Instant>,
     /// Set for a WebSocket client connection the device opened.
     client: Option<client::ClientState>,
@@ -915,11 +916,15 @@ impl Context {
         if let Some(conn) = self.conn_mut(id) {
             conn.peer_fin = true;
             if let Some(ws) = conn.ws.as_mut() {
-                ws.peer_closed(now);
+                if conn.ws_backlog.is_empty() {
+                    ws.peer_closed(now);
+                } // else `pump_ws` passes the FIN on behind the backlog.
                 if !ws.is_closed() {
-                    // Input still waits (paused by the guest): the peer is
-                    // gone, so the session gets a deadline instead of forever.
-                    conn.drain_by = Some(now + close_timeout);
+                    // Input may still wait, or the guest may still write:
+                    // the peer is gone, so the session gets a deadline (the
+                    // earlier one stays: a module swap's, say).
+                    let by = now + close_timeout;
+                    conn.drain_by = Some(conn.drain_by.map_or(by, |d| d.min(by)));
                 }
             } else if let Some(http) = conn.http.as_mut() {
                 http.peer_closed(now);

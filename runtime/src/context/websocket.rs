@@ -112,6 +112,12 @@ impl Context {
         conn.preface.extend_from_slice(&accepted.response);
         conn.ws = Some(Box::new(session));
         conn.upgraded = true;
+        if conn.peer_fin {
+            // The FIN came before the upgrade was answered (it was pipelined
+            // behind a request): `pump_ws` passes it on, and the session
+            // gets the FIN's deadline.
+            conn.drain_by = Some(now + limits.close_timeout);
+        }
         tracing::debug!(wsi = id.wsi(), protocol = %accepted.protocol, "WebSocket established");
         self.callback(id, reason::ESTABLISHED, &[], now);
         self.pump_ws(id, now);
@@ -160,6 +166,10 @@ impl Context {
                 // Frames that came with the upgrade request, as room allows.
                 let taken = ws.feed(&conn.ws_backlog, now);
                 conn.ws_backlog.drain(..taken);
+            }
+            if conn.peer_fin && conn.ws_backlog.is_empty() && !ws.peer_fin() {
+                // The FIN came behind the backlog (or before the upgrade).
+                ws.peer_closed(now);
             }
             if ws.input_done() && !conn.writable {
                 // The peer sent FIN, all it sent before is handled, and the

@@ -470,11 +470,19 @@ impl Session {
     }
 
     /// True once the peer sent FIN and every event before it was handed out:
-    /// nothing more will come in, and the session, still open, only sends
-    /// (no keepalive pings: no pong could come back).
+    /// nothing more will come in, and the session, not ended, only sends
+    /// (open, or closing if the caller started a close since; no keepalive
+    /// pings since the FIN: no pong could come back). The caller ends it with
+    /// [`Self::drop_input`].
     #[must_use]
     pub fn input_done(&self) -> bool {
         self.input_done && !self.is_closed()
+    }
+
+    /// The peer's FIN was passed on ([`Self::peer_closed`]).
+    #[must_use]
+    pub fn peer_fin(&self) -> bool {
+        self.peer_fin
     }
 
     /// What the peer sent before its FIN is used up.
@@ -763,7 +771,8 @@ impl Session {
     }
 
     /// True once the session is over (close frames both ways, a failure answered,
-    /// TCP closed by the peer, or a timeout): the driver closes the TCP connection
+    /// TCP closed by the peer while closing or once ended by
+    /// [`Self::drop_input`], or a timeout): the driver closes the TCP connection
     /// once [`Self::tx`] is drained.
     #[must_use]
     pub fn is_closed(&self) -> bool {

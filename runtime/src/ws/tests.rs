@@ -1114,6 +1114,20 @@ fn a_peers_fin_keeps_what_was_queued_for_it() {
     assert_eq!(events(&mut s, t, 4096), [Ev::Closed(1006)]);
     assert_eq!(take_tx(&mut s), [out(BINARY, &[5; 5000])]);
     assert!(s.tx().is_empty());
+
+    // The same when the FIN comes behind input still to be used up.
+    let mut s = server(t);
+    s.send(SendKind::Binary, &[5; 300], true).unwrap();
+    s.feed(&masked(TEXT, true, b"last words"), t);
+    s.peer_closed(t);
+    assert!(!s.input_done(), "its input first");
+    assert_eq!(
+        events(&mut s, t, 4096),
+        [data(b"last words", true, true, false, 0)]
+    );
+    s.drop_input();
+    assert_eq!(events(&mut s, t, 4096), [Ev::Closed(1006)]);
+    assert_eq!(take_tx(&mut s), [out(BINARY, &[5; 300])]);
 }
 
 #[test]
