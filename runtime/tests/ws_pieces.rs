@@ -472,6 +472,14 @@ fn admin(ctx: &mut Context, method: &str, path: &str, body: &[u8], now: Instant)
     String::from_utf8_lossy(&common::drain(ctx, id, now)).into_owned()
 }
 
+/// Uploads the WAT guest, burning a round of its loop per piece, as a new
+/// module of protocol `pieces` (on trial on a [`trial_device`]).
+fn upload_burning_guest(ctx: &mut Context, now: Instant) {
+    let module = wat::parse_str(GUEST.replace("BURN", "1")).expect("test WAT parses");
+    let put = admin(ctx, "PUT", "/_admin/modules/pieces", &module, now);
+    assert!(put.starts_with("HTTP/1.1 200 "), "{put}");
+}
+
 /// Uploads the WAT guest as a new module (on trial), opens a WebSocket to it
 /// and sends three messages and one that traps in one read. Returns the
 /// trial's callbacks before that read (the upgrade's), and the protocol's
@@ -479,9 +487,7 @@ fn admin(ctx: &mut Context, method: &str, path: &str, body: &[u8], now: Instant)
 fn trap_behind_three(window: u32) -> (u64, serde_json::Value) {
     let now = Instant::now();
     let mut ctx = trial_device(window);
-    let module = wat::parse_str(GUEST.replace("BURN", "1")).expect("test WAT parses");
-    let put = admin(&mut ctx, "PUT", "/_admin/modules/pieces", &module, now);
-    assert!(put.starts_with("HTTP/1.1 200 "), "{put}");
+    upload_burning_guest(&mut ctx, now);
     let before = ctx.stats().callbacks;
     let (id, _) = open(&mut ctx, now);
     let opened = ctx.stats().callbacks - before;
@@ -506,9 +512,7 @@ fn a_module_replaced_after_the_peers_fin_does_not_put_off_its_end() {
     let id = paused_before_the_third(&mut ctx, now);
     ctx.peer_closed(id, now);
     // A new module now: its drain deadline (60 s) is later than the FIN's.
-    let module = wat::parse_str(GUEST.replace("BURN", "1")).expect("test WAT parses");
-    let put = admin(&mut ctx, "PUT", "/_admin/modules/pieces", &module, now);
-    assert!(put.starts_with("HTTP/1.1 200 "), "{put}");
+    upload_burning_guest(&mut ctx, now);
     assert!(!ctx.should_close(id));
     ends_at_the_fins_deadline(&mut ctx, id, now);
 }

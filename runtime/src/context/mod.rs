@@ -297,6 +297,12 @@ impl Conn {
         }
     }
 
+    /// The WebSocket session must end by `by` at the latest: an earlier
+    /// deadline already set (a module swap's, the peer's FIN's) stays.
+    fn end_ws_by(&mut self, by: Instant) {
+        self.drain_by = Some(self.drain_by.map_or(by, |d| d.min(by)));
+    }
+
     /// True when the layers above TLS are done with the connection and have
     /// nothing left to send.
     fn plain_done(&self) -> bool {
@@ -915,22 +921,22 @@ impl Context {
         let close_timeout = self.config.limits.ws.close_timeout;
         if let Some(conn) = self.conn_mut(id) {
             conn.peer_fin = true;
-            if let Some(ws) = conn.ws.as_mut() {
-                if conn.ws_backlog.is_empty() {
-                    ws.peer_closed(now);
-                } // else `pump_ws` passes the FIN on behind the backlog.
-                if !ws.is_closed() {
-                    // Input may still wait, or the guest may still write:
-                    // the peer is gone, so the session gets a deadline (the
-                    // earlier one stays: a module swap's, say).
-                    let by = now + close_timeout;
-                    conn.drain_by = Some(conn.drain_by.map_or(by, |d| d.min(by)));
-                }
-            } else if let Some(http) = conn.http.as_mut() {
+            // A WebSocket session hears of it from `pump_ws`, behind the
+            // frames that came with the upgrade.
+            if conn.ws.is_none()
+                && let Some(http) = conn.http.as_mut()
+            {
                 http.peer_closed(now);
             }
         }
         self.pump(id, now);
+        if let Some(conn) = self.conn_mut(id)
+            && conn.ws.as_ref().is_some_and(|w| !w.is_closed())
+        {
+            // Input may still wait, or the guest may still write: the peer
+            // is gone, so the session gets a deadline.
+            conn.end_ws_by(now + close_timeout);
+        }
     }
 
     // ---- TLS ----

@@ -407,9 +407,7 @@ impl Context {
                 continue;
             };
             if conn.upgraded && conn.binding.is_some_and(|b| b.protocol == p) {
-                // A shorter deadline (the peer's FIN, say) stays.
-                let by = now + drain;
-                conn.drain_by = Some(conn.drain_by.map_or(by, |d| d.min(by)));
+                conn.end_ws_by(now + drain);
                 let id = conn.id;
                 self.touch_now(id);
             }

@@ -116,7 +116,7 @@ impl Context {
             // The FIN came before the upgrade was answered (it was pipelined
             // behind a request): `pump_ws` passes it on, and the session
             // gets the FIN's deadline.
-            conn.drain_by = Some(now + limits.close_timeout);
+            conn.end_ws_by(now + limits.close_timeout);
         }
         tracing::debug!(wsi = id.wsi(), protocol = %accepted.protocol, "WebSocket established");
         self.callback(id, reason::ESTABLISHED, &[], now);
@@ -171,15 +171,14 @@ impl Context {
                 // The FIN came behind the backlog (or before the upgrade).
                 ws.peer_closed(now);
             }
-            if ws.input_done() && !conn.writable {
-                // The peer sent FIN, all it sent before is handled, and the
-                // guest asks for no `WRITEABLE` to send more: the session
-                // ends (1006, `CLOSED`) once what is queued has gone out.
-                ws.drop_input();
-            }
             let Some(event) = ws.poll_event(now, piece) else {
                 if ws.input_done() && !conn.writable {
-                    continue; // the input ran out in this call: end now
+                    // The peer sent FIN, all it sent before is handled, and
+                    // the guest asks for no `WRITEABLE` to send more: the
+                    // session ends (1006, `CLOSED`, the next event) once what
+                    // is queued has gone out.
+                    ws.drop_input();
+                    continue;
                 }
                 return;
             };
